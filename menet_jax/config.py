@@ -1,0 +1,110 @@
+"""Run configuration: one flat dataclass, three presets, and `key=value` overrides from the command line.
+
+Presets:
+  paper  the authors' setting: 224 px, width 32, batch 5, SGD 0.1 divided by 10 at 60k/90k/100k, 110k steps.
+         python -m menet_jax.train --config paper --data-dir DIR
+  demo   what `python -m menet_jax.train` runs with no arguments: a small MEnet on the generated dataset,
+         a few minutes on two CPU cores.
+  tiny   the smallest sensible network, for tests and smoke runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+
+class ConfigError(ValueError):
+    """A bad preset name, key or value (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # network
+    image_size: int = 224           # square input side; must be a multiple of 32
+    width: int = 32                 # channels of the first scale; doubled at each of the 5 downsamplings
+    dtype: str = "float32"          # compute dtype: float32 or bfloat16 (parameters and BN statistics stay f32)
+    input_scale: str = "raw"        # raw: 0..255 as the authors; normalized: x / 127.5 - 1
+    bn_momentum: float = 0.999
+    bn_epsilon: float = 1e-5
+    # loss
+    loss: str = "official"          # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written
+    ce_weight: float = 1.0          # lambda of Eq. 4 (the official variant has fixed weights, see loss.py)
+    # optimiser (Caffe SGD)
+    batch_size: int = 5
+    steps: int = 110_000
+    learning_rate: float = 0.1
+    lr_boundaries: Tuple[int, ...] = (60_000, 90_000, 100_000)
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-8
+    bias_lr_mult: float = 2.0       # Caffe lr_mult 2 (and decay 0) on conv biases
+    # data
+    seed: int = 0
+    shuffle: bool = False           # the authors read training images in a fixed order
+    augment: bool = True            # random 90-100 % crop, resize, horizontal flip
+    crop_min: float = 0.9
+    val_size: int = 100             # held-out images (from --data-dir, or generated)
+    train_size: int = 2000          # generated training images when no --data-dir is given
+    # bookkeeping
+    log_every: int = 50
+    eval_every: int = 5_000
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        if self.image_size % 32 or self.image_size < 32:
+            raise ConfigError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.width < 1:
+            raise ConfigError(f"width must be >= 1, got {self.width}")
+        for key, allowed in (("dtype", ("float32", "bfloat16")), ("input_scale", ("raw", "normalized")),
+                             ("loss", ("official", "paper"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("batch_size and steps must be >= 1")
+        if not 0 < self.crop_min <= 1:
+            raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
+
+
+PRESETS = {
+    "paper": Config(),
+    "demo": Config(image_size=64, width=8, batch_size=8, steps=1500, learning_rate=0.05,
+                   lr_boundaries=(1000, 1300), shuffle=True, train_size=2000, val_size=100,
+                   log_every=25, eval_every=500, checkpoint_every=500),
+    "tiny": Config(image_size=32, width=4, batch_size=4, steps=40, learning_rate=0.05, lr_boundaries=(),
+                   shuffle=True, train_size=64, val_size=8, log_every=10, eval_every=20, checkpoint_every=10),
+}
+
+
+def _parse_value(key: str, text: str, current):
+    """Parse `text` to the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in text.replace(",", " ").split())
+        return type(current)(text)
+    except ValueError:
+        raise ConfigError(f"bad value for {key}: {text!r} (expected {type(current).__name__})") from None
+
+
+def get_config(name: str = "demo", overrides=()) -> Config:
+    """A preset with `key=value` overrides applied (the CLI's `--set`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config {name!r} (presets: {', '.join(PRESETS)})")
+    config = PRESETS[name]
+    known = {f.name for f in dataclasses.fields(Config)}
+    changes = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known))})")
+        changes[key] = _parse_value(key, text.strip(), getattr(config, key))
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,105 @@
+"""The MEnet loss: metric loss (Eq. 3) on 1:1 hard-mined pixels plus cross entropy (Eq. 1), combined as Eq. 4.
+
+Two variants (see docs/menet-official-implementation.md, section 2):
+
+* ``paper``: automatic differentiation of Eq. 3-4 as written: per-image centroids of the L2-normalised features,
+  ``||f_i - c_own||^2 - ||f_i - c_other||^2`` summed over the kept pixels and divided by N * |Omega|, plus
+  ``lambda`` times the mean cross entropy. Gradients flow through the normalisation and the centroids.
+* ``official``: the gradient the authors' Caffe layer applies: straight-through normalisation, constant centroids,
+  metric terms scaled by 1 / (32 H W) and cross entropy by 1 / (2 H W) per image, summed (not averaged) over the
+  batch; there is no lambda.
+
+Mining (both variants): the whole minority class of an image is kept, plus as many pixels of the majority class as
+the minority has, those with the largest per-pixel metric loss (ties: larger pixel index first, as the authors'
+descending sort of (loss, index) pairs). An image with only one class keeps no pixel: it adds cross entropy only.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+def l2_normalize(features):
+    """Unit vectors along the last axis; a zero vector stays zero (divided by 1, as the authors), with finite grads."""
+    sq = jnp.sum(features * features, axis=-1, keepdims=True)
+    nonzero = sq > 0
+    norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 1.0)
+    return features / norm
+
+
+def class_centroids(features, salient):
+    """Per-image mean feature of the salient and of the background pixels; an empty class gives a zero vector.
+
+    features: (N, P, C); salient: (N, P) bool. Returns (c_fg, c_bg), each (N, C).
+    """
+    fg = salient.astype(features.dtype)
+    bg = 1.0 - fg
+    c_fg = jnp.einsum("npc,np->nc", features, fg) / jnp.maximum(fg.sum(1), 1.0)[:, None]
+    c_bg = jnp.einsum("npc,np->nc", features, bg) / jnp.maximum(bg.sum(1), 1.0)[:, None]
+    return c_fg, c_bg
+
+
+def pixel_metric_loss(features, salient, c_fg, c_bg):
+    """Eq. 3 per pixel: squared distance to the own class centroid minus that to the other one. (N, P)."""
+    d_fg = jnp.sum((features - c_fg[:, None, :]) ** 2, axis=-1)
+    d_bg = jnp.sum((features - c_bg[:, None, :]) ** 2, axis=-1)
+    return jnp.where(salient, d_fg - d_bg, d_bg - d_fg)
+
+
+def hard_mining_mask(pixel_loss, salient):
+    """1:1 mining: all minority-class pixels plus the hardest majority-class pixels, as many. (N, P) bool.
+
+    The background is the mined class when it is not smaller than the salient class (the usual case).
+    """
+    n_fg = salient.sum(axis=1)
+    n_bg = salient.shape[1] - n_fg
+    quota = jnp.minimum(n_fg, n_bg)
+    mine_background = n_fg <= n_bg
+    candidate = jnp.where(mine_background[:, None], ~salient, salient)
+    score = jnp.where(candidate, pixel_loss, -jnp.inf)
+    # A stable ascending sort, reversed, orders by descending loss and, among ties, descending index.
+    order = jnp.flip(jnp.argsort(score, axis=1, stable=True), axis=1)
+    positions = jnp.broadcast_to(jnp.arange(score.shape[1]), score.shape)
+    rank = jnp.zeros_like(order).at[jnp.arange(score.shape[0])[:, None], order].set(positions)
+    return jnp.where(candidate, rank < quota[:, None], True) & (quota[:, None] > 0)
+
+
+def cross_entropy(logits, salient):
+    """Per-pixel two-class cross entropy, channel 1 = salient. (N, P)."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.where(salient, log_p[..., 1], log_p[..., 0])
+
+
+def menet_loss(features, logits, labels, *, variant: str = "official", ce_weight: float = 1.0):
+    """Total loss and its terms.
+
+    features: (N, H, W, C) tanh outputs (before normalisation); logits: (N, H, W, 2); labels: (N, H, W), nonzero =
+    salient. Returns ``(loss, {"metric": ..., "ce": ..., "kept": fraction of pixels kept by the mining})``.
+    """
+    n, h, w, c = features.shape
+    f = features.reshape(n, h * w, c).astype(jnp.float32)
+    z = logits.reshape(n, h * w, 2)
+    salient = labels.reshape(n, h * w) > 0
+    ce_pixels = cross_entropy(z, salient)
+
+    if variant == "official":
+        f_hat = f + sg(l2_normalize(f) - f)         # value: normalised; gradient: identity (straight through)
+        c_fg, c_bg = class_centroids(sg(f_hat), salient)
+        pixel_loss = pixel_metric_loss(f_hat, salient, c_fg, c_bg)
+        keep = hard_mining_mask(sg(pixel_loss), salient)
+        metric = jnp.sum(jnp.where(keep, pixel_loss, 0.0)) / (32.0 * h * w)
+        ce = jnp.sum(ce_pixels) / (2.0 * h * w)
+        total = metric + ce
+    elif variant == "paper":
+        f_hat = l2_normalize(f)
+        c_fg, c_bg = class_centroids(f_hat, salient)
+        pixel_loss = pixel_metric_loss(f_hat, salient, c_fg, c_bg)
+        keep = hard_mining_mask(sg(pixel_loss), salient)
+        metric = jnp.sum(jnp.where(keep, pixel_loss, 0.0)) / (n * h * w)
+        ce = jnp.mean(ce_pixels)
+        total = metric + ce_weight * ce
+    else:
+        raise ValueError(f"unknown loss variant {variant!r} (official or paper)")
+    return total, {"metric": metric, "ce": ce, "kept": jnp.mean(keep)}

@@ -1,0 +1,246 @@
+"""Training library: state, optimiser, the jitted sharded train step, validation, and the resumable loop.
+
+`train(config, workdir, ...)` is what `python -m menet_jax.train` runs; a notebook can call it, or use the
+pieces (`create_state`, `make_train_step`, `make_predict_fn`, `validate`) directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+import datasets
+from menet_jax import checkpoint as ckpt
+from menet_jax.config import Config
+from menet_jax.loss import menet_loss
+from menet_jax.metrics import adaptive_fbeta, mae
+from menet_jax.model import MEnet, init_variables
+from menet_jax.saliency import saliency_maps
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------------------- optimiser
+def learning_rate_schedule(config: Config):
+    """Caffe 'multistep': the base rate multiplied by `lr_decay` at each boundary."""
+    return optax.piecewise_constant_schedule(
+        config.learning_rate, {int(b): config.lr_decay for b in config.lr_boundaries})
+
+
+def _is_conv_bias(path, _leaf) -> bool:
+    names = [getattr(k, "key", str(k)) for k in path]
+    return names[-1] == "bias" and "BatchNorm" not in names[-2] and not names[-2].endswith("_bn")
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """Caffe SGD: v = momentum v + lr (g + wd w); conv biases get lr x `bias_lr_mult` and no weight decay.
+
+    optax applies the learning rate after the momentum trace, Caffe before; the two agree except for the few
+    steps right after a learning-rate drop.
+    """
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(lambda p, x: "bias" if _is_conv_bias(p, x) else "weight", params)
+
+    def is_weight(params):
+        return jax.tree_util.tree_map(lambda label: label == "weight", labels(params))
+
+    def is_bias(params):
+        return jax.tree_util.tree_map(lambda label: label == "bias", labels(params))
+
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=is_weight),
+        optax.masked(optax.scale(config.bias_lr_mult), is_bias),
+        optax.sgd(learning_rate_schedule(config), momentum=config.momentum),
+    )
+
+
+def create_state(model: MEnet, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
+    variables = init_variables(model, seed)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                      batch_stats=variables["batch_stats"], opt_state=jax.jit(tx.init)(variables["params"]))
+
+
+# ------------------------------------------------------------------------------------------------------ sharding
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """A one-axis mesh over all local devices: the batch is split along it, the state replicated."""
+    devices = np.asarray(devices if devices is not None else jax.local_devices())
+    return jax.sharding.Mesh(devices, ("data",))
+
+
+def shard_batch(batch, mesh):
+    n = len(mesh.devices.flat)
+    first = next(iter(batch.values())).shape[0]
+    if first % n:
+        raise ValueError(f"batch size {first} is not divisible by the {n} devices")
+    return jax.device_put(batch, NamedSharding(mesh, P("data")))
+
+
+def replicate(tree, mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# ---------------------------------------------------------------------------------------------------- train step
+def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Config, mesh):
+    """One jitted SGD step on a batch {"image": uint8 (B,S,S,3), "mask": (B,S,S) in {0,1}}, state donated.
+
+    The batch is sharded over the mesh and the state replicated, so BatchNorm statistics and the loss are
+    computed over the whole batch exactly as on one device.
+    """
+    schedule = learning_rate_schedule(config)
+
+    def step(state: TrainState, batch):
+        def loss_fn(params):
+            outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                           train=True, mutable=["batch_stats"])
+            loss, terms = menet_loss(outputs["features"], outputs["logits"], batch["mask"],
+                                     variant=config.loss, ce_weight=config.ce_weight)
+            return loss, (terms, updates["batch_stats"])
+
+        (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                               batch_stats=batch_stats, opt_state=opt_state)
+        metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def make_predict_fn(model: MEnet, background: str = "eq5"):
+    """Jitted images -> {"metric", "ce"} saliency maps in [0, 1] at the network's resolution (eval-mode BN)."""
+    @jax.jit
+    def predict(variables, images, key=None):
+        outputs = model.apply(variables, images, train=False)
+        return saliency_maps(outputs, background=background, key=key)
+    return predict
+
+
+@jax.jit
+def _score(maps, gt):
+    return {name: {"mae": mae(m, gt), "adp_f": adaptive_fbeta(m, gt)} for name, m in maps.items()}
+
+
+def validate(predict, variables, source, *, batch_size: int, size: int, baseline: bool = False):
+    """MAE and adaptive F-beta of both maps, averaged over `source` (at the network's resolution).
+
+    With `baseline`, also scores the trivial all-background predictor (a map of zeros) as "all_background".
+    """
+    totals, count = {}, 0
+    for batch in datasets.eval_batches(source, batch_size=batch_size, size=size):
+        maps = predict(variables, batch["image"])
+        if baseline:
+            maps = {**maps, "all_background": jnp.zeros(batch["mask"].shape, jnp.float32)}
+        scores = jax.device_get(_score(maps, batch["mask"]))
+        valid = batch["valid"]
+        for name, per_metric in scores.items():
+            for metric, values in per_metric.items():
+                totals[f"{name}/{metric}"] = totals.get(f"{name}/{metric}", 0.0) + float(values[valid].sum())
+        count += int(valid.sum())
+    return {key: value / count for key, value in totals.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------- loop
+def make_sources(config: Config, data_dir: Optional[str] = None):
+    """(train, validation) sources: a folder split with a seeded hold-out, or the generated dataset."""
+    if data_dir:
+        return datasets.split(datasets.FolderSource(data_dir), config.val_size, seed=config.seed)
+    return (datasets.SyntheticSource(config.train_size, config.image_size, seed=config.seed),
+            datasets.SyntheticSource(config.val_size, config.image_size, seed=config.seed + 1_000_003))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    start_step: int
+    final_step: int
+    validation: dict
+    checkpoint: Optional[Path]
+
+
+def train(config: Config, workdir, *, data_dir: Optional[str] = None, progress: bool = True) -> TrainResult:
+    """Train `config.steps` steps in `workdir`, resuming from its latest checkpoint if there is one."""
+    workdir = Path(workdir)
+    train_source, val_source = make_sources(config, data_dir)
+    mesh = data_mesh()
+    model = MEnet.from_config(config)
+    tx = make_optimizer(config)
+    state = create_state(model, tx, config.seed)
+
+    manager = ckpt.open_manager(workdir, config)
+    state, start_step = ckpt.restore_latest(manager, state)
+    ckpt.trim_log(workdir / "metrics.jsonl", start_step)
+    state = replicate(state, mesh)
+    train_step = make_train_step(model, tx, config, mesh)
+    predict = make_predict_fn(model)
+    eval_batch = max(len(mesh.devices.flat), min(config.batch_size, 16))
+
+    def run_validation(step, baseline=False):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        scores = validate(predict, variables, val_source, batch_size=eval_batch, size=config.image_size,
+                          baseline=baseline)
+        _append_log(workdir, {"step": step, "split": "validation", **scores})
+        return scores
+
+    scores = {}
+    remaining = max(config.steps - start_step, 0)
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    loader = datasets.BatchLoader(train_source, start_step, remaining, batch_size=config.batch_size,
+                                  size=config.image_size, seed=config.seed, shuffle=config.shuffle,
+                                  augment=config.augment, crop_min=config.crop_min)
+    tick, tick_step = time.perf_counter(), start_step
+    with loader:
+        for step, batch in loader:
+            state, metrics = train_step(state, shard_batch(batch, mesh))
+            done = step + 1
+            bar.update(1)
+            if done % config.log_every == 0 or done == config.steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                metrics["images_per_s"] = (done - tick_step) * config.batch_size / max(now - tick, 1e-9)
+                tick, tick_step = now, done
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss is {metrics['loss']} at step {done}; lower learning_rate")
+                _append_log(workdir, {"step": done, "split": "train", **metrics})
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", metric=f"{metrics['metric']:.4f}",
+                                ce=f"{metrics['ce']:.4f}", lr=f"{metrics['lr']:.3g}",
+                                img_s=f"{metrics['images_per_s']:.1f}")
+            if done % config.eval_every == 0 and done != config.steps:
+                scores = run_validation(done)
+                bar.write(f"step {done}: " + _format_scores(scores))
+            ckpt.save(manager, done, state, force=done == config.steps)
+    bar.close()
+    final_step = int(jax.device_get(state.step))
+    scores = run_validation(final_step, baseline=True)
+    manager.wait_until_finished()
+    latest = manager.latest_step()
+    manager.close()
+    return TrainResult(state=state, start_step=start_step, final_step=final_step, validation=scores,
+                       checkpoint=ckpt.step_dir(workdir, latest) if latest is not None else None)
+
+
+def _format_scores(scores) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
+
+def _append_log(workdir: Path, record: dict) -> None:
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), **record}) + "\n")

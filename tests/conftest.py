@@ -1,0 +1,35 @@
+"""Shared fixtures: the real data folder (../shared/data or $MENET_DATA_DIR) and tiny configurations."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MENET_DATA_DIR", SHARED / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real benchmark data; a skip with the searched path, or a failure under CI where it must exist."""
+    root = data_root()
+    if not (root / "ECSSD").is_dir() or not (root / "DUTS-TR-subset").is_dir():
+        message = f"real data not found at {root} (set MENET_DATA_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_docs() -> Path:
+    docs = SHARED / "docs"
+    if not docs.is_dir():
+        message = f"shared docs not found at {docs}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return docs
