@@ -21,6 +21,11 @@ import jax.numpy as jnp
 sg = jax.lax.stop_gradient
 
 
+def at_least_f32(x):
+    """Low-precision inputs are promoted to float32; float64 (in gradient checks) is kept."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def l2_normalize(features):
     """Unit vectors along the last axis; a zero vector stays zero (divided by 1, as the authors), with finite grads."""
     sq = jnp.sum(features * features, axis=-1, keepdims=True)
@@ -68,7 +73,7 @@ def hard_mining_mask(pixel_loss, salient):
 
 def cross_entropy(logits, salient):
     """Per-pixel two-class cross entropy, channel 1 = salient. (N, P)."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(at_least_f32(logits), axis=-1)
     return -jnp.where(salient, log_p[..., 1], log_p[..., 0])
 
 
@@ -79,7 +84,7 @@ def menet_loss(features, logits, labels, *, variant: str = "official", ce_weight
     salient. Returns ``(loss, {"metric": ..., "ce": ..., "kept": fraction of pixels kept by the mining})``.
     """
     n, h, w, c = features.shape
-    f = features.reshape(n, h * w, c).astype(jnp.float32)
+    f = at_least_f32(features.reshape(n, h * w, c))
     z = logits.reshape(n, h * w, 2)
     salient = labels.reshape(n, h * w) > 0
     ce_pixels = cross_entropy(z, salient)

@@ -116,7 +116,7 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                batch_stats=batch_stats, opt_state=opt_state)
-        metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -161,7 +161,9 @@ def validate(predict, variables, source, *, batch_size: int, size: int, baseline
 def make_sources(config: Config, data_dir: Optional[str] = None):
     """(train, validation) sources: a folder split with a seeded hold-out, or the generated dataset."""
     if data_dir:
-        return datasets.split(datasets.FolderSource(data_dir), config.val_size, seed=config.seed)
+        folder = datasets.FolderSource(data_dir)
+        folder.verify()
+        return datasets.split(folder, config.val_size, seed=config.seed)
     return (datasets.SyntheticSource(config.train_size, config.image_size, seed=config.seed),
             datasets.SyntheticSource(config.val_size, config.image_size, seed=config.seed + 1_000_003))
 

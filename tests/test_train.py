@@ -1,0 +1,224 @@
+"""The training library and CLI: optimiser, one compile, sharding, resumable checkpoints, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from menet_jax import checkpoint as ckpt
+from menet_jax.config import get_config
+from menet_jax.model import MEnet
+from menet_jax.train import main
+from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "menet_jax.train", "--no-progress", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process, timeout=600):
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out
+    return out
+
+
+def test_optimizer_is_caffe_sgd_with_bias_multiplier():
+    config = get_config("tiny", ["learning_rate=0.1", "weight_decay=0.01", "momentum=0.9"])
+    tx = make_optimizer(config)
+    params = {"Conv_0": {"kernel": jnp.ones(3), "bias": jnp.ones(2)}, "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    grads = jax.tree_util.tree_map(lambda x: 0.5 * jnp.ones_like(x), params)
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    # Weights and BN affine: -lr (g + wd w); conv biases: -2 lr g, no decay.
+    np.testing.assert_allclose(updates["Conv_0"]["kernel"], -0.1 * (0.5 + 0.01))
+    np.testing.assert_allclose(updates["BatchNorm_0"]["bias"], -0.1 * (0.5 + 0.01))
+    np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.1 * 2 * 0.5)
+    updates, state = tx.update(grads, state, params)                    # momentum: v = 0.9 v + g
+    np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.1 * 2 * 0.5 * 1.9, rtol=1e-6)
+
+
+def test_learning_rate_schedule_is_the_papers():
+    from menet_jax.trainer import learning_rate_schedule
+    schedule = learning_rate_schedule(get_config("paper"))
+    for step, lr in [(0, 0.1), (59_999, 0.1), (60_000, 0.01), (90_000, 0.001), (100_000, 1e-4), (109_999, 1e-4)]:
+        assert float(schedule(step)) == pytest.approx(lr)
+
+
+def _batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, s = config.batch_size, config.image_size
+    return {"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
+            "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8)}
+
+
+def test_train_step_compiles_once_and_fits_a_batch():
+    config = get_config("tiny", ["learning_rate=0.02"])
+    model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
+    step = make_train_step(model, tx, config, mesh)
+    state = replicate(create_state(model, tx, 0), mesh)
+    batch = _batch(config)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, shard_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    assert step._cache_size() == 1                       # traced and compiled once for the whole run
+    assert int(state.step) == 8
+    assert losses[-1] < losses[0]                         # it descends on a fixed batch
+    assert np.isfinite(losses).all()
+
+
+SHARDING_SCRIPT = """
+import jax, numpy as np
+from menet_jax.config import get_config
+from menet_jax.model import MEnet
+from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+config = get_config("tiny")
+model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
+step = make_train_step(model, tx, config, mesh)
+state = replicate(create_state(model, tx, 0), mesh)
+start = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
+rng = np.random.default_rng(0)
+losses = []
+for i in range(2):
+    batch = {"image": rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8),
+             "mask": (rng.random((4, 32, 32)) > 0.6).astype(np.uint8)}
+    state, metrics = step(state, shard_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+update = np.concatenate([(np.asarray(x) - s).ravel() for x, s in zip(jax.tree_util.tree_leaves(state.params), start)])
+stats = np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state.batch_stats)])
+np.savez(OUT, devices=len(jax.devices()), losses=losses, update=update, stats=stats)
+"""
+
+
+def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
+    """Same losses, BatchNorm statistics and parameter updates (up to float summation order)."""
+    results = []
+    for devices in (1, 4):
+        out = tmp_path / f"{devices}.npz"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + SHARDING_SCRIPT], env=env, check=True,
+                       timeout=600)
+        results.append(dict(np.load(out)))
+    one, four = results
+    assert int(one["devices"]) == 1 and int(four["devices"]) == 4
+    np.testing.assert_allclose(one["losses"][0], four["losses"][0], rtol=1e-5)
+    np.testing.assert_allclose(one["losses"][1], four["losses"][1], rtol=1e-3)
+    np.testing.assert_allclose(one["stats"], four["stats"], rtol=1e-4, atol=1e-5)
+    # The tiny net's 1 x 1 bottleneck normalises 4 values per channel, which amplifies summation-order noise.
+    assert np.linalg.norm(one["update"] - four["update"]) < 2e-3 * np.linalg.norm(one["update"])
+
+
+def _params(workdir):
+    return jax.tree_util.tree_leaves(ckpt.load_variables(workdir))
+
+
+def test_sigkill_and_restart_ends_with_the_uninterrupted_parameters(tmp_path, shared_data):
+    args = ["--config", "tiny", "--data-dir", str(shared_data / "DUTS-TR-subset"), "--steps", "30",
+            "--set", "checkpoint_every=3", "--set", "eval_every=1000"]
+    finish(run_cli(*args, "--workdir", str(tmp_path / "straight")))
+
+    killed = tmp_path / "killed"
+    process = run_cli(*args, "--workdir", str(killed))
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps and max(steps) >= 6:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    interrupted_at = max(int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit())
+    assert interrupted_at < 30, "the run finished before it could be killed"
+    # A half-written checkpoint (orbax's temporary folder) must never be picked up.
+    (killed / "checkpoints" / "29.orbax-checkpoint-tmp-1").mkdir()
+    out = finish(run_cli(*args, "--workdir", str(killed)))
+    assert f"resumed at step {interrupted_at}" in out or "resumed at step" in out
+    assert "trained to step 30" in out
+    for a, b in zip(_params(tmp_path / "straight"), _params(killed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(set(steps))                   # no duplicated records after the resume
+
+
+def test_cli_resumes_on_real_data(tmp_path, shared_data):
+    args = ["--config", "tiny", "--data-dir", str(shared_data / "DUTS-TR-subset"), "--workdir", str(tmp_path)]
+    first = finish(run_cli(*args, "--steps", "20"))
+    assert "trained to step 20 in" in first and "resumed" not in first
+    second = finish(run_cli(*args, "--steps", "40"))
+    assert "trained to step 40 (resumed at step 20)" in second
+    assert "all-background baseline" in second and "checkpoint: " in second
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [20, 30, 40][-3:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["steps"] == 40 and config["width"] == 4
+
+
+def test_dry_run_prints_the_paper_parameter_count(capsys):
+    assert main(["--config", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 184959166" in out
+    flops = float(out.split("forward FLOPs per image:")[1].split()[0])
+    assert 4.0e10 < flops < 4.6e10        # ~21.5 GMAC: the convs at 224 px dominate
+
+
+def _one_line_error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_unknown_config_key_is_a_one_line_error(capsys):
+    err = _one_line_error(capsys, ["--config", "tiny", "--set", "widht=3", "--dry-run"])
+    assert "unknown config key 'widht'" in err
+    err = _one_line_error(capsys, ["--config", "tiny", "--set", "width=three", "--dry-run"])
+    assert "bad value for width" in err
+
+
+def _folder(root, n=3, size=(40, 30)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((size[1], size[0], 3), 100, np.uint8)).save(root / "images" / f"{i}.jpg")
+        Image.fromarray(np.zeros((size[1], size[0]), np.uint8)).save(root / "masks" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "size", "no_mask", "empty", "missing"])
+def test_bad_data_folders_are_one_line_errors(tmp_path, capsys, problem):
+    root = _folder(tmp_path / "data")
+    if problem == "corrupt":
+        (root / "images" / "1.jpg").write_bytes(b"not a jpeg")
+        expected = str(root / "images" / "1.jpg")
+    elif problem == "size":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "2.png")
+        expected = "mask is 10x10 but image"
+    elif problem == "no_mask":
+        (root / "masks" / "0.png").unlink()
+        expected = "no mask with the same stem"
+    elif problem == "empty":
+        for p in (root / "images").iterdir():
+            p.unlink()
+        for p in (root / "masks").iterdir():
+            p.unlink()
+        expected = "no images found in"
+    else:
+        root = tmp_path / "nowhere"
+        expected = f"dataset folder not found: {root}"
+    err = _one_line_error(capsys, ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
+                                   "--workdir", str(tmp_path / "w")])
+    assert expected in err
