@@ -7,7 +7,7 @@ A *source* is any object with ``__len__`` and ``__getitem__`` returning
 
 Every batch is a pure function of ``(source, seed, step)``: the example
 indices come from :func:`batch_indices` and example ``j`` of step ``step`` is
-augmented with ``np.random.default_rng([seed, step, j])``, so training can be
+augmented with ``np.random.default_rng([seed, AUGMENT_STREAM, step, j])``, so training can be
 resumed at any step and see exactly the same data.
 """
 
@@ -23,6 +23,9 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
+
+# Distinct seed-sequence prefixes, so that the shuffling and augmentation streams never coincide.
+SHUFFLE_STREAM, AUGMENT_STREAM = 1, 2
 
 
 # --------------------------------------------------------------------------- subsets
@@ -132,7 +135,7 @@ def augment(image: np.ndarray, mask: np.ndarray, size: int, rng, crop_min: float
 
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm = np.random.default_rng([seed, SHUFFLE_STREAM, epoch]).permutation(n)
     perm.setflags(write=False)
     return perm
 
@@ -143,7 +146,7 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int, shuffle: bool) 
     Without shuffling the examples are read sequentially, wrapping around:
     ``(step * batch_size + arange(batch_size)) % n``. With shuffling, position
     ``p = step * batch_size + j`` is example ``perm_e[p % n]`` where
-    ``e = p // n`` and ``perm_e`` is the permutation seeded by ``(seed, e)``.
+    ``e = p // n`` and ``perm_e`` is the permutation seeded by ``(seed, SHUFFLE_STREAM, e)``.
     """
     step, batch_size, n = operator.index(step), operator.index(batch_size), operator.index(n)
     if step < 0 or batch_size <= 0 or n <= 0:
@@ -181,7 +184,7 @@ def make_batch(
     for j, k in enumerate(idx):
         ex = source[int(k)]
         if do_augment:
-            rng = np.random.default_rng([seed, step, j])
+            rng = np.random.default_rng([seed, AUGMENT_STREAM, step, j])
             images[j], masks[j] = _augment(ex["image"], ex["mask"], size, rng, crop_min)
         else:
             images[j], masks[j] = resize_pair(ex["image"], ex["mask"], size)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import datasets
+from datasets import pipeline
 from datasets import (
     BatchLoader,
     DataError,
@@ -519,7 +520,7 @@ def test_make_batch_uses_per_example_rng(synth_source):
     b = make_batch(synth_source, 2, batch_size=3, size=32, seed=7, shuffle=True)
     idx = batch_indices(2, 3, len(synth_source), 7, True)
     ex = synth_source[int(idx[1])]
-    img, mask = augment(ex["image"], ex["mask"], 32, np.random.default_rng([7, 2, 1]))
+    img, mask = augment(ex["image"], ex["mask"], 32, np.random.default_rng([7, pipeline.AUGMENT_STREAM, 2, 1]))
     np.testing.assert_array_equal(b["image"][1], img)
     np.testing.assert_array_equal(b["mask"][1], mask)
 
