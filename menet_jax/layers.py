@@ -91,7 +91,7 @@ def batch_norm(x, train: bool, momentum: float, epsilon: float, dtype, name=None
     Flax reduces the statistics in float32 whatever the compute dtype; parameters stay float32.
     """
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                        param_dtype=jnp.float32, name=name)(x)
+                        param_dtype=jnp.float32, use_fast_variance=False, name=name)(x)
 
 
 class BRC(nn.Module):

@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import datasets
     enable_compilation_cache()
+    workdir = args.workdir or f"runs/{args.config}"
     try:
         overrides = list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else [])
         config = get_config(args.config, overrides)
@@ -62,12 +63,14 @@ def main(argv=None) -> int:
             dry_run(config)
             return 0
         from menet_jax.trainer import train
-        workdir = args.workdir or f"runs/{args.config}"
         started = time.perf_counter()
         result = train(config, workdir, data_dir=args.data_dir, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume from {workdir}", file=sys.stderr)
+        return 130
     print(summary(result, config, time.perf_counter() - started))
     return 0
 

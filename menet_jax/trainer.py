@@ -209,7 +209,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, progress: 
                                   size=config.image_size, seed=config.seed, shuffle=config.shuffle,
                                   augment=config.augment, crop_min=config.crop_min)
     tick, tick_step = time.perf_counter(), start_step
-    with loader:
+    try:
         for step, batch in loader:
             state, metrics = train_step(state, shard_batch(batch, mesh))
             done = step + 1
@@ -229,7 +229,18 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, progress: 
                 scores = run_validation(done)
                 bar.write(f"step {done}: " + _format_scores(scores))
             ckpt.save(manager, done, state, force=done == config.steps)
-    bar.close()
+    except KeyboardInterrupt:
+        try:   # the state may have been donated to a step that never ran: then the last checkpoint stands
+            done = int(jax.device_get(state.step))
+            if manager.latest_step() != done:
+                ckpt.save(manager, done, state, force=True)
+        except RuntimeError:
+            pass
+        manager.wait_until_finished()
+        raise
+    finally:
+        loader.close()
+        bar.close()
     final_step = int(jax.device_get(state.step))
     scores = run_validation(final_step, baseline=True)
     manager.wait_until_finished()

@@ -85,7 +85,7 @@ import jax, numpy as np
 from menet_jax.config import get_config
 from menet_jax.model import MEnet
 from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
-config = get_config("tiny")
+config = get_config("tiny", ["image_size=64"])
 model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
 step = make_train_step(model, tx, config, mesh)
 state = replicate(create_state(model, tx, 0), mesh)
@@ -93,8 +93,8 @@ start = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
 rng = np.random.default_rng(0)
 losses = []
 for i in range(2):
-    batch = {"image": rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8),
-             "mask": (rng.random((4, 32, 32)) > 0.6).astype(np.uint8)}
+    batch = {"image": rng.integers(0, 256, (4, 64, 64, 3)).astype(np.uint8),
+             "mask": (rng.random((4, 64, 64)) > 0.6).astype(np.uint8)}
     state, metrics = step(state, shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
 update = np.concatenate([(np.asarray(x) - s).ravel() for x, s in zip(jax.tree_util.tree_leaves(state.params), start)])
@@ -115,11 +115,12 @@ def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
         results.append(dict(np.load(out)))
     one, four = results
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
-    np.testing.assert_allclose(one["losses"][0], four["losses"][0], rtol=1e-5)
-    np.testing.assert_allclose(one["losses"][1], four["losses"][1], rtol=1e-3)
-    np.testing.assert_allclose(one["stats"], four["stats"], rtol=1e-4, atol=1e-5)
-    # The tiny net's 1 x 1 bottleneck normalises 4 values per channel, which amplifies summation-order noise.
-    assert np.linalg.norm(one["update"] - four["update"]) < 2e-3 * np.linalg.norm(one["update"])
+    np.testing.assert_allclose(one["losses"], four["losses"], rtol=1e-5)
+    # 64 px, not 32: a 1 x 1 bottleneck would normalise only 4 values per channel (one per image), which turns
+    # summation-order noise into visible differences. Relative norms, as elements near zero have no precision.
+    for key, tolerance in (("stats", 1e-5), ("update", 1e-3)):
+        difference = np.linalg.norm(one[key] - four[key]) / np.linalg.norm(one[key])
+        assert difference < tolerance, (key, difference)
 
 
 def _params(workdir):
@@ -222,3 +223,15 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys, problem):
     err = _one_line_error(capsys, ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
                                    "--workdir", str(tmp_path / "w")])
     assert expected in err
+
+
+def test_it_really_learns_the_generated_dataset(tmp_path):
+    """A shortened default run: held-out scores clearly better than the all-background predictor's."""
+    from menet_jax.trainer import train
+    config = get_config("tiny", ["steps=600", "batch_size=8", "train_size=2000", "val_size=64",
+                                 "eval_every=100000", "checkpoint_every=100000"])
+    scores = train(config, tmp_path, progress=False).validation
+    baseline_mae, baseline_f = scores["all_background/mae"], scores["all_background/adp_f"]
+    assert scores["metric/mae"] < 0.9 * baseline_mae
+    assert scores["metric/adp_f"] > baseline_f + 0.3
+    assert scores["ce/adp_f"] > baseline_f + 0.2
