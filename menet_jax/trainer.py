@@ -43,9 +43,12 @@ def learning_rate_schedule(config: Config):
         config.learning_rate, {int(b): config.lr_decay for b in config.lr_boundaries})
 
 
-def _is_conv_bias(path, _leaf) -> bool:
-    names = [getattr(k, "key", str(k)) for k in path]
-    return names[-1] == "bias" and "BatchNorm" not in names[-2] and not names[-2].endswith("_bn")
+def conv_bias_mask(params):
+    """True on convolution biases (Caffe lr_mult 2, decay_mult 0); BatchNorm shifts are ordinary weights."""
+    def is_conv_bias(path, _):
+        names = [getattr(k, "key", str(k)) for k in path]
+        return names[-1] == "bias" and "conv" in names[-2].lower()
+    return jax.tree_util.tree_map_with_path(is_conv_bias, params)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -54,18 +57,12 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     optax applies the learning rate after the momentum trace, Caffe before; the two agree except for the few
     steps right after a learning-rate drop.
     """
-    def labels(params):
-        return jax.tree_util.tree_map_with_path(lambda p, x: "bias" if _is_conv_bias(p, x) else "weight", params)
-
-    def is_weight(params):
-        return jax.tree_util.tree_map(lambda label: label == "weight", labels(params))
-
-    def is_bias(params):
-        return jax.tree_util.tree_map(lambda label: label == "bias", labels(params))
+    def not_conv_bias(params):
+        return jax.tree_util.tree_map(lambda b: not b, conv_bias_mask(params))
 
     return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=is_weight),
-        optax.masked(optax.scale(config.bias_lr_mult), is_bias),
+        optax.add_decayed_weights(config.weight_decay, mask=not_conv_bias),
+        optax.masked(optax.scale(config.bias_lr_mult), conv_bias_mask),
         optax.sgd(learning_rate_schedule(config), momentum=config.momentum),
     )
 
@@ -143,18 +140,15 @@ def validate(predict, variables, source, *, batch_size: int, size: int, baseline
 
     With `baseline`, also scores the trivial all-background predictor (a map of zeros) as "all_background".
     """
-    totals, count = {}, 0
+    per_image = {}
     for batch in datasets.eval_batches(source, batch_size=batch_size, size=size):
         maps = predict(variables, batch["image"])
         if baseline:
             maps = {**maps, "all_background": jnp.zeros(batch["mask"].shape, jnp.float32)}
-        scores = jax.device_get(_score(maps, batch["mask"]))
-        valid = batch["valid"]
-        for name, per_metric in scores.items():
+        for name, per_metric in jax.device_get(_score(maps, batch["mask"])).items():
             for metric, values in per_metric.items():
-                totals[f"{name}/{metric}"] = totals.get(f"{name}/{metric}", 0.0) + float(values[valid].sum())
-        count += int(valid.sum())
-    return {key: value / count for key, value in totals.items()}
+                per_image.setdefault(f"{name}/{metric}", []).append(values[batch["valid"]])
+    return {key: float(np.concatenate(values).mean()) for key, values in per_image.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------- loop
@@ -192,11 +186,10 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, progress: 
     state = replicate(state, mesh)
     train_step = make_train_step(model, tx, config, mesh)
     predict = make_predict_fn(model)
-    eval_batch = max(len(mesh.devices.flat), min(config.batch_size, 16))
 
     def run_validation(step, baseline=False):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        scores = validate(predict, variables, val_source, batch_size=eval_batch, size=config.image_size,
+        scores = validate(predict, variables, val_source, batch_size=config.batch_size, size=config.image_size,
                           baseline=baseline)
         _append_log(workdir, {"step": step, "split": "validation", **scores})
         return scores

@@ -235,3 +235,13 @@ def test_it_really_learns_the_generated_dataset(tmp_path):
     assert scores["metric/mae"] < 0.9 * baseline_mae
     assert scores["metric/adp_f"] > baseline_f + 0.3
     assert scores["ce/adp_f"] > baseline_f + 0.2
+
+
+def test_conv_bias_mask_finds_exactly_the_conv_biases():
+    from menet_jax.model import parameter_shapes
+    from menet_jax.trainer import conv_bias_mask
+    params = parameter_shapes(MEnet(image_size=32, width=2))["params"]
+    mask = conv_bias_mask(params)
+    flagged = [leaf for leaf, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask)) if m]
+    assert len(flagged) == 61                               # the manifest's 61 convolutions; deconvs have none
+    assert all(leaf.ndim == 1 for leaf in flagged)
