@@ -1,0 +1,81 @@
+"""A trained MEnet as a function from images of any size to saliency maps at those sizes.
+
+The network's input size is fixed, so images are resized in (bilinear, as the authors did) and the maps resized
+back to each image's original size; batches are padded to one shape, so the network compiles once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image, ImageOps
+
+from menet_jax import checkpoint as ckpt
+from menet_jax.config import Config, ConfigError
+from menet_jax.model import MEnet
+
+MAPS = ("metric", "ce")
+
+
+def load_photo(path) -> np.ndarray:
+    """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), alpha dropped."""
+    import datasets
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as error:
+        raise datasets.DataError(f"{path}: cannot read image ({error})") from None
+
+
+def resize_to(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float map (H, W) to (height, width), values kept in [0, 1]."""
+    if saliency.shape == (height, width):
+        return saliency
+    resized = Image.fromarray(np.asarray(saliency, np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+class Predictor:
+    """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
+
+    def __init__(self, variables, config: Config, *, batch_size: int = 8, background: str = "eq5"):
+        from menet_jax.trainer import make_predict_fn
+        self.config, self.batch_size = config, batch_size
+        self.variables = jax.device_put(variables)
+        self._predict = make_predict_fn(MEnet.from_config(config), background=background)
+
+    @classmethod
+    def from_checkpoint(cls, workdir, step: int | None = None, **kwargs) -> "Predictor":
+        """The latest (or given) checkpoint of a training workdir, with the config it was trained with."""
+        workdir = Path(workdir)
+        config_file = workdir / "config.json"
+        if not config_file.exists():
+            raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
+                              f"python -m menet_jax.train --workdir {workdir}")
+        saved = json.loads(config_file.read_text())
+        saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
+        config = Config(**saved)
+        try:
+            variables = ckpt.load_variables(workdir, step)
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
+        return cls(variables, config, **kwargs)
+
+    def __call__(self, images):
+        """images: a list of uint8 (H, W, 3) arrays of any sizes."""
+        size, results = self.config.image_size, []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = np.zeros((self.batch_size, size, size, 3), np.uint8)
+            for j, image in enumerate(chunk):
+                batch[j] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+            maps = jax.device_get(self._predict(self.variables, batch))
+            for j, image in enumerate(chunk):
+                h, w = image.shape[:2]
+                results.append({name: resize_to(maps[name][j], h, w) for name in MAPS})
+        return results

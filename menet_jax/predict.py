@@ -1,0 +1,102 @@
+"""`python -m menet_jax.predict`: saliency maps for any image, with rembg's conventions.
+
+    python -m menet_jax.predict i photo.jpg photo.png                    # one image -> 8-bit saliency map
+    python -m menet_jax.predict p photos/ maps/ --checkpoint runs/duts    # a folder (batched)
+    python -m menet_jax.predict i photo.jpg mask.png --threshold 0.5      # binary mask (0/255)
+    python -m menet_jax.predict i photo.jpg cutout.png --cutout           # RGBA, background removed
+
+Outputs are PNGs at each image's original size. Without --checkpoint the demo run's workdir (runs/demo, written
+by `python -m menet_jax.train`) is used.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+DEFAULT_CHECKPOINT = Path("runs/demo")
+
+
+def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None = None, cutout: bool = False):
+    """The output picture: the map as 8-bit grey, a 0/255 mask with `threshold`, or an RGBA cut-out."""
+    alpha = (saliency >= threshold) if threshold is not None else saliency
+    alpha = np.round(np.asarray(alpha, np.float32) * 255).astype(np.uint8)
+    if cutout:
+        return Image.fromarray(np.dstack([image, alpha]), mode="RGBA")
+    return Image.fromarray(alpha, mode="L")
+
+
+def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=None, cutout=False,
+                  progress=True) -> int:
+    """Predict each input file and write the matching output PNG; returns the number written."""
+    from menet_jax.inference import load_photo
+    bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(inputs), predictor.batch_size):
+        paths = inputs[start:start + predictor.batch_size]
+        images = [load_photo(p) for p in paths]
+        for image, maps, out in zip(images, predictor(images), outputs[start:start + predictor.batch_size]):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            render(image, maps[map_name], threshold=threshold, cutout=cutout).save(out)
+        bar.update(len(paths))
+    bar.close()
+    return len(inputs)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m menet_jax.predict", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("mode", choices=["i", "p"], help="i: one image; p: a folder of images")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="training workdir (default: runs/demo)")
+    parser.add_argument("--map", default="metric", choices=["metric", "ce"], help="metric (Eq. 5) or CE map")
+    parser.add_argument("-om", "--only-mask", action="store_true", help="write the map only (the default)")
+    parser.add_argument("--threshold", type=float, help="write a binary 0/255 mask: map >= THRESHOLD")
+    parser.add_argument("--cutout", action="store_true", help="write RGBA: the image with the map as alpha")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import datasets
+    from menet_jax.config import ConfigError
+    from menet_jax.inference import Predictor
+    from menet_jax.train import enable_compilation_cache
+    enable_compilation_cache()
+    try:
+        if args.threshold is not None and not 0 <= args.threshold <= 1:
+            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+        source, target = Path(args.input), Path(args.output)
+        if args.mode == "i":
+            if not source.is_file():
+                raise datasets.DataError(f"image not found: {source}")
+            inputs, outputs = [source], [target]
+        else:
+            if not source.is_dir():
+                raise datasets.DataError(f"folder not found: {source}")
+            inputs = sorted(p for p in source.iterdir()
+                            if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith("."))
+            if not inputs:
+                raise datasets.DataError(f"no images found in {source}")
+            outputs = [target / f"{p.stem}.png" for p in inputs]
+        checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+        if args.checkpoint is None and not checkpoint.exists():
+            raise ConfigError("no --checkpoint given and no runs/demo: train one with python -m menet_jax.train")
+        predictor = Predictor.from_checkpoint(checkpoint, batch_size=args.batch_size)
+        count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
+                              cutout=args.cutout, progress=not args.no_progress)
+    except (ConfigError, datasets.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} map{'s' if count != 1 else ''} to {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

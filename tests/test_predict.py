@@ -1,0 +1,96 @@
+"""Inference at any image size and the rembg-style predict CLI."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from menet_jax.config import get_config
+from menet_jax.inference import Predictor, load_photo, resize_to
+from menet_jax.model import MEnet, init_variables
+from menet_jax.predict import main, render
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny trained workdir (a few steps are enough to exercise loading and inference)."""
+    from menet_jax.trainer import train
+    path = tmp_path_factory.mktemp("run")
+    train(get_config("tiny", ["steps=2", "train_size=8", "val_size=4", "checkpoint_every=2"]), path, progress=False)
+    return path
+
+
+def test_predictor_returns_maps_at_each_image_size(workdir):
+    predictor = Predictor.from_checkpoint(workdir, batch_size=4)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in [(50, 70), (32, 32), (120, 40),
+                                                                            (33, 91), (64, 64)]]
+    out = predictor(images)                  # five images: two batches, one padded
+    assert [m["metric"].shape for m in out] == [im.shape[:2] for im in images]
+    for maps in out:
+        for name in ("metric", "ce"):
+            assert maps[name].dtype == np.float32 and 0 <= maps[name].min() and maps[name].max() <= 1
+    assert predictor._predict._cache_size() == 1          # one compiled shape for all image sizes
+    # The same image alone or in a batch gives the same map (evaluation-mode BatchNorm, padding ignored).
+    np.testing.assert_allclose(predictor([images[2]])[0]["ce"], out[2]["ce"], atol=1e-5)
+
+
+def test_predictor_matches_the_model_at_network_size():
+    config = get_config("tiny")
+    variables = init_variables(MEnet.from_config(config), 0)
+    predictor = Predictor(variables, config, batch_size=2)
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    from menet_jax.trainer import make_predict_fn
+    direct = make_predict_fn(MEnet.from_config(config))(variables, image[None])
+    np.testing.assert_allclose(predictor([image])[0]["metric"], direct["metric"][0], atol=1e-6)
+
+
+def test_load_photo_handles_modes_and_exif(tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((10, 20), 7, np.uint8)).save(grey)
+    assert load_photo(grey).shape == (10, 20, 3)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((10, 20, 4), np.uint8)).save(rgba)
+    assert load_photo(rgba).shape == (10, 20, 3)
+    rotated = tmp_path / "rotated.jpg"
+    img = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6                                        # "rotate 90 CW to display"
+    img.save(rotated, exif=exif)
+    assert load_photo(rotated).shape == (20, 10, 3)          # upright, as a viewer shows it
+
+
+def test_render_modes():
+    image = np.full((2, 2, 3), 9, np.uint8)
+    saliency = np.array([[0.0, 0.4], [0.6, 1.0]], np.float32)
+    np.testing.assert_array_equal(np.asarray(render(image, saliency)), [[0, 102], [153, 255]])
+    np.testing.assert_array_equal(np.asarray(render(image, saliency, threshold=0.5)), [[0, 0], [255, 255]])
+    cut = np.asarray(render(image, saliency, cutout=True))
+    assert cut.shape == (2, 2, 4) and cut[1, 1, 3] == 255 and cut[0, 0, 0] == 9
+
+
+def test_resize_to_keeps_range_and_shape():
+    out = resize_to(np.random.default_rng(0).random((8, 8)).astype(np.float32), 30, 17)
+    assert out.shape == (30, 17) and out.min() >= 0 and out.max() <= 1
+
+
+def test_cli_folder_on_real_images(workdir, shared_data, tmp_path, capsys):
+    images = sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[555:560]   # includes greyscale 0557
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    assert main(["p", str(folder), str(tmp_path / "out"), "--checkpoint", str(workdir), "--no-progress"]) == 0
+    for p in images:
+        out = Image.open(tmp_path / "out" / f"{p.stem}.png")
+        assert out.size == Image.open(p).size and out.mode == "L"
+    assert main(["i", str(images[0]), str(tmp_path / "one.png"), "--checkpoint", str(workdir), "--cutout",
+                 "--no-progress"]) == 0
+    assert Image.open(tmp_path / "one.png").mode == "RGBA"
+
+
+def test_cli_errors_are_one_line(workdir, tmp_path, capsys):
+    for argv, expected in ((["i", str(tmp_path / "missing.jpg"), "o.png", "--checkpoint", str(workdir)], "image not found"),
+                           (["p", str(tmp_path), "out", "--checkpoint", str(workdir)], "no images found in"),
+                           (["i", __file__, "o.png", "--checkpoint", str(tmp_path)], "not a training workdir")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err
