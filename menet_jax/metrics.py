@@ -1,13 +1,58 @@
-"""Salient-object metrics, batched and jittable, with the definitions of PySODMetrics.
+"""Salient-object metrics with the exact definitions of PySODMetrics 1.6.2 (the field's reference).
 
-Maps are in [0, 1], ground truth is binary; both (N, H, W). Every function returns one value per image.
+Two layers:
+
+* ``mae`` and ``adaptive_fbeta``: batched, jittable float32 functions on (N, H, W) maps in [0, 1], used inside the
+  training loop for quick validation numbers (about 1e-6 from the reference, float32 accumulation).
+* ``image_scores`` / ``SODMetrics``: the evaluation protocol, equal to PySODMetrics within 1e-6 per image and per
+  dataset (measured differences: at most 1e-15). The prediction must already be at the ground truth's size (the
+  caller resizes). Work split:
+
+  - host, numpy float64 (the reference's own operations wherever a result is discontinuous in rounding): input
+    scaling and min-max normalisation, the 8-bit quantisation ``uint8(pred * 255)`` of the curves, the adaptive
+    threshold ``min(2 * mean, 1)`` (``>=``), the per-image 2 x 256 histograms (OpenCV ``calcHist`` / ``bincount``),
+    MAE and the S-measure (block sums, with the reference's exact numpy reductions for the degenerate quadrants whose
+    ``alpha == 0 and beta == 0`` branch depends on numpy's rounding, e.g. of the mean of a constant quadrant);
+  - host, numpy/OpenCV: the weighted F-measure -- nearest-foreground errors by a direct search reproducing the
+    tie-break of scipy's exact EDT feature transform, the 7x7 sigma-5 MATLAB ``fspecial`` Gaussian with zero
+    padding (``cv2.sepFilter2D``), exact Euclidean distances (OpenCV ``DIST_MASK_PRECISE``; scipy above 1000 px);
+  - JAX (float64 via a local ``jax.enable_x64``, one jitted function, batched over images): everything derived from
+    the histograms and the adaptive-threshold counts -- precision, recall and F curves, the E-measure curve, the
+    adaptive F-measure and E-measure, including PySODMetrics's special cases for all-zero / all-one ground truth.
+    ``curves_from_histograms`` takes a batch (N, 2, 256), so a dataset's curves can be scored in one call.
+
+  Why not more JAX: on the 2-core CPU this project is evaluated on, per-image host work dominates and the exact
+  equality needs numpy's own float64 reductions in a few places; the per-pixel passes left are memory-bound.
+
+Curves have 256 entries in PySODMetrics's order: index ``i`` counts the pixels whose quantised value
+``uint8(pred * 255)`` is ``>= 255 - i`` (i.e. thresholds descend from 255/255 at index 0 to 0/255 at index 255).
 """
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _cv2():
+    """OpenCV, imported on first use: the evaluation protocol needs it (opencv-python-headless, a dependency of
+    pysodmetrics), the training-time ``mae`` / ``adaptive_fbeta`` do not."""
+    try:
+        import cv2
+    except ImportError as exc:   # pragma: no cover
+        raise ImportError("menet_jax.metrics.image_scores needs OpenCV: pip install opencv-python-headless") from exc
+    return cv2
+
 
 BETA2 = 0.3   # beta^2 of the F-measure (paper Eq. 16)
+EPS = float(np.spacing(1))   # MATLAB's eps, as PySODMetrics uses it
+ALPHA = 0.5   # S-measure's balance of object and region scores
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training-time float32 metrics (batched, jittable)
 
 def mae(saliency, gt):
     """Mean absolute error per image."""
@@ -24,3 +69,402 @@ def adaptive_fbeta(saliency, gt, beta2: float = BETA2):
     recall = hits / jnp.maximum(jnp.sum(truth, axis=(1, 2)), 1)
     f = (1 + beta2) * precision * recall / jnp.where(hits > 0, beta2 * precision + recall, 1.0)
     return jnp.where(hits > 0, f, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation protocol (PySODMetrics definitions)
+
+def prepare(pred, gt, normalize: bool = True):
+    """(pred float64 in [0, 1], gt bool) as PySODMetrics prepares them.
+
+    pred: uint8 0..255 (divided by 255) or float in [0, 1] (taken as is, in float64). With ``normalize``, min-max
+    normalised per image when max != min. gt: bool (kept), integer 0..255 (``gt > 128``, as PySODMetrics binarises
+    uint8 ground truth: 128 itself is background), or float on a [0, 1] scale (``gt > 128 / 255``).
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.ndim != 2 or pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be the same (H, W); resize first")
+    if pred.dtype == np.uint8:
+        p = pred / 255
+    elif np.issubdtype(pred.dtype, np.floating):
+        p = pred.astype(np.float64, copy=False)
+        if not (p.min() >= 0 and p.max() <= 1):
+            raise ValueError("a float prediction must lie in [0, 1]")
+    else:
+        raise TypeError(f"prediction must be uint8 or float, got {pred.dtype}")
+    if normalize:
+        lo, hi = p.min(), p.max()
+        if hi != lo:
+            p = (p - lo) / (hi - lo)
+    if gt.dtype == bool:
+        g = gt
+    elif np.issubdtype(gt.dtype, np.integer):
+        g = gt > 128
+    else:
+        g = gt > 128 / 255
+    return p, g
+
+
+def _s_object(x):
+    mean = np.mean(x)
+    std = np.std(x, ddof=1) if x.size > 1 else 0
+    return 2 * mean / (np.power(mean, 2) + 1 + std + EPS)
+
+
+def _ssim(pred, gt):
+    n = pred.size
+    x, y = np.mean(pred), np.mean(gt)
+    dx, dy = pred - x, gt - y
+    sigma_x = np.sum(dx ** 2) / (n - 1 + EPS)
+    sigma_y = np.sum(dy ** 2) / (n - 1 + EPS)
+    sigma_xy = np.sum(dx * dy) / (n - 1 + EPS)
+    alpha = 4 * x * y * sigma_xy
+    beta = (x ** 2 + y ** 2) * (sigma_x + sigma_y)
+    if alpha != 0:
+        return alpha / (beta + EPS)
+    return 1.0 if beta == 0 else 0.0
+
+
+def _s_measure_reference(p, g, alpha: float = ALPHA) -> float:
+    """The S-measure with numpy's reductions on the same (sub-)arrays as the reference: bit-for-bit its branches."""
+    y = np.mean(g)
+    if y == 0:
+        return float(1 - np.mean(p))
+    if y == 1:
+        return float(np.mean(p))
+    obj = _s_object(p[g]) * y + _s_object((1 - p)[~g]) * (1 - y)
+    h, w = g.shape
+    cy, cx = _centroid(g)
+    area = h * w
+    w_lt = cx * cy / area
+    w_rt = cy * (w - cx) / area
+    w_lb = (h - cy) * cx / area
+    w_rb = 1 - w_lt - w_rt - w_lb
+    gf = g.astype(np.float64)
+    region = (_ssim(p[0:cy, 0:cx], gf[0:cy, 0:cx]) * w_lt + _ssim(p[0:cy, cx:w], gf[0:cy, cx:w]) * w_rt
+              + _ssim(p[cy:h, 0:cx], gf[cy:h, 0:cx]) * w_lb + _ssim(p[cy:h, cx:w], gf[cy:h, cx:w]) * w_rb)
+    return float(np.maximum(0, obj * alpha + region * (1 - alpha)))
+
+
+def _centroid(g):
+    """The reference's split point: argwhere(gt).mean(axis=0).round() + 1. The integer sums are exact, then one
+    division and numpy's half-to-even rounding, so the result is the same."""
+    n = np.count_nonzero(g)
+    rows, cols = g.sum(axis=1), g.sum(axis=0)
+    cy = np.round(float(np.dot(rows, np.arange(rows.size))) / n)
+    cx = np.round(float(np.dot(cols, np.arange(cols.size))) / n)
+    return int(cy) + 1, int(cx) + 1
+
+
+_TINY = 1e-9   # below this a (co)variance is recomputed the reference's way (its zero tests depend on rounding)
+
+
+def _s_object_from_sums(n, s, ss, exact):
+    """s_object of n values with sum s and sum of squares ss; ``exact()`` gives the values when the variance is
+    too small for the one-pass formula (cancellation) or n < 2."""
+    mean = s / n
+    var = (ss - s * mean) / (n - 1) if n > 1 else 0.0
+    if n < 2 or var < 1e-6:
+        return _s_object(exact())
+    return 2 * mean / (mean ** 2 + 1 + np.sqrt(var) + EPS)
+
+
+def s_measure(p, g, alpha: float = ALPHA) -> float:
+    """Structure measure (Fan et al. 2017, alpha 0.5) of a prepared pair, host numpy in float64.
+
+    Fast path: block sums (sum, sum of squares, cross sum) per region, which differ from the reference's two-pass
+    means by ~1e-16. Where the reference's result depends on exact zeros (a quadrant whose ground truth is
+    constant, a near-constant prediction, an empty quadrant, a tiny variance) that part is recomputed with the same
+    numpy reductions on the same sub-arrays as PySODMetrics, so its branches are taken identically.
+    """
+    h, w = g.shape
+    size = g.size
+    n_fg = int(np.count_nonzero(g))
+    if n_fg == 0 or n_fg == size:
+        return _s_measure_reference(p, g, alpha)
+    y = np.mean(g)
+    pg = p * g
+    pp = p * p
+    ppg = pp * g
+    cy, cx = _centroid(g)
+    # per-quadrant sums from column sums of the top / bottom blocks
+    sums = {}
+    for name, arr in (("x", p), ("xx", pp), ("xy", pg), ("xxy", ppg), ("y", g)):
+        top, bottom = arr[:cy].sum(axis=0), arr[cy:].sum(axis=0)
+        sums[name] = ((top[:cx].sum(), top[cx:].sum()), (bottom[:cx].sum(), bottom[cx:].sum()))
+    s_all = sums["x"][0][0] + sums["x"][0][1] + sums["x"][1][0] + sums["x"][1][1]
+    ss_all = sums["xx"][0][0] + sums["xx"][0][1] + sums["xx"][1][0] + sums["xx"][1][1]
+    s_fg = sums["xy"][0][0] + sums["xy"][0][1] + sums["xy"][1][0] + sums["xy"][1][1]
+    ss_fg = sums["xxy"][0][0] + sums["xxy"][0][1] + sums["xxy"][1][0] + sums["xxy"][1][1]
+    n_bg = size - n_fg
+    s_bg, ss_bg = s_all - s_fg, ss_all - ss_fg                  # of p on the background
+    # background values are 1 - p: sum n_bg - s_bg, sum of squares n_bg - 2 s_bg + ss_bg
+    obj = (_s_object_from_sums(n_fg, s_fg, ss_fg, lambda: p[g]) * y
+           + _s_object_from_sums(n_bg, n_bg - s_bg, n_bg - 2 * s_bg + ss_bg, lambda: (1 - p)[~g]) * (1 - y))
+
+    area = h * w
+    w_lt = cx * cy / area
+    w_rt = cy * (w - cx) / area
+    w_lb = (h - cy) * cx / area
+    weights = ((w_lt, w_rt), (w_lb, 1 - w_lt - w_rt - w_lb))
+    bounds = ((0, cy), (cy, h)), ((0, cx), (cx, w))
+    gf = None
+    region = 0.0
+    for i in range(2):
+        for j in range(2):
+            (r0, r1), (c0, c1) = bounds[0][i], bounds[1][j]
+            n = (r1 - r0) * (c1 - c0)
+            sx, sxx, sxy, sy = sums["x"][i][j], sums["xx"][i][j], sums["xy"][i][j], sums["y"][i][j]
+            if n > 1 and 0 < sy < n:
+                x, yq = sx / n, sy / n
+                sigma_x = (sxx - sx * x) / (n - 1 + EPS)
+                if sigma_x > _TINY and x > _TINY:
+                    sigma_y = (sy - sy * yq) / (n - 1 + EPS)
+                    sigma_xy = (sxy - sx * yq) / (n - 1 + EPS)
+                    a = 4 * x * yq * sigma_xy
+                    b = (x ** 2 + yq ** 2) * (sigma_x + sigma_y)
+                    region += (a / (b + EPS)) * weights[i][j]
+                    continue
+            if gf is None:
+                gf = g.astype(np.float64)
+            region += _ssim(p[r0:r1, c0:c1], gf[r0:r1, c0:c1]) * weights[i][j]
+    return float(np.maximum(0, obj * alpha + region * (1 - alpha)))
+
+
+def _matlab_gaussian(size: int = 7, sigma: float = 5.0) -> np.ndarray:
+    """MATLAB ``fspecial('gaussian', size, sigma)``: exp(-(x^2 + y^2) / (2 sigma^2)), tiny taps zeroed, sum 1."""
+    r = (size - 1) / 2
+    t = np.arange(-r, r + 1)
+    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2))
+    k[k < np.finfo(np.float64).eps * k.max()] = 0
+    return k / k.sum()
+
+
+_GAUSS = _matlab_gaussian()
+_GAUSS1 = _GAUSS.sum(axis=0)   # its separable factor: no tap is zeroed at 7x7 sigma 5, so _GAUSS = outer(_GAUSS1, _GAUSS1)
+_LOG_HALF_FIFTH = np.log(0.5) / 5
+
+
+_B_TABLE = np.zeros(0)
+
+
+def _importance(d2: np.ndarray) -> np.ndarray:
+    """B = 2 - exp(log(0.5) / 5 * distance) from exact integer squared distances, through a cached table (the same
+    float64 operations as the reference on the same values)."""
+    global _B_TABLE
+    top = int(d2.max(initial=0))
+    if top >= _B_TABLE.size:
+        _B_TABLE = 2 - np.exp(_LOG_HALF_FIFTH * np.sqrt(np.arange(max(top + 1, 2 * _B_TABLE.size), dtype=np.float64)))
+    return _B_TABLE[d2]
+
+
+# Offsets (dy, dx) within the 7x7 window's reach of a foreground pixel's nearest neighbour (dy^2 + dx^2 <= 18), in
+# the order the nearest foreground pixel is chosen: distance, then smallest column, then smallest row -- the tie-break
+# of scipy's exact feature transform (``distance_transform_edt(..., return_indices=True)``), which PySODMetrics uses.
+_OFFSETS = sorted(((dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if 0 < dy * dy + dx * dx <= 18),
+                  key=lambda o: (o[0] ** 2 + o[1] ** 2, o[1], o[0]))
+_PAD = 4
+_SQUARE7 = np.ones((7, 7), np.uint8)
+
+
+_OFFSET_DY = np.array([o[0] for o in _OFFSETS])
+_OFFSET_DX = np.array([o[1] for o in _OFFSETS])
+_D2 = _OFFSET_DY ** 2 + _OFFSET_DX ** 2
+_CHUNKS = [(0, int(np.searchsorted(_D2, 2, "right"))), (int(np.searchsorted(_D2, 2, "right")),
+           int(np.searchsorted(_D2, 8, "right"))), (int(np.searchsorted(_D2, 8, "right")), len(_OFFSETS))]
+
+
+def _band_errors(e, g):
+    """Et of the reference on the background pixels within 3 pixels (Chebyshev) of the foreground -- the only ones
+    the 7x7 filter reads for foreground outputs: the error of each one's nearest foreground pixel (ties: smallest
+    column, then smallest row, as scipy). The offsets are tried in priority order, a few distance groups at a time
+    (each chunk ends at a group boundary, so the first hit in a chunk is the nearest). Other pixels keep e."""
+    cv2 = _cv2()
+    h, w = g.shape
+    band = cv2.dilate(g.view(np.uint8), _SQUARE7, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool) & ~g
+    gp = np.zeros((h + 2 * _PAD, w + 2 * _PAD), bool)
+    gp[_PAD:_PAD + h, _PAD:_PAD + w] = g
+    wp = gp.shape[1]
+    gflat = gp.ravel()
+    by, bx = np.nonzero(band)
+    choice = np.empty(by.size, np.intp)
+    todo = np.arange(by.size)
+    pending = (by + _PAD) * wp + (bx + _PAD)
+    for lo, hi in _CHUNKS:
+        hits = gflat[pending[:, None] + (_OFFSET_DY[lo:hi] * wp + _OFFSET_DX[lo:hi])[None, :]]
+        first = np.argmax(hits, axis=1)
+        found = hits[np.arange(first.size), first]
+        choice[todo[found]] = first[found] + lo
+        todo, pending = todo[~found], pending[~found]
+        if not todo.size:
+            break
+    et = e.copy()
+    et[by, bx] = e[by + _OFFSET_DY[choice], bx + _OFFSET_DX[choice]]
+    return et
+
+
+def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
+    """Weighted F-measure (Margolin et al. 2014, beta^2 = 1) as PySODMetrics computes it; 0 for an empty GT.
+
+    Host-side (numpy/OpenCV), equal to the reference's full-image computation:
+
+    * Et (the error a background pixel inherits from its nearest foreground pixel) matters only where the 7x7 filter
+      reads it for a foreground output, i.e. within 3 pixels of the foreground, where the nearest foreground pixel is
+      at most sqrt(18) away: a direct search over those offsets, ordered by distance, then column, then row, which
+      reproduces the tie-break of scipy's exact EDT feature transform (checked against it on random masks in
+      tests/test_metrics.py);
+    * the 7x7 sigma-5 MATLAB Gaussian (separable) with zero padding, by OpenCV;
+    * the distances of the importance weights come from OpenCV's exact Euclidean transform (``DIST_MASK_PRECISE``,
+      float32), rounded back to the exact integer squared distance (exact below about 1000 pixels; larger images
+      use scipy's ``distance_transform_edt``).
+    """
+    cv2 = _cv2()
+    if not g.any():
+        return 0.0
+    bg = ~g
+    h, w = g.shape
+    if e is None:
+        e = np.where(g, 1 - p, p)                              # |pred - gt|, bit for bit
+    if bg.any():
+        rows, cols = np.nonzero(g.any(axis=1))[0], np.nonzero(g.any(axis=0))[0]
+        r0, r1 = max(rows[0] - 3, 0), min(rows[-1] + 4, h)
+        c0, c1 = max(cols[0] - 3, 0), min(cols[-1] + 4, w)
+        gc, ec = g[r0:r1, c0:c1], e[r0:r1, c0:c1]              # every pixel the foreground's 7x7 windows read
+        et = _band_errors(ec, gc)
+        if max(h, w) <= 1000:
+            d = cv2.distanceTransform(bg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            np.square(d, out=d)        # float32: |d^2 - k| < 0.4 for the k <= 2e6 of sides <= 1000, so rint is exact
+            d2 = np.rint(d, out=d).astype(np.int32)
+        else:
+            from scipy.ndimage import distance_transform_edt
+
+            _, (fy, fx) = distance_transform_edt(bg, return_indices=True)
+            yy, xx = np.indices(g.shape)
+            d2 = (fy - yy).astype(np.intp) ** 2 + (fx - xx).astype(np.intp) ** 2
+        fp = float(np.dot(np.where(bg, p, 0).ravel(), _importance(d2).ravel()))   # sum of E * B on the background
+    else:
+        gc, ec = g, e
+        et, fp = ec, 0.0
+    ea = cv2.sepFilter2D(et, cv2.CV_64F, _GAUSS1, _GAUSS1, borderType=cv2.BORDER_CONSTANT)
+    fg_err = np.minimum(ea[gc], ec[gc])                        # MIN_E_EA on the foreground (B = 1 there)
+    n_fg = fg_err.size
+    tp = n_fg - np.sum(fg_err)
+    recall = 1 - np.mean(fg_err)
+    precision = tp / (tp + fp + EPS)
+    return float((1 + beta2) * recall * precision / (recall + beta2 * precision + EPS))
+
+
+@functools.partial(jax.jit, static_argnames=("beta2",))
+def _curves(hist, adp_counts, n_fg, size, beta2=BETA2):
+    """Batched PySODMetrics curves and adaptive scores from (N, 2, 256) histograms (row 0 background, 1 foreground),
+    (N, 2) adaptive counts (binarised-and-foreground, binarised-and-background), (N,) foreground and pixel counts."""
+    f64 = jnp.float64
+    hist = hist.astype(f64)
+    n_fg = n_fg.astype(f64)[:, None]
+    size = size.astype(f64)[:, None]
+    fg_w = jnp.cumsum(hist[:, 1, ::-1], axis=1)          # foreground pixels >= threshold, descending thresholds
+    bg_w = jnp.cumsum(hist[:, 0, ::-1], axis=1)
+    ps = fg_w + bg_w
+    precision = fg_w / jnp.where(ps == 0, 1.0, ps)
+    recall = fg_w / jnp.maximum(n_fg, 1.0)
+    num = (1 + beta2) * precision * recall
+    f_curve = num / jnp.where(num == 0, 1.0, beta2 * precision + recall)
+
+    def emeasure(fg_fg, fg_bg):
+        pred_fg = fg_fg + fg_bg
+        pred_bg = size - pred_fg
+        bg_fg = n_fg - fg_fg
+        bg_bg = pred_bg - bg_fg
+        mp, mg = pred_fg / size, n_fg / size
+        parts = ((fg_fg, 1 - mp, 1 - mg), (fg_bg, 1 - mp, -mg), (bg_fg, -mp, 1 - mg), (bg_bg, -mp, -mg))
+        total = 0.0
+        for numel, a, b in parts:
+            align = 2 * (a * b) / (a ** 2 + b ** 2 + EPS)
+            total = total + ((align + 1) ** 2 / 4) * numel
+        total = jnp.where(n_fg == 0, pred_bg, jnp.where(n_fg == size, pred_fg, total))
+        return total / (size - 1 + EPS)
+
+    e_curve = emeasure(fg_w, bg_w)
+    a_fg, a_bg = adp_counts[:, 0:1].astype(f64), adp_counts[:, 1:2].astype(f64)
+    adp_e = emeasure(a_fg, a_bg)[:, 0]
+    pre = a_fg / jnp.maximum(a_fg + a_bg, 1.0)
+    rec = a_fg / jnp.maximum(n_fg, 1.0)
+    adp_f = jnp.where(a_fg > 0, (1 + beta2) * pre * rec / jnp.where(a_fg > 0, beta2 * pre + rec, 1.0), 0.0)[:, 0]
+    return precision, recall, f_curve, e_curve, adp_f, adp_e
+
+
+def curves_from_histograms(hist, adp_counts, n_fg, size):
+    """JAX (float64) batch of curves: returns numpy (precision, recall, f_curve, e_curve) each (N, 256) and
+    (adp_f, adp_e) each (N,). See ``_curves`` for the inputs (integer counts)."""
+    with jax.enable_x64(True):
+        out = _curves(np.asarray(hist, np.int64), np.asarray(adp_counts, np.int64), np.asarray(n_fg, np.int64),
+                      np.asarray(size, np.int64))
+        return tuple(np.asarray(o) for o in out)
+
+
+def _pixel_stats(p, g, e):
+    """Host part of the per-image work: histograms (2, 256) of the quantised map on the background / foreground,
+    adaptive counts (2,), MAE."""
+    cv2 = _cv2()
+    q = (p * 255).astype(np.uint8)                   # PySODMetrics's quantisation (truncation)
+    fg_mask = g.view(np.uint8)
+    hist = np.empty((2, 256), np.int64)
+    hist[1] = cv2.calcHist([q], [0], fg_mask, [256], [0, 256])[:, 0]      # exact counts (float32 below 2^24)
+    hist[0] = np.bincount(q.ravel(), minlength=256) - hist[1]
+    threshold = min(2 * p.mean(), 1)                 # same numpy mean as the reference: >= is exact
+    binary = p >= threshold
+    fg_fg = np.count_nonzero(binary & g)
+    adp = np.array([fg_fg, np.count_nonzero(binary) - fg_fg])
+    return hist, adp, float(np.mean(e))              # e = |p - gt| bit for bit: the reference's MAE
+
+
+def image_scores(pred, gt, *, normalize: bool = True) -> dict:
+    """All metrics of one image, equal to PySODMetrics's per-image values (within 1e-6; in practice ~1e-15).
+
+    pred: (H, W) uint8 0..255 (divided by 255) or float in [0, 1]; gt: (H, W) bool or uint8 0..255 (``> 128``).
+    ``normalize``: per-image min-max normalisation of the prediction (PySODMetrics's default).
+    Returns floats ``mae, adp_f, adp_e, s_measure, w_f`` and (256,) numpy arrays ``precision, recall, f_curve,
+    e_curve`` (index i: threshold (255 - i) / 255 on the quantised map, PySODMetrics's order).
+    """
+    p, g = prepare(pred, gt, normalize)
+    if g.size >= 2 ** 24:
+        raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
+    e = np.where(g, 1 - p, p)                        # |p - gt|
+    hist, adp, mae_value = _pixel_stats(p, g, e)
+    precision, recall, f_curve, e_curve, adp_f, adp_e = curves_from_histograms(
+        hist[None], adp[None], np.array([np.count_nonzero(g)]), np.array([g.size]))
+    return {"mae": mae_value, "adp_f": float(adp_f[0]), "adp_e": float(adp_e[0]), "s_measure": s_measure(p, g),
+            "w_f": weighted_f(p, g, e=e), "precision": precision[0], "recall": recall[0], "f_curve": f_curve[0],
+            "e_curve": e_curve[0]}
+
+
+class SODMetrics:
+    """Dataset accumulator: ``step(pred, gt)`` per image, ``results()`` for the dataset (means over images, as
+    PySODMetrics: maxF / meanF = max / mean of the dataset-mean F curve, maxE / meanE likewise on the E curve)."""
+
+    _SCALARS = ("mae", "adp_f", "adp_e", "s_measure", "w_f")
+    _CURVES = ("precision", "recall", "f_curve", "e_curve")
+
+    def __init__(self, normalize: bool = True):
+        self.normalize = normalize
+        self._values = {k: [] for k in self._SCALARS + self._CURVES}
+
+    def step(self, pred, gt) -> dict:
+        scores = image_scores(pred, gt, normalize=self.normalize)
+        for k, v in self._values.items():
+            v.append(scores[k])
+        return scores
+
+    def __len__(self) -> int:
+        return len(self._values["mae"])
+
+    def results(self) -> dict:
+        if not len(self):
+            raise ValueError("no image was scored")
+        mean = {k: np.mean(np.array(v, dtype=np.float64), axis=0) for k, v in self._values.items()}
+        f_curve, e_curve = mean["f_curve"], mean["e_curve"]
+        return {"n_images": len(self), "mae": float(mean["mae"]), "adp_f": float(mean["adp_f"]),
+                "mean_f": float(f_curve.mean()), "max_f": float(f_curve.max()), "s_measure": float(mean["s_measure"]),
+                "adp_e": float(mean["adp_e"]), "mean_e": float(e_curve.mean()), "max_e": float(e_curve.max()),
+                "w_f": float(mean["w_f"]), "precision": mean["precision"], "recall": mean["recall"],
+                "f_curve": f_curve}
