@@ -86,6 +86,11 @@ def prepare(pred, gt, normalize: bool = True):
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be the same (H, W); resize first")
     if pred.dtype == np.uint8:
         p = pred / 255
+        if normalize:   # min/max of pred / 255 are those of pred, divided by 255 (monotone): cheaper on uint8
+            lo, hi = pred.min() / 255, pred.max() / 255
+            if hi != lo:
+                p = (p - lo) / (hi - lo)
+            normalize = False
     elif np.issubdtype(pred.dtype, np.floating):
         p = pred.astype(np.float64, copy=False)
         if not (p.min() >= 0 and p.max() <= 1):
@@ -185,17 +190,17 @@ def s_measure(p, g, alpha: float = ALPHA) -> float:
     y = np.mean(g)
     pg = p * g
     pp = p * p
-    ppg = pp * g
     cy, cx = _centroid(g)
     # per-quadrant sums from column sums of the top / bottom blocks
     sums = {}
-    for name, arr in (("x", p), ("xx", pp), ("xy", pg), ("xxy", ppg), ("y", g)):
+    for name, arr in (("x", p), ("xx", pp), ("xy", pg), ("y", g)):
         top, bottom = arr[:cy].sum(axis=0), arr[cy:].sum(axis=0)
         sums[name] = ((top[:cx].sum(), top[cx:].sum()), (bottom[:cx].sum(), bottom[cx:].sum()))
     s_all = sums["x"][0][0] + sums["x"][0][1] + sums["x"][1][0] + sums["x"][1][1]
     ss_all = sums["xx"][0][0] + sums["xx"][0][1] + sums["xx"][1][0] + sums["xx"][1][1]
     s_fg = sums["xy"][0][0] + sums["xy"][0][1] + sums["xy"][1][0] + sums["xy"][1][1]
-    ss_fg = sums["xxy"][0][0] + sums["xxy"][0][1] + sums["xxy"][1][0] + sums["xxy"][1][1]
+    flat = pg.ravel()
+    ss_fg = float(np.dot(flat, flat))                           # p^2 on the foreground
     n_bg = size - n_fg
     s_bg, ss_bg = s_all - s_fg, ss_all - ss_fg                  # of p on the background
     # background values are 1 - p: sum n_bg - s_bg, sum of squares n_bg - 2 s_bg + ss_bg
@@ -274,11 +279,20 @@ _CHUNKS = [(0, int(np.searchsorted(_D2, 2, "right"))), (int(np.searchsorted(_D2,
            int(np.searchsorted(_D2, 8, "right"))), (int(np.searchsorted(_D2, 8, "right")), len(_OFFSETS))]
 
 
-def _band_errors(e, g):
+_GROUP_DY = np.zeros((19, 8), np.intp)    # per squared distance: its offsets in tie-break order, padded by repeats
+_GROUP_DX = np.zeros((19, 8), np.intp)
+for _d2 in np.unique(_D2):
+    _members = [o for o in _OFFSETS if o[0] ** 2 + o[1] ** 2 == _d2]
+    _members += [_members[-1]] * (8 - len(_members))
+    _GROUP_DY[_d2], _GROUP_DX[_d2] = [o[0] for o in _members], [o[1] for o in _members]
+
+
+def _band_errors(e, g, d2=None):
     """Et of the reference on the background pixels within 3 pixels (Chebyshev) of the foreground -- the only ones
     the 7x7 filter reads for foreground outputs: the error of each one's nearest foreground pixel (ties: smallest
-    column, then smallest row, as scipy). The offsets are tried in priority order, a few distance groups at a time
-    (each chunk ends at a group boundary, so the first hit in a chunk is the nearest). Other pixels keep e."""
+    column, then smallest row, as scipy). With ``d2`` (exact squared distances to the foreground) only the offsets
+    at that distance are tried; without, offsets in priority order a few distance groups at a time (each chunk ends
+    at a group boundary, so the first hit in a chunk is the nearest). Other pixels keep e."""
     cv2 = _cv2()
     h, w = g.shape
     band = cv2.dilate(g.view(np.uint8), _SQUARE7, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool) & ~g
@@ -287,19 +301,29 @@ def _band_errors(e, g):
     wp = gp.shape[1]
     gflat = gp.ravel()
     by, bx = np.nonzero(band)
-    choice = np.empty(by.size, np.intp)
+    choice_dy, choice_dx = np.zeros(by.size, np.intp), np.zeros(by.size, np.intp)
     todo = np.arange(by.size)
     pending = (by + _PAD) * wp + (bx + _PAD)
+    if d2 is not None:
+        group = np.minimum(d2[by, bx], 18)
+        dy, dx = _GROUP_DY[group], _GROUP_DX[group]
+        hits = gflat[pending[:, None] + dy * wp + dx]
+        first = np.argmax(hits, axis=1)
+        rows = np.arange(first.size)
+        found = hits[rows, first]
+        choice_dy[found], choice_dx[found] = dy[rows, first][found], dx[rows, first][found]
+        todo, pending = todo[~found], pending[~found]           # none are left when d2 is exact
     for lo, hi in _CHUNKS:
+        if not todo.size:
+            break
         hits = gflat[pending[:, None] + (_OFFSET_DY[lo:hi] * wp + _OFFSET_DX[lo:hi])[None, :]]
         first = np.argmax(hits, axis=1)
         found = hits[np.arange(first.size), first]
-        choice[todo[found]] = first[found] + lo
+        choice_dy[todo[found]] = _OFFSET_DY[lo + first[found]]
+        choice_dx[todo[found]] = _OFFSET_DX[lo + first[found]]
         todo, pending = todo[~found], pending[~found]
-        if not todo.size:
-            break
     et = e.copy()
-    et[by, bx] = e[by + _OFFSET_DY[choice], bx + _OFFSET_DX[choice]]
+    et[by, bx] = e[by + choice_dy, bx + choice_dx]
     return et
 
 
@@ -330,7 +354,6 @@ def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
         r0, r1 = max(rows[0] - 3, 0), min(rows[-1] + 4, h)
         c0, c1 = max(cols[0] - 3, 0), min(cols[-1] + 4, w)
         gc, ec = g[r0:r1, c0:c1], e[r0:r1, c0:c1]              # every pixel the foreground's 7x7 windows read
-        et = _band_errors(ec, gc)
         if max(h, w) <= 1000:
             d = cv2.distanceTransform(bg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
             np.square(d, out=d)        # float32: |d^2 - k| < 0.4 for the k <= 2e6 of sides <= 1000, so rint is exact
@@ -341,6 +364,7 @@ def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
             _, (fy, fx) = distance_transform_edt(bg, return_indices=True)
             yy, xx = np.indices(g.shape)
             d2 = (fy - yy).astype(np.intp) ** 2 + (fx - xx).astype(np.intp) ** 2
+        et = _band_errors(ec, gc, d2[r0:r1, c0:c1])
         fp = float(np.dot(np.where(bg, p, 0).ravel(), _importance(d2).ravel()))   # sum of E * B on the background
     else:
         gc, ec = g, e
@@ -410,7 +434,7 @@ def _pixel_stats(p, g, e):
     fg_mask = g.view(np.uint8)
     hist = np.empty((2, 256), np.int64)
     hist[1] = cv2.calcHist([q], [0], fg_mask, [256], [0, 256])[:, 0]      # exact counts (float32 below 2^24)
-    hist[0] = np.bincount(q.ravel(), minlength=256) - hist[1]
+    hist[0] = cv2.calcHist([q], [0], None, [256], [0, 256])[:, 0] - hist[1]
     threshold = min(2 * p.mean(), 1)                 # same numpy mean as the reference: >= is exact
     binary = p >= threshold
     fg_fg = np.count_nonzero(binary & g)

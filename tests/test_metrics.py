@@ -163,11 +163,12 @@ def test_nearest_foreground_search_matches_scipy_feature_transform():
         if not g.any() or g.all():
             continue
         e = rng.random((h, w))
-        iy, ix = distance_transform_edt(~g, return_distances=False, return_indices=True)
+        dist, (iy, ix) = distance_transform_edt(~g, return_indices=True)
         expected = e[iy, ix]
-        got = metrics._band_errors(e, g)
         band = np.asarray(Image.fromarray(g.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(7))) > 0
-        np.testing.assert_array_equal(got[band], expected[band], err_msg=f"trial {trial}")
+        d2 = np.rint(dist ** 2).astype(np.int32)
+        for got in (metrics._band_errors(e, g), metrics._band_errors(e, g, d2)):   # search by groups / by distance
+            np.testing.assert_array_equal(got[band], expected[band], err_msg=f"trial {trial}")
 
 
 def test_batched_jax_curves_equal_per_image(cases):
