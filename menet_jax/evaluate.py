@@ -1,0 +1,200 @@
+"""`python -m menet_jax.evaluate`: score MEnet (or any method's saliency maps) with the standard SOD metrics.
+
+    python -m menet_jax.evaluate --checkpoint runs/duts --data-dir ../shared/data/ECSSD --output eval/ecssd
+    python -m menet_jax.evaluate --predictions maps/ --data-dir ../shared/data/ECSSD --output eval/other
+
+Protocol (the field's, as PySODMetrics): each map is resized to its ground truth's original size (bilinear), the
+ground truth is binarised at 128 and never resized, and maps are min-max normalised per image (--no-normalize
+to score them as they are). Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png;
+with --save-maps also the maps, as DIR/maps/<dataset>/<map>/<stem>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+import datasets
+from menet_jax.config import ConfigError
+from menet_jax.inference import MAPS, resize_to
+
+DATASET_KEYS = ("n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f")
+IMAGE_KEYS = ("mae", "adp_f", "s_measure", "adp_e", "w_f")
+
+
+def prediction_folder(predictions: Path, dataset: str) -> Path:
+    """PySODEvalToolkit's layout (PRED/<dataset>/<stem>.png) when that folder exists, else PRED itself."""
+    return predictions / dataset if (predictions / dataset).is_dir() else predictions
+
+
+def load_prediction(path: Path, height: int, width: int) -> np.ndarray:
+    """A saved saliency map (any size, any mode) as float in [0, 1] at the ground truth's size."""
+    try:
+        with Image.open(path) as img:
+            grey = np.asarray(img.convert("L"), np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:
+        raise datasets.DataError(f"{path}: cannot read prediction ({error})") from None
+    return resize_to(grey, height, width)
+
+
+def match_predictions(folder: datasets.FolderSource, predictions: Path):
+    """Prediction paths in the order of the ground truth; every stem must be on both sides."""
+    if not predictions.is_dir():
+        raise datasets.DataError(f"prediction folder not found: {predictions}")
+    found = {p.stem: p for p in predictions.iterdir()
+             if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith(".")}
+    stems = [image.stem for image, _ in folder.pairs]
+    for image, mask in folder.pairs:
+        if image.stem not in found:
+            raise datasets.DataError(f"{mask}: no prediction with the same stem in {predictions}")
+    extra = sorted(set(found) - set(stems))
+    if extra:
+        raise datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {folder.root} "
+                                 f"({len(extra)} such predictions)")
+    return [found[stem] for stem in stems]
+
+
+def evaluate_folder(folder: datasets.FolderSource, maps_for, map_names, *, normalize=True, save_dir=None,
+                    progress=True, batch_size=8):
+    """Score every image of `folder`; `maps_for(indices, examples)` returns one {map name: (H, W) map} each.
+
+    Returns ({map name: dataset results}, [per-image rows]).
+    """
+    from menet_jax.metrics import SODMetrics
+    meters = {name: SODMetrics(normalize=normalize) for name in map_names}
+    rows = []
+    bar = tqdm(total=len(folder), desc=folder.root.name, unit="img", disable=not progress)
+    for start in range(0, len(folder), batch_size):
+        indices = range(start, min(start + batch_size, len(folder)))
+        examples = [folder[i] for i in indices]
+        for example, maps in zip(examples, maps_for(indices, examples)):
+            for name in map_names:
+                scores = meters[name].step(maps[name], example["mask"])
+                rows.append({"dataset": folder.root.name, "map": name, "name": example["name"],
+                             **{key: float(scores[key]) for key in IMAGE_KEYS}})
+                if save_dir is not None:
+                    out = Path(save_dir) / folder.root.name / name / f"{example['name']}.png"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.round(maps[name] * 255).astype(np.uint8)).save(out)
+        bar.update(len(examples))
+    bar.close()
+    return {name: meter.results() for name, meter in meters.items()}, rows
+
+
+def format_tables(results) -> str:
+    """The paper's Table I layout (an F-beta / MAE row pair per dataset, one column per map) and all metrics."""
+    datasets_ = sorted({key.split("/")[0] for key in results})
+    maps = sorted({key.split("/")[1] if "/" in key else "" for key in results})
+    column = lambda m: m or "map"
+    lines = [f"{'Dataset':14s} {'':7s}" + "".join(f"{column(m):>10s}" for m in maps)]
+    for name in datasets_:
+        for label, key in (("F-beta", "adp_f"), ("MAE", "mae")):
+            values = [results.get(f"{name}/{m}" if m else name, {}).get(key) for m in maps]
+            cells = "".join(f"{v:10.4f}" if v is not None else f"{'-':>10s}" for v in values)
+            lines.append(f"{name if label == 'F-beta' else '':14s} {label:7s}{cells}")
+    lines.append("")
+    header = ["adpF", "MAE", "maxF", "meanF", "S", "adpE", "meanE", "maxE", "wF"]
+    keys = ["adp_f", "mae", "max_f", "mean_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f"]
+    lines.append(f"{'Dataset/map':22s} {'n':>5s}" + "".join(f"{h:>8s}" for h in header))
+    for key, r in results.items():
+        lines.append(f"{key:22s} {r['n_images']:5d}" + "".join(f"{r[k]:8.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+def plot_curves(results, output: Path) -> None:
+    """PR curves and F-beta-vs-threshold curves, one line per dataset (and map)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    thresholds = np.arange(256) / 255
+    for filename, draw, xlabel, ylabel in (
+            ("pr_curve.png", lambda r: (r["recall"], r["precision"]), "recall", "precision"),
+            ("f_curve.png", lambda r: (thresholds, r["f_curve"]), "threshold", "F-beta (beta^2 = 0.3)")):
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+        for key, r in results.items():
+            ax.plot(*draw(r), label=key)
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(output / filename)
+        plt.close(fig)
+
+
+def write_outputs(results, rows, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    summary = {"datasets": {key: {k: r[k] for k in DATASET_KEYS} for key, r in results.items()}}
+    (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(output / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["dataset", "map", "name", *IMAGE_KEYS])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_curves(results, output)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m menet_jax.evaluate", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="training workdir whose latest checkpoint is scored")
+    source.add_argument("--predictions", type=Path, help="folder of saliency maps (PNG per stem, any size)")
+    parser.add_argument("--data-dir", type=Path, action="append", required=True,
+                        help="dataset folder with images/ and masks/ (repeat for several)")
+    parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
+    parser.add_argument("--output", type=Path, default=Path("eval"), help="results folder (default: eval)")
+    parser.add_argument("--save-maps", action="store_true", help="also write the maps as PNGs")
+    parser.add_argument("--no-normalize", action="store_true", help="no per-image min-max of the maps")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from menet_jax.train import enable_compilation_cache
+    enable_compilation_cache()
+    try:
+        folders = []
+        for data_dir in args.data_dir:
+            folder = datasets.FolderSource(data_dir)
+            folder.verify()
+            folders.append(folder)
+        if len({f.root.name for f in folders}) != len(folders):
+            raise ConfigError("two --data-dir folders have the same name: results would be mixed up")
+        if args.checkpoint is not None:
+            from menet_jax.inference import Predictor
+            predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+            map_names = MAPS if args.map == "both" else (args.map,)
+            maps_for = lambda indices, examples: predictor([e["image"] for e in examples])
+        else:
+            map_names = ("",)
+        results, rows = {}, []
+        for folder in folders:
+            if args.predictions is not None:
+                paths = match_predictions(folder, prediction_folder(args.predictions, folder.root.name))
+                maps_for = lambda indices, examples, paths=paths: [
+                    {"": load_prediction(paths[i], *e["mask"].shape)} for i, e in zip(indices, examples)]
+            scores, folder_rows = evaluate_folder(
+                folder, maps_for, map_names, normalize=not args.no_normalize,
+                save_dir=args.output / "maps" if args.save_maps else None, progress=not args.no_progress,
+                batch_size=args.batch_size)
+            for name, r in scores.items():     # NAME, or NAME/metric and NAME/ce when both maps are scored
+                results[f"{folder.root.name}/{name}" if len(map_names) > 1 else folder.root.name] = r
+            rows += folder_rows
+        write_outputs(results, rows, args.output)
+    except (ConfigError, datasets.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_tables(results))
+    print(f"results: {args.output / 'results.json'}, per-image scores and PR / F curves in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

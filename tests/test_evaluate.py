@@ -1,0 +1,93 @@
+"""`python -m menet_jax.evaluate`: outputs, protocol (maps resized to the GT size) and error cases."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from menet_jax.evaluate import main
+from menet_jax.metrics import SODMetrics
+
+
+@pytest.fixture(scope="module")
+def small_ecssd(shared_data, tmp_path_factory):
+    """Twelve real ECSSD pairs in the images/ + masks/ layout."""
+    root = tmp_path_factory.mktemp("data") / "ECSSD12"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[550:562]:
+        (root / "images" / image.name).write_bytes(image.read_bytes())
+        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
+        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
+    return root
+
+
+def _write_predictions(data, out):
+    """Blurred ground truth saved at half resolution: the evaluator must resize it back."""
+    out.mkdir()
+    for mask in sorted((data / "masks").glob("*.png")):
+        img = Image.open(mask).convert("L").filter(ImageFilter.GaussianBlur(4))
+        img.resize((img.width // 2, img.height // 2), Image.BILINEAR).save(out / mask.name)
+
+
+def test_predictions_are_scored_at_the_ground_truth_size(small_ecssd, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    _write_predictions(small_ecssd, preds)
+    out = tmp_path / "eval"
+    assert main(["--predictions", str(preds), "--data-dir", str(small_ecssd), "--output", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "ECSSD12" in printed and "F-beta" in printed and "MAE" in printed
+    results = json.loads((out / "results.json").read_text())["datasets"]["ECSSD12"]
+    assert set(results) == {"n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e",
+                            "max_e", "w_f"}
+    assert results["n_images"] == 12
+    # The same numbers from the metric library fed with the maps resized by hand.
+    meter = SODMetrics()
+    for mask in sorted((small_ecssd / "masks").glob("*.png")):
+        gt = np.asarray(Image.open(mask).convert("L"))
+        grey = np.asarray(Image.open(preds / mask.name).convert("L"), np.float32) / 255
+        pred = Image.fromarray(grey, mode="F").resize(gt.shape[::-1], Image.BILINEAR)
+        meter.step(np.clip(np.asarray(pred), 0, 1), gt)
+    expected = meter.results()
+    for key in ("mae", "adp_f", "max_f", "s_measure", "w_f", "max_e"):
+        assert results[key] == pytest.approx(expected[key], abs=1e-6)
+    assert 0.8 < results["max_f"] <= 1.0                        # blurred GT is a good map
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 12 and {"name", "mae", "adp_f", "s_measure"} <= set(rows[0])
+    assert (out / "pr_curve.png").stat().st_size > 1000 and (out / "f_curve.png").stat().st_size > 1000
+
+
+def test_missing_and_extra_predictions_are_one_line_errors(small_ecssd, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    _write_predictions(small_ecssd, preds)
+    first = sorted(preds.iterdir())[0]
+    first.rename(tmp_path / first.name)
+    assert main(["--predictions", str(preds), "--data-dir", str(small_ecssd), "--no-progress",
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no prediction with the same stem" in err and first.stem in err and "\n" not in err
+    (tmp_path / first.name).rename(first)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(preds / "stray.png")
+    assert main(["--predictions", str(preds), "--data-dir", str(small_ecssd), "--no-progress",
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "stray.png: no ground truth with the same stem" in err
+
+
+def test_checkpoint_scores_both_maps_and_saves_them(small_ecssd, tmp_path, capsys):
+    from menet_jax.config import get_config
+    from menet_jax.trainer import train
+    workdir = tmp_path / "run"
+    train(get_config("tiny", ["steps=2", "train_size=8", "val_size=4", "checkpoint_every=2"]), workdir,
+          progress=False)
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(workdir), "--data-dir", str(small_ecssd), "--output", str(out),
+                 "--save-maps", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())["datasets"]
+    assert set(results) == {"ECSSD12/metric", "ECSSD12/ce"}
+    saved = sorted((out / "maps" / "ECSSD12" / "ce").glob("*.png"))
+    assert len(saved) == 12
+    first_mask = sorted((small_ecssd / "masks").glob("*.png"))[0]
+    assert Image.open(saved[0]).size == Image.open(first_mask).size   # maps at the original size
