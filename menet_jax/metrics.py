@@ -365,12 +365,14 @@ def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
             yy, xx = np.indices(g.shape)
             d2 = (fy - yy).astype(np.intp) ** 2 + (fx - xx).astype(np.intp) ** 2
         et = _band_errors(ec, gc, d2[r0:r1, c0:c1])
-        fp = float(np.dot(np.where(bg, p, 0).ravel(), _importance(d2).ravel()))   # sum of E * B on the background
+        ew_all = float(np.dot(e.ravel(), _importance(d2).ravel()))   # E * B summed; B = 1 on the foreground
     else:
         gc, ec = g, e
-        et, fp = ec, 0.0
+        et, ew_all = ec, None
     ea = cv2.sepFilter2D(et, cv2.CV_64F, _GAUSS1, _GAUSS1, borderType=cv2.BORDER_CONSTANT)
-    fg_err = np.minimum(ea[gc], ec[gc])                        # MIN_E_EA on the foreground (B = 1 there)
+    e_fg = ec[gc]
+    fg_err = np.minimum(ea[gc], e_fg)                          # MIN_E_EA on the foreground (B = 1 there)
+    fp = 0.0 if ew_all is None else max(ew_all - float(np.sum(e_fg)), 0.0)   # sum of E * B on the background
     n_fg = fg_err.size
     tp = n_fg - np.sum(fg_err)
     recall = 1 - np.mean(fg_err)
