@@ -88,8 +88,9 @@ def prepare(pred, gt, normalize: bool = True):
         p = pred / 255
         if normalize:   # min/max of pred / 255 are those of pred, divided by 255 (monotone): cheaper on uint8
             lo, hi = pred.min() / 255, pred.max() / 255
-            if hi != lo:
-                p = (p - lo) / (hi - lo)
+            if hi != lo:   # in place: the same operations as (p - lo) / (hi - lo)
+                p -= lo
+                p /= hi - lo
             normalize = False
     elif np.issubdtype(pred.dtype, np.floating):
         p = pred.astype(np.float64, copy=False)
@@ -455,7 +456,8 @@ def image_scores(pred, gt, *, normalize: bool = True) -> dict:
     p, g = prepare(pred, gt, normalize)
     if g.size >= 2 ** 24:
         raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
-    e = np.where(g, 1 - p, p)                        # |p - gt|
+    e = p.copy()                                     # |p - gt|: p on the background, 1 - p on the foreground
+    np.subtract(1, p, out=e, where=g)
     hist, adp, mae_value = _pixel_stats(p, g, e)
     precision, recall, f_curve, e_curve, adp_f, adp_e = curves_from_histograms(
         hist[None], adp[None], np.array([np.count_nonzero(g)]), np.array([g.size]))
