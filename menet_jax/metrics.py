@@ -5,7 +5,7 @@ Two layers:
 * ``mae`` and ``adaptive_fbeta``: batched, jittable float32 functions on (N, H, W) maps in [0, 1], used inside the
   training loop for quick validation numbers (about 1e-6 from the reference, float32 accumulation).
 * ``image_scores`` / ``SODMetrics``: the evaluation protocol, equal to PySODMetrics within 1e-6 per image and per
-  dataset (measured differences: at most 1e-15). The prediction must already be at the ground truth's size (the
+  dataset (measured differences: below 1e-14). The prediction must already be at the ground truth's size (the
   caller resizes). Work split:
 
   - host, numpy float64 (the reference's own operations wherever a result is discontinuous in rounding): input
@@ -24,8 +24,9 @@ Two layers:
   Why not more JAX: on the 2-core CPU this project is evaluated on, per-image host work dominates and the exact
   equality needs numpy's own float64 reductions in a few places; the per-pixel passes left are memory-bound.
 
-Curves have 256 entries in PySODMetrics's order: index ``i`` counts the pixels whose quantised value
-``uint8(pred * 255)`` is ``>= 255 - i`` (i.e. thresholds descend from 255/255 at index 0 to 0/255 at index 255).
+Curves have 256 entries in ascending threshold order: index ``t`` counts the pixels whose quantised value
+``uint8(pred * 255)`` is ``>= t``, i.e. threshold t / 255 (index 0: everything is salient). PySODMetrics stores the
+same values in the reverse order (its index i is threshold (255 - i) / 255): ours == theirs[::-1].
 """
 from __future__ import annotations
 
@@ -389,8 +390,9 @@ def _curves(hist, adp_counts, n_fg, size, beta2=BETA2):
     hist = hist.astype(f64)
     n_fg = n_fg.astype(f64)[:, None]
     size = size.astype(f64)[:, None]
-    fg_w = jnp.cumsum(hist[:, 1, ::-1], axis=1)          # foreground pixels >= threshold, descending thresholds
-    bg_w = jnp.cumsum(hist[:, 0, ::-1], axis=1)
+    # pixels >= threshold t, for t = 0..255 (ascending): reversed cumulative sums of the histograms
+    fg_w = jnp.cumsum(hist[:, 1, ::-1], axis=1)[:, ::-1]
+    bg_w = jnp.cumsum(hist[:, 0, ::-1], axis=1)[:, ::-1]
     ps = fg_w + bg_w
     precision = fg_w / jnp.where(ps == 0, 1.0, ps)
     recall = fg_w / jnp.maximum(n_fg, 1.0)
@@ -451,7 +453,7 @@ def image_scores(pred, gt, *, normalize: bool = True) -> dict:
     pred: (H, W) uint8 0..255 (divided by 255) or float in [0, 1]; gt: (H, W) bool or uint8 0..255 (``> 128``).
     ``normalize``: per-image min-max normalisation of the prediction (PySODMetrics's default).
     Returns floats ``mae, adp_f, adp_e, s_measure, w_f`` and (256,) numpy arrays ``precision, recall, f_curve,
-    e_curve`` (index i: threshold (255 - i) / 255 on the quantised map, PySODMetrics's order).
+    e_curve`` (index t: threshold t / 255 on the quantised map; PySODMetrics's arrays reversed).
     """
     p, g = prepare(pred, gt, normalize)
     if g.size >= 2 ** 24:

@@ -57,18 +57,20 @@ class _Reference:
         for m in (self.fm, self.mae, self.sm, self.em, self.wfm):
             m.step(pred, gt, normalize=normalize)
 
+    # PySODMetrics's curves run from threshold 255/255 down to 0; ours (index t = threshold t/255) are reversed.
     def last(self) -> dict:
         return {"mae": self.mae.maes[-1], "adp_f": self.fm.adaptive_fms[-1], "adp_e": self.em.adaptive_ems[-1],
-                "s_measure": self.sm.sms[-1], "w_f": self.wfm.weighted_fms[-1], "precision": self.fm.precisions[-1],
-                "recall": self.fm.recalls[-1], "f_curve": self.fm.changeable_fms[-1],
-                "e_curve": self.em.changeable_ems[-1]}
+                "s_measure": self.sm.sms[-1], "w_f": self.wfm.weighted_fms[-1],
+                "precision": self.fm.precisions[-1][::-1], "recall": self.fm.recalls[-1][::-1],
+                "f_curve": self.fm.changeable_fms[-1][::-1], "e_curve": self.em.changeable_ems[-1][::-1]}
 
     def results(self) -> dict:
         f, pr, e = self.fm.get_results()["fm"], self.fm.get_results()["pr"], self.em.get_results()["em"]
         return {"n_images": len(self.mae.maes), "mae": self.mae.get_results()["mae"], "adp_f": f["adp"],
                 "mean_f": f["curve"].mean(), "max_f": f["curve"].max(), "s_measure": self.sm.get_results()["sm"],
                 "adp_e": e["adp"], "mean_e": e["curve"].mean(), "max_e": e["curve"].max(),
-                "w_f": self.wfm.get_results()["wfm"], "precision": pr["p"], "recall": pr["r"], "f_curve": f["curve"]}
+                "w_f": self.wfm.get_results()["wfm"], "precision": pr["p"][::-1], "recall": pr["r"][::-1],
+                "f_curve": f["curve"][::-1]}
 
 
 def _check(ours: dict, ref: dict, label: str, worst: dict):
@@ -135,12 +137,13 @@ def test_hand_computed_4x4():
     assert s["mae"] == pytest.approx(2 / 16, abs=1e-15)              # one missed, one false pixel of 16
     # adaptive threshold 2 x mean = 0.5: 4 predicted, 3 hits: P = R = 3/4, F = 3/4
     assert s["adp_f"] == pytest.approx(0.75, abs=1e-15)
-    # index i = threshold (255 - i) / 255: every threshold above 0 keeps the 4 pixels at 255; threshold 0 keeps all 16
-    np.testing.assert_allclose(s["precision"][:255], 0.75, atol=1e-15)
-    np.testing.assert_allclose(s["recall"][:255], 0.75, atol=1e-15)
-    assert (s["precision"][255], s["recall"][255]) == pytest.approx((4 / 16, 1.0), abs=1e-15)
+    # index t = threshold t / 255: threshold 0 keeps all 16 pixels; every threshold above 0 keeps the 4 at 255
+    assert (s["precision"][0], s["recall"][0]) == pytest.approx((4 / 16, 1.0), abs=1e-15)
+    np.testing.assert_allclose(s["precision"][1:], 0.75, atol=1e-15)
+    np.testing.assert_allclose(s["recall"][1:], 0.75, atol=1e-15)
     f0 = 1.3 * 0.25 / (0.3 * 0.25 + 1)
-    assert s["f_curve"][255] == pytest.approx(f0, abs=1e-15)
+    assert s["f_curve"][0] == pytest.approx(f0, abs=1e-15)
+    assert s["f_curve"][1:] == pytest.approx(np.full(255, 0.75), abs=1e-15)
     data = SODMetrics()
     data.step(pred, gt)
     r = data.results()
