@@ -157,7 +157,7 @@ def _centroid(g):
     """The reference's split point: argwhere(gt).mean(axis=0).round() + 1. The integer sums are exact, then one
     division and numpy's half-to-even rounding, so the result is the same."""
     n = np.count_nonzero(g)
-    rows, cols = g.sum(axis=1), g.sum(axis=0)
+    rows, cols = np.count_nonzero(g, axis=1), np.count_nonzero(g, axis=0)
     cy = np.round(float(np.dot(rows, np.arange(rows.size))) / n)
     cx = np.round(float(np.dot(cols, np.arange(cols.size))) / n)
     return int(cy) + 1, int(cx) + 1
@@ -195,9 +195,11 @@ def s_measure(p, g, alpha: float = ALPHA) -> float:
     cy, cx = _centroid(g)
     # per-quadrant sums from column sums of the top / bottom blocks
     sums = {}
-    for name, arr in (("x", p), ("xx", pp), ("xy", pg), ("y", g)):
+    for name, arr in (("x", p), ("xx", pp), ("xy", pg)):
         top, bottom = arr[:cy].sum(axis=0), arr[cy:].sum(axis=0)
         sums[name] = ((top[:cx].sum(), top[cx:].sum()), (bottom[:cx].sum(), bottom[cx:].sum()))
+    top, bottom = np.count_nonzero(g[:cy], axis=0), np.count_nonzero(g[cy:], axis=0)
+    sums["y"] = ((int(top[:cx].sum()), int(top[cx:].sum())), (int(bottom[:cx].sum()), int(bottom[cx:].sum())))
     s_all = sums["x"][0][0] + sums["x"][0][1] + sums["x"][1][0] + sums["x"][1][1]
     ss_all = sums["xx"][0][0] + sums["xx"][0][1] + sums["xx"][1][0] + sums["xx"][1][1]
     s_fg = sums["xy"][0][0] + sums["xy"][0][1] + sums["xy"][1][0] + sums["xy"][1][1]
