@@ -35,9 +35,8 @@ class _Block(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
 
-    def brc(self, features=None, **kw):
-        return BRC(features or self.features, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                   dtype=self.dtype, **kw)
+    def brc(self, **kw):
+        return BRC(self.features, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype, **kw)
 
 
 class IdentityBlock(_Block):
