@@ -177,13 +177,12 @@ def make_batch(
     "mask": uint8 (B, size, size) in {0, 1}}``. Deterministic in
     ``(source, step, batch_size, size, seed, shuffle, augment, crop_min)``.
     """
-    do_augment = augment
     idx = batch_indices(step, batch_size, len(source), seed, shuffle)
     images = np.empty((batch_size, size, size, 3), np.uint8)
     masks = np.empty((batch_size, size, size), np.uint8)
     for j, k in enumerate(idx):
         ex = source[int(k)]
-        if do_augment:
+        if augment:
             rng = np.random.default_rng([seed, AUGMENT_STREAM, step, j])
             images[j], masks[j] = _augment(ex["image"], ex["mask"], size, rng, crop_min)
         else:

@@ -157,7 +157,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from menet_jax.train import enable_compilation_cache
+    from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
     try:
         folders = []

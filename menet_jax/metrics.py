@@ -38,12 +38,8 @@ import numpy as np
 
 
 def _cv2():
-    """OpenCV, imported on first use: the evaluation protocol needs it (opencv-python-headless, a dependency of
-    pysodmetrics), the training-time ``mae`` / ``adaptive_fbeta`` do not."""
-    try:
-        import cv2
-    except ImportError as exc:   # pragma: no cover
-        raise ImportError("menet_jax.metrics.image_scores needs OpenCV: pip install opencv-python-headless") from exc
+    """OpenCV, imported when the evaluation protocol first needs it, so training does not pay for the import."""
+    import cv2
     return cv2
 
 

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     import datasets
     from menet_jax.config import ConfigError
     from menet_jax.inference import Predictor
-    from menet_jax.train import enable_compilation_cache
+    from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
     try:
         if args.threshold is not None and not 0 <= args.threshold <= 1:

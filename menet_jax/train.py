@@ -10,10 +10,8 @@ A rerun with the same --workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 from menet_jax.config import PRESETS, ConfigError, get_config
 
@@ -43,17 +41,10 @@ def dry_run(config) -> None:
     print(f"forward FLOPs per image: {forward_flops(model, shapes):.4g}")
 
 
-def enable_compilation_cache() -> None:
-    """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR, default ~/.cache/menet_jax/xla): a resumed or repeated
-    run skips the train step's compilation (tens of seconds on a CPU)."""
-    import jax
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "menet_jax" / "xla"))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import datasets
+    from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
     workdir = args.workdir or f"runs/{args.config}"
     try:

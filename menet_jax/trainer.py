@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +35,13 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+
+
+def enable_compilation_cache() -> None:
+    """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR, default ~/.cache/menet_jax/xla): a resumed or repeated
+    run skips the train step's compilation (tens of seconds on a CPU)."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "menet_jax" / "xla"))
 
 
 # ----------------------------------------------------------------------------------------------------- optimiser
