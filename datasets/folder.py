@@ -158,6 +158,11 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def names(self) -> list[str]:
+        """The stems, in index order, without reading any file."""
+        return [image.stem for image, _ in self.pairs]
+
     def __getitem__(self, i) -> dict:
         i = operator.index(i)
         n = len(self.pairs)

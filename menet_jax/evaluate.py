@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import datasets
+from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
 from menet_jax.inference import MAPS, resize_to
 
@@ -43,48 +44,47 @@ def load_prediction(path: Path, height: int, width: int) -> np.ndarray:
     return resize_to(grey, height, width)
 
 
-def match_predictions(folder: datasets.FolderSource, predictions: Path):
-    """Prediction paths in the order of the ground truth; every stem must be on both sides."""
+def match_predictions(name: str, stems, predictions: Path):
+    """Prediction paths in the order of the ground truth's `stems`; every stem must be on both sides."""
     if not predictions.is_dir():
         raise datasets.DataError(f"prediction folder not found: {predictions}")
     found = {p.stem: p for p in predictions.iterdir()
              if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith(".")}
-    stems = [image.stem for image, _ in folder.pairs]
-    for image, mask in folder.pairs:
-        if image.stem not in found:
-            raise datasets.DataError(f"{mask}: no prediction with the same stem in {predictions}")
+    for stem in stems:
+        if stem not in found:
+            raise datasets.DataError(f"{name}/{stem}: no prediction with the same stem in {predictions}")
     extra = sorted(set(found) - set(stems))
     if extra:
-        raise datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {folder.root} "
+        raise datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {name} "
                                  f"({len(extra)} such predictions)")
     return [found[stem] for stem in stems]
 
 
-def evaluate_folder(folder: datasets.FolderSource, maps_for, map_names, *, normalize=True, save_dir=None,
+def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, save_dir=None,
                     progress=True, batch_size=8):
-    """Score every image of `folder`; `maps_for(indices, examples)` returns one {map name: (H, W) map} each.
+    """Score every image of `source`; `maps_for(indices, examples)` returns one {map name: (H, W) map} each.
 
     Returns ({map name: dataset results}, [per-image rows]).
     """
     from menet_jax.metrics import SODMetrics
     meters = {name: SODMetrics(normalize=normalize) for name in map_names}
     rows = []
-    bar = tqdm(total=len(folder), desc=folder.root.name, unit="img", disable=not progress)
-    for start in range(0, len(folder), batch_size):
-        indices = range(start, min(start + batch_size, len(folder)))
-        examples = [folder[i] for i in indices]
+    bar = tqdm(total=len(source), desc=name, unit="img", disable=not progress)
+    for start in range(0, len(source), batch_size):
+        indices = range(start, min(start + batch_size, len(source)))
+        examples = [source[i] for i in indices]
         for example, maps in zip(examples, maps_for(indices, examples)):
-            for name in map_names:
-                scores = meters[name].step(maps[name], example["mask"])
-                rows.append({"dataset": folder.root.name, "map": name, "name": example["name"],
+            for map_name in map_names:
+                scores = meters[map_name].step(maps[map_name], example["mask"])
+                rows.append({"dataset": name, "map": map_name, "name": example["name"],
                              **{key: float(scores[key]) for key in IMAGE_KEYS}})
                 if save_dir is not None:
-                    out = Path(save_dir) / folder.root.name / name / f"{example['name']}.png"
+                    out = Path(save_dir) / name / map_name / f"{example['name']}.png"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.round(maps[name] * 255).astype(np.uint8)).save(out)
+                    Image.fromarray(np.round(maps[map_name] * 255).astype(np.uint8)).save(out)
         bar.update(len(examples))
     bar.close()
-    return {name: meter.results() for name, meter in meters.items()}, rows
+    return {map_name: meter.results() for map_name, meter in meters.items()}, rows
 
 
 def format_tables(results) -> str:
@@ -144,14 +144,13 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="training workdir whose latest checkpoint is scored")
     source.add_argument("--predictions", type=Path, help="folder of saliency maps (PNG per stem, any size)")
-    parser.add_argument("--data-dir", type=Path, action="append", required=True,
-                        help="dataset folder with images/ and masks/ (repeat for several)")
     parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
     parser.add_argument("--output", type=Path, default=Path("eval"), help="results folder (default: eval)")
     parser.add_argument("--save-maps", action="store_true", help="also write the maps as PNGs")
     parser.add_argument("--no-normalize", action="store_true", help="no per-image min-max of the maps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true")
+    add_source_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -160,13 +159,7 @@ def main(argv=None) -> int:
     from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
     try:
-        folders = []
-        for data_dir in args.data_dir:
-            folder = datasets.FolderSource(data_dir)
-            folder.verify()
-            folders.append(folder)
-        if len({f.root.name for f in folders}) != len(folders):
-            raise ConfigError("two --data-dir folders have the same name: results would be mixed up")
+        sources = sources_from_args(args)
         if args.checkpoint is not None:
             from menet_jax.inference import Predictor
             predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
@@ -175,18 +168,18 @@ def main(argv=None) -> int:
         else:
             map_names = ("",)
         results, rows = {}, []
-        for folder in folders:
+        for name, source in sources:
             if args.predictions is not None:
-                paths = match_predictions(folder, prediction_folder(args.predictions, folder.root.name))
+                paths = match_predictions(name, source.names, prediction_folder(args.predictions, name))
                 maps_for = lambda indices, examples, paths=paths: [
                     {"": load_prediction(paths[i], *e["mask"].shape)} for i, e in zip(indices, examples)]
-            scores, folder_rows = evaluate_folder(
-                folder, maps_for, map_names, normalize=not args.no_normalize,
+            scores, source_rows = evaluate_source(
+                name, source, maps_for, map_names, normalize=not args.no_normalize,
                 save_dir=args.output / "maps" if args.save_maps else None, progress=not args.no_progress,
                 batch_size=args.batch_size)
-            for name, r in scores.items():     # NAME, or NAME/metric and NAME/ce when both maps are scored
-                results[f"{folder.root.name}/{name}" if len(map_names) > 1 else folder.root.name] = r
-            rows += folder_rows
+            for map_name, r in scores.items():     # NAME, or NAME/metric and NAME/ce when both maps are scored
+                results[f"{name}/{map_name}" if len(map_names) > 1 else name] = r
+            rows += source_rows
         write_outputs(results, rows, args.output)
     except (ConfigError, datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
