@@ -1,29 +1,67 @@
 """Datasets stored as a folder of images and a folder of masks.
 
-The main layout is ``root/images/<stem>.<ext>`` + ``root/masks/<stem>.<ext>``;
-the official DUTS (``DUTS-TR-Image``/``DUTS-TR-Mask``, ``DUTS-TE-*``) and
-ECSSD (``images``/``ground_truth_mask``) layouts are recognised too.
+The main layout is ``root/images/<stem>.<ext>`` + ``root/masks/<stem>.<ext>``; the official release layouts
+of the benchmarks (see :data:`LAYOUTS`) are recognised too.
+
+Policy for real-world files (the same for a folder read as it is and for a prepared TFDS dataset):
+
+- greyscale, CMYK, RGBA (alpha dropped), palette and 16-bit images are converted to 8-bit RGB;
+- masks: luminance (never alpha), 16-bit scaled to 8 bit, palette masks with coloured entries read as
+  "any non-black colour is foreground"; binarised at 128 (the soft 8-bit version is kept where asked for);
+- EXIF orientation: masks are drawn over the stored pixels in every benchmark, so the raw pixel order is kept,
+  except when only the rotated image has the mask's size (orientations 5-8), then the rotation is applied;
+- a mask of another size, an image without a mask or a mask without an image, an unreadable, corrupt or
+  truncated file: a one-line :class:`DataError` naming the file (``datasets.prepare --skip-bad`` skips and
+  lists them instead);
+- hidden files and files without an image extension are ignored (and counted by :func:`scan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-#: (image folder, mask folder) names tried in order by :func:`find_pairs`.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a release keeps its images and masks (folders relative to the dataset root).
+
+    When both are the same folder (MSRA10K's ``Imgs/``), images and masks are told apart by extension.
+    """
+
+    name: str
+    images: str
+    masks: str
+    image_exts: tuple = IMAGE_EXTS
+    mask_exts: tuple = IMAGE_EXTS
+
+    def describe(self) -> str:
+        if self.images == self.masks:
+            return f"{self.images}/ (*{'/'.join(self.image_exts)} images + *{'/'.join(self.mask_exts)} masks)"
+        return f"{self.images}/ + {self.masks}/"
+
+
+#: Layouts tried in order by :func:`find_pairs`.
 LAYOUTS = (
-    ("images", "masks"),
-    ("DUTS-TR-Image", "DUTS-TR-Mask"),
-    ("DUTS-TE-Image", "DUTS-TE-Mask"),
-    ("images", "ground_truth_mask"),
+    Layout("plain", "images", "masks"),
+    Layout("DUTS-TR", "DUTS-TR-Image", "DUTS-TR-Mask"),
+    Layout("DUTS-TE", "DUTS-TE-Image", "DUTS-TE-Mask"),
+    Layout("ECSSD", "images", "ground_truth_mask"),
+    Layout("HKU-IS", "imgs", "gt"),
+    Layout("DUT-OMRON", "DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+    Layout("PASCAL-S", "imgs/pascal", "masks/pascal"),
+    Layout("MSRA10K", "Imgs", "Imgs", (".jpg", ".jpeg"), (".png",)),
+    Layout("image/mask", "image", "mask"),
 )
 
 
@@ -31,8 +69,9 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-def _list_files(folder: Path) -> dict[str, Path]:
-    """Visible image files of ``folder`` keyed by stem (no recursion)."""
+def _list_files(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> dict[str, Path]:
+    """Visible files of ``folder`` with one of ``exts``, keyed by stem (no recursion); the other visible files
+    are appended to ``ignored``."""
     files: dict[str, Path] = {}
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -40,7 +79,9 @@ def _list_files(folder: Path) -> dict[str, Path]:
         if entry.name.startswith("."):
             continue
         path = folder / entry.name
-        if path.suffix.lower() not in IMAGE_EXTS or not entry.is_file():
+        if path.suffix.lower() not in exts or not entry.is_file():
+            if ignored is not None and entry.is_file() and path.suffix.lower() not in IMAGE_EXTS:
+                ignored.append(path)
             continue
         if path.stem in files:
             raise DataError(f"{path}: another file with the same stem exists: {files[path.stem]}")
@@ -48,36 +89,59 @@ def _list_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _find_layout(root: Path) -> tuple[Path, Path]:
-    for image_name, mask_name in LAYOUTS:
-        if (root / image_name).is_dir() and (root / mask_name).is_dir():
-            return root / image_name, root / mask_name
-    searched = ", ".join(f"{root / i} + {root / m}" for i, m in LAYOUTS)
+def find_layout(root, layouts=LAYOUTS) -> tuple[Layout, Path, Path]:
+    """The first of ``layouts`` present under ``root``: (layout, image folder, mask folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    for layout in layouts:
+        if (root / layout.images).is_dir() and (root / layout.masks).is_dir():
+            return layout, root / layout.images, root / layout.masks
+    first, rest = layouts[0], "; ".join(layout.describe() for layout in layouts[1:])
+    searched = f"{root / first.images} + {root / first.masks}" + (f"; and under it {rest}" if rest else "")
     raise DataError(f"{root}: no image/mask folder pair found (searched {searched})")
 
 
-def find_pairs(root) -> list[tuple[Path, Path]]:
+@dataclasses.dataclass
+class Scan:
+    """What a dataset folder holds: matched pairs (sorted by stem), unmatched files and ignored files."""
+
+    layout: Layout
+    pairs: list
+    orphans: list  # [(path, one-line reason)]
+    ignored: list  # files without an image extension
+
+
+def scan(root, layouts=LAYOUTS) -> Scan:
+    """Match images and masks by stem, recording (not raising on) images without masks and masks without
+    images."""
+    layout, image_dir, mask_dir = find_layout(root, layouts)
+    ignored: list = []
+    same = image_dir == mask_dir
+    images = _list_files(image_dir, layout.image_exts, ignored)
+    masks = _list_files(mask_dir, layout.mask_exts, None if same else ignored)
+    if not images:
+        raise DataError(f"no images found in {image_dir}")
+    orphans = [(path, f"{path}: no mask with the same stem in {mask_dir}")
+               for stem, path in images.items() if stem not in masks]
+    orphans += [(path, f"{path}: no image with the same stem in {image_dir}")
+                for stem, path in masks.items() if stem not in images]
+    pairs = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+    return Scan(layout, pairs, orphans, ignored)
+
+
+def find_pairs(root, layouts=LAYOUTS) -> list[tuple[Path, Path]]:
     """Return the (image path, mask path) pairs of a dataset folder, sorted by stem.
 
     Images and masks are matched by file stem. Every image needs a mask and
     every mask an image; hidden files and files with other extensions are
     ignored. Raises :class:`DataError` on any problem.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
-    image_dir, mask_dir = _find_layout(root)
-    images = _list_files(image_dir)
-    masks = _list_files(mask_dir)
-    if not images:
-        raise DataError(f"no images found in {image_dir}")
-    for stem, path in images.items():
-        if stem not in masks:
-            raise DataError(f"{path}: no mask with the same stem in {mask_dir}")
-    for stem, path in masks.items():
-        if stem not in images:
-            raise DataError(f"{path}: no image with the same stem in {image_dir}")
-    return [(images[stem], masks[stem]) for stem in sorted(images)]
+    found = scan(root, layouts)
+    if found.orphans:
+        raise DataError(found.orphans[0][1] + (f" (and {len(found.orphans) - 1} more unmatched files)"
+                                               if len(found.orphans) > 1 else ""))
+    return found.pairs
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -110,9 +174,13 @@ def _to_8bit_grey(img: Image.Image) -> np.ndarray | None:
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image as a uint8 ``(H, W, 3)`` RGB array (raw pixel order, no EXIF rotation)."""
+    """Read an image as a uint8 ``(H, W, 3)`` RGB array (raw pixel order, no EXIF rotation: see
+    :func:`load_pair`)."""
     path = Path(path)
-    img = _open(path, "image")
+    return _image_array(_open(path, "image"), path)
+
+
+def _image_array(img: Image.Image, path: Path) -> np.ndarray:
     try:
         grey = _to_8bit_grey(img)
         if grey is not None:
@@ -125,23 +193,104 @@ def load_image(path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _palette_is_grey(img: Image.Image) -> bool:
+    colours = np.asarray(img.getpalette() or [], np.int64).reshape(-1, 3)
+    return bool((colours == colours[:, :1]).all())
+
+
+def _mask_grey(img: Image.Image, path: Path) -> np.ndarray:
+    try:
+        grey = _to_8bit_grey(img)
+        if grey is not None:
+            return grey
+        if img.mode == "P" and not _palette_is_grey(img):
+            # Class-coloured palette masks (dark red on black, as in VOC): any non-black entry is foreground.
+            colours = np.asarray(img.getpalette(), np.int64).reshape(-1, 3)
+            on = np.zeros(256, np.uint8)
+            on[: len(colours)] = np.where(colours.any(axis=1), 255, 0)
+            return on[np.asarray(img, dtype=np.uint8)]
+        if img.mode != "L":
+            img = img.convert("L")
+        return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read mask ({_one_line(exc)})") from exc
+
+
+def load_mask_grey(path) -> np.ndarray:
+    """Read a mask as it is, in 8 bit: uint8 ``(H, W)`` (soft masks keep their grey levels)."""
+    path = Path(path)
+    return _mask_grey(_open(path, "mask"), path)
+
+
+def binarise(grey: np.ndarray) -> np.ndarray:
+    """The field's protocol: grey >= 128 is foreground (255), the rest background (0)."""
+    return np.where(grey >= 128, np.uint8(255), np.uint8(0))
+
+
 def load_mask(path) -> np.ndarray:
     """Read a mask as a uint8 ``(H, W)`` array of 0/255 (greyscale >= 128 -> 255).
 
     Colour masks use their luminance (never the alpha channel); 16-bit masks
     are scaled to 8 bit before thresholding.
     """
-    path = Path(path)
-    img = _open(path, "mask")
+    return binarise(load_mask_grey(path))
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(img: Image.Image) -> int:
     try:
-        grey = _to_8bit_grey(img)
-        if grey is None:
-            if img.mode != "L":
-                img = img.convert("L")
-            grey = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read mask ({_one_line(exc)})") from exc
-    return np.where(grey >= 128, np.uint8(255), np.uint8(0))
+        return int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1
+
+
+def _use_exif_rotation(orientation: int, image_size, mask_size) -> bool:
+    """True when only the EXIF-rotated image has the mask's size (a transposing orientation, 5-8)."""
+    (w, h), (mw, mh) = image_size, mask_size
+    return orientation in (5, 6, 7, 8) and (w, h) != (mw, mh) and (h, w) == (mw, mh)
+
+
+def _size_mismatch(image_path, mask_path, image_size, mask_size) -> DataError:
+    (iw, ih), (mw, mh) = image_size, mask_size
+    return DataError(f"{mask_path}: mask is {mw}x{mh} but image {image_path} is {iw}x{ih}")
+
+
+@dataclasses.dataclass
+class Pair:
+    """One decoded example with what the TFDS builders need to store it without loss."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    mask_grey: np.ndarray  # uint8 (H, W), as stored (soft masks keep their grey levels)
+    image_format: str  # the file's format as PIL names it: JPEG, PNG, BMP, ...
+    image_mode: str  # the file's PIL mode: RGB, L, CMYK, P, RGBA, I;16, ...
+    exif_rotated: bool  # the EXIF rotation was applied (see the module docstring)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return binarise(self.mask_grey)
+
+    @property
+    def stored_as_is(self) -> bool:
+        """The file is an 8-bit RGB JPEG used without rotation: its bytes decode to exactly ``image``, so a
+        prepared dataset keeps them (no recompression); anything else is stored as a lossless PNG of ``image``."""
+        return self.image_format == "JPEG" and self.image_mode == "RGB" and not self.exif_rotated
+
+
+def load_pair(image_path, mask_path) -> Pair:
+    """Read an image and its mask, resolving EXIF orientation against the mask and checking their sizes."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    img = _open(image_path, "image")
+    mask_grey = load_mask_grey(mask_path)
+    mask_size = (mask_grey.shape[1], mask_grey.shape[0])
+    rotated = _use_exif_rotation(_orientation(img), img.size, mask_size)
+    image_format, image_mode = img.format or image_path.suffix.lstrip(".").upper(), img.mode
+    if rotated:
+        img = ImageOps.exif_transpose(img)
+    if img.size != mask_size:
+        raise _size_mismatch(image_path, mask_path, img.size, mask_size)
+    return Pair(_image_array(img, image_path), mask_grey, image_format, image_mode, rotated)
 
 
 class FolderSource:
@@ -169,27 +318,24 @@ class FolderSource:
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} examples")
         image_path, mask_path = self.pairs[i]
-        image = load_image(image_path)
-        mask = load_mask(mask_path)
-        if image.shape[:2] != mask.shape:
-            (ih, iw), (mh, mw) = image.shape[:2], mask.shape
-            raise DataError(f"{mask_path}: mask is {mw}x{mh} but image {image_path} is {iw}x{ih}")
-        return {"image": image, "mask": mask, "name": image_path.stem}
+        pair = load_pair(image_path, mask_path)
+        return {"image": pair.image, "mask": pair.mask, "name": image_path.stem}
 
     def verify(self) -> None:
         """Read every image and mask header (no decoding, about 1 ms a pair), so that unreadable files and size
         mismatches fail before a run starts rather than in the middle of it."""
         for image_path, mask_path in self.pairs:
-            sizes = []
+            sizes, orientation = [], 1
             for path, what in ((image_path, "image"), (mask_path, "mask")):
                 try:
                     with Image.open(path) as img:
                         sizes.append(img.size)
+                        if what == "image":
+                            orientation = _orientation(img)
                 except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                     raise DataError(f"{path}: cannot read {what} ({_one_line(exc) or type(exc).__name__})") from exc
-            if sizes[0] != sizes[1]:
-                (iw, ih), (mw, mh) = sizes
-                raise DataError(f"{mask_path}: mask is {mw}x{mh} but image {image_path} is {iw}x{ih}")
+            if sizes[0] != sizes[1] and not _use_exif_rotation(orientation, *sizes):
+                raise _size_mismatch(image_path, mask_path, *sizes)
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r}, {len(self)} examples)"
