@@ -6,37 +6,203 @@ without touching the model. Layout is NHWC activations and HWIO kernels througho
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0):
+def conv_impl(impl: str | None = None) -> str:
+    """The formulation to use: "fast" or "plain" (the lax convolutions as written).
+
+    `impl` None reads MENET_CONV (auto, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time. "auto"
+    picks the fast formulations on CPU, where XLA's backward convolutions are slow, and plain lax elsewhere
+    (cuDNN and the TPU convolution emitters handle the lax forms well).
+    """
+    if impl is None:
+        impl = os.environ.get("MENET_CONV", "auto").strip().lower() or "auto"
+        if os.environ.get("MENET_PLAIN_CONV", "0").strip().lower() not in ("", "0", "false", "no", "off"):
+            impl = "plain"
+    if impl == "auto":
+        return "fast" if jax.default_backend() == "cpu" else "plain"
+    if impl not in ("fast", "plain"):
+        raise ValueError(f"convolution implementation must be auto, fast or plain, got {impl!r}")
+    return impl
+
+
+def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str | None = None):
     """Cross-correlation with symmetric (Caffe-style) zero padding on both spatial axes."""
-    y = lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=((padding, padding), (padding, padding)),
-        dimension_numbers=_DIMS)
+    pads = ((padding, padding), (padding, padding))
+    if conv_impl(impl) == "fast":
+        y = _conv_fast(x, kernel, stride, pads)
+    else:
+        y = _conv_plain(x, kernel, stride, pads)
     return y if bias is None else y + bias
 
 
-def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0):
+def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str | None = None):
     """Transposed convolution with Caffe/PyTorch semantics: out = (in - 1) * stride - 2 * padding + k.
 
     Each input pixel scatters `x[h, w] * kernel[i, j]` to output `(h * stride + i - padding,
-    w * stride + j - padding)`. Written as the equivalent input-dilated convolution with the flipped kernel.
+    w * stride + j - padding)`. The plain form is the equivalent input-dilated convolution with the flipped
+    kernel; the fast one computes each output phase with a stride-1 convolution (see `_conv_transpose_fast`).
     """
     k = kernel.shape[0]
     edge = k - 1 - padding
     if edge < 0:
         raise ValueError(f"transposed conv padding {padding} exceeds kernel size {k} - 1")
+    if conv_impl(impl) == "fast":
+        return _conv_transpose_fast(x, kernel, stride, padding)
     return lax.conv_general_dilated(
         x, kernel[::-1, ::-1], window_strides=(1, 1), padding=((edge, edge), (edge, edge)),
         lhs_dilation=(stride, stride), dimension_numbers=_DIMS)
+
+
+# ---------------------------------------------------------------------------------------------- fast formulations
+# XLA's CPU backend computes conv weight gradients (and anything with lhs_dilation: transposed convs, input
+# gradients of strided convs) far slower than PyTorch; forward stride-1 and strided convs and matrix products are
+# fast. The fast forms below compute the same functions, arranged so that every derivative is one of the fast ops.
+
+def _conv_plain(x, kernel, stride, pads):
+    return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=pads,
+                                    dimension_numbers=_DIMS)
+
+
+def _out_size(size, lo, hi, k, stride):
+    return (size + lo + hi - k) // stride + 1
+
+
+def _pad(x, pads):
+    """Spatial zero padding; negative amounts crop."""
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+
+
+def _tap(xp, i, j, stride, ho, wo):
+    """The (ho, wo) pixels of the padded input that kernel tap (i, j) meets."""
+    n, _, _, c = xp.shape
+    return lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                     (1, stride, stride, 1))
+
+
+def _conv_fast(x, kernel, stride, pads):
+    """conv2d with (possibly asymmetric) padding: pointwise and fully-covering kernels as matrix products,
+    the rest through `_conv_taps` (lax forward, per-tap matrix-product weight gradient)."""
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    ho, wo = _out_size(h, *pads[0], kh, stride), _out_size(w, *pads[1], kw, stride)
+    if kh == kw == 1:
+        return jnp.einsum("nhwc,co->nhwo", _tap(_pad(x, pads), 0, 0, stride, ho, wo), kernel[0, 0])
+    if ho == wo == 1:   # the kernel covers the padded input: a dense layer (MEnet's bottleneck conv)
+        window = _tap(_pad(x, pads), 0, 0, 1, kh, kw)
+        return jnp.dot(window.reshape(n, kh * kw * cin), kernel.reshape(kh * kw * cin, cout)).reshape(n, 1, 1, cout)
+    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in pads)
+    if any(v for pair in crop for v in pair):
+        x = _pad(x, crop)
+        pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+    return _conv_taps(x, kernel, stride, pads)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_taps(x, kernel, stride, pads):
+    """A lax convolution whose tangent is written so that its transpose (the backward pass) is fast:
+    the input part as a stride-1 convolution, the kernel part as one matrix product per tap."""
+    return _conv_plain(x, kernel, stride, pads)
+
+
+def _conv_taps_jvp(stride, pads, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = _conv_plain(x, kernel, stride, pads)
+    parts = []
+    if not isinstance(dx, SymbolicZero):
+        parts.append(_conv_plain(dx, kernel, 1, pads) if stride == 1 else _conv_space_to_depth(dx, kernel, stride, pads))
+    if not isinstance(dkernel, SymbolicZero):
+        parts.append(_conv_per_tap(x, dkernel, stride, pads, y.shape[1:3]))
+    dy = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+    return y, dy
+
+
+_conv_taps.defjvp(_conv_taps_jvp, symbolic_zeros=True)
+
+
+def _conv_per_tap(x, kernel, stride, pads, out_hw):
+    """sum over taps of (shifted, strided input) @ kernel[tap]; transposed, one (rows x C_in)^T (rows x C_out)
+    product per tap in NHWC order (the fastest weight gradient measured on CPU)."""
+    xp = _pad(x, pads)
+    kh, kw = kernel.shape[:2]
+    terms = [jnp.einsum("nhwc,co->nhwo", _tap(xp, i, j, stride, *out_hw), kernel[i, j])
+             for i in range(kh) for j in range(kw)]
+    return functools.reduce(jnp.add, terms)
+
+
+def _conv_space_to_depth(x, kernel, stride, pads):
+    """A strided conv as a stride-1 conv on the space-to-depth input with the kernel regrouped the same way;
+    its input gradient is then a stride-1 conv plus depth-to-space instead of XLA's slow input-dilated conv."""
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    s = stride
+    ho, wo = _out_size(h, *pads[0], kh, s), _out_size(w, *pads[1], kw, s)
+    qh, qw = -(-kh // s), -(-kw // s)
+    hp, wp = s * (ho + qh - 1), s * (wo + qw - 1)
+    xp = _pad(x, ((pads[0][0], hp - h - pads[0][0]), (pads[1][0], wp - w - pads[1][0])))
+    xs = xp.reshape(n, hp // s, s, wp // s, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // s, wp // s, s * s * cin)
+    kp = jnp.pad(kernel, ((0, qh * s - kh), (0, qw * s - kw), (0, 0), (0, 0)))
+    ks = kp.reshape(qh, s, qw, s, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(qh, qw, s * s * cin, cout)
+    return _conv_plain(xs, ks, 1, ((0, 0), (0, 0)))
+
+
+def _conv_transpose_fast(x, kernel, stride, padding):
+    """Transposed conv without input dilation.
+
+    A 1 x 1 input is a dense layer; kernel == stride (no overlap) one matrix product plus depth-to-space; stride 1
+    an ordinary conv with the flipped kernel. Otherwise each of the stride^2 output phases (rows r mod stride,
+    columns q mod stride) is a stride-1 conv of the input with the kernel taps of that phase (every stride-th,
+    flipped) and a one-sided padding, and the phases are interleaved (depth-to-space).
+    """
+    k, _, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    s, p = stride, padding
+    out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+    if h == w == 1:
+        return jnp.einsum("nc,ijco->nijo", x[:, 0, 0], kernel[p:p + out_h, p:p + out_w])
+    if s == 1:
+        edge = k - 1 - p
+        return _conv_fast(x, kernel[::-1, ::-1], 1, ((edge, edge), (edge, edge)))
+    if k == s and p == 0:
+        y = jnp.einsum("nhwc,ijco->nhiwjo", x, kernel)
+        return y.reshape(n, h * s, w * s, cout)
+
+    def phase(r, size, out):
+        """First tap, padding (low, high) of the stride-1 conv giving output rows r, r + s, ... (ceil(out/s))."""
+        first = (r + p) % s
+        taps = len(range(first, k, s))
+        shift = (r + p - first) // s
+        rows = -(-out // s)
+        return first, taps, (taps - 1 - shift, rows - 1 + shift - (size - 1))
+
+    rows = []
+    for r in range(s):
+        fh, th, pad_h = phase(r, h, out_h)
+        cols = []
+        for q in range(s):
+            fw, tw, pad_w = phase(q, w, out_w)
+            if th == 0 or tw == 0:   # kernel smaller than the stride: no tap lands on this phase
+                cols.append(jnp.zeros((n, -(-out_h // s), -(-out_w // s), cout), x.dtype))
+                continue
+            sub = kernel[fh::s, fw::s][::-1, ::-1]
+            cols.append(_conv_fast(x, sub, 1, (pad_h, pad_w)))
+        rows.append(jnp.stack(cols, axis=3))
+    y = jnp.stack(rows, axis=2)                            # (N, rows, s, cols, s, C_out)
+    y = y.reshape(n, y.shape[1] * s, y.shape[3] * s, cout)
+    return y[:, :out_h, :out_w]
 
 
 def xavier_bound(kernel_shape, transpose: bool) -> float:
