@@ -73,15 +73,17 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
     for start in range(0, len(source), batch_size):
         indices = range(start, min(start + batch_size, len(source)))
         examples = [source[i] for i in indices]
-        for example, maps in zip(examples, maps_for(indices, examples)):
-            for map_name in map_names:
-                scores = meters[map_name].step(maps[map_name], example["mask"])
+        batch_maps = maps_for(indices, examples)
+        for map_name in map_names:
+            preds = [maps[map_name] for maps in batch_maps]
+            scores = meters[map_name].step_batch(preds, [example["mask"] for example in examples])
+            for example, pred, image_scores in zip(examples, preds, scores):
                 rows.append({"dataset": name, "map": map_name, "name": example["name"],
-                             **{key: float(scores[key]) for key in IMAGE_KEYS}})
+                             **{key: float(image_scores[key]) for key in IMAGE_KEYS}})
                 if save_dir is not None:
                     out = Path(save_dir) / name / map_name / f"{example['name']}.png"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.round(maps[map_name] * 255).astype(np.uint8)).save(out)
+                    Image.fromarray(np.round(pred * 255).astype(np.uint8)).save(out)
         bar.update(len(examples))
     bar.close()
     return {map_name: meter.results() for map_name, meter in meters.items()}, rows

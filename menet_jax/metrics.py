@@ -445,6 +445,32 @@ def _pixel_stats(p, g, e):
     return hist, adp, float(np.mean(e))              # e = |p - gt| bit for bit: the reference's MAE
 
 
+def _host_scores(pred, gt, normalize: bool):
+    """The per-image host work: histograms and counts for the curves, and the scalar metrics."""
+    p, g = prepare(pred, gt, normalize)
+    if g.size >= 2 ** 24:
+        raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
+    e = p.copy()                                     # |p - gt|: p on the background, 1 - p on the foreground
+    np.subtract(1, p, out=e, where=g)
+    hist, adp, mae_value = _pixel_stats(p, g, e)
+    return hist, adp, np.count_nonzero(g), g.size, {"mae": mae_value, "s_measure": s_measure(p, g),
+                                                      "w_f": weighted_f(p, g, e=e)}
+
+
+def batch_scores(preds, gts, *, normalize: bool = True) -> list[dict]:
+    """``image_scores`` of many images, with their curves computed in one batched JAX call (padded to a power of
+    two, so that a dataset compiles a handful of shapes) instead of one call per image."""
+    host = [_host_scores(pred, gt, normalize) for pred, gt in zip(preds, gts, strict=True)]
+    if not host:
+        return []
+    n = len(host)
+    padded = 1 << (n - 1).bit_length()
+    hist, adp, n_fg, size = (np.stack([h[k] for h in host] + [host[-1][k]] * (padded - n)) for k in range(4))
+    precision, recall, f_curve, e_curve, adp_f, adp_e = curves_from_histograms(hist, adp, n_fg, size)
+    return [{**h[4], "adp_f": float(adp_f[i]), "adp_e": float(adp_e[i]), "precision": precision[i],
+             "recall": recall[i], "f_curve": f_curve[i], "e_curve": e_curve[i]} for i, h in enumerate(host)]
+
+
 def image_scores(pred, gt, *, normalize: bool = True) -> dict:
     """All metrics of one image, equal to PySODMetrics's per-image values (within 1e-6; in practice ~1e-15).
 
@@ -453,17 +479,7 @@ def image_scores(pred, gt, *, normalize: bool = True) -> dict:
     Returns floats ``mae, adp_f, adp_e, s_measure, w_f`` and (256,) numpy arrays ``precision, recall, f_curve,
     e_curve`` (index t: threshold t / 255 on the quantised map; PySODMetrics's arrays reversed).
     """
-    p, g = prepare(pred, gt, normalize)
-    if g.size >= 2 ** 24:
-        raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
-    e = p.copy()                                     # |p - gt|: p on the background, 1 - p on the foreground
-    np.subtract(1, p, out=e, where=g)
-    hist, adp, mae_value = _pixel_stats(p, g, e)
-    precision, recall, f_curve, e_curve, adp_f, adp_e = curves_from_histograms(
-        hist[None], adp[None], np.array([np.count_nonzero(g)]), np.array([g.size]))
-    return {"mae": mae_value, "adp_f": float(adp_f[0]), "adp_e": float(adp_e[0]), "s_measure": s_measure(p, g),
-            "w_f": weighted_f(p, g, e=e), "precision": precision[0], "recall": recall[0], "f_curve": f_curve[0],
-            "e_curve": e_curve[0]}
+    return batch_scores([pred], [gt], normalize=normalize)[0]
 
 
 class SODMetrics:
@@ -478,10 +494,15 @@ class SODMetrics:
         self._values = {k: [] for k in self._SCALARS + self._CURVES}
 
     def step(self, pred, gt) -> dict:
-        scores = image_scores(pred, gt, normalize=self.normalize)
-        for k, v in self._values.items():
-            v.append(scores[k])
-        return scores
+        return self.step_batch([pred], [gt])[0]
+
+    def step_batch(self, preds, gts) -> list[dict]:
+        """Several images at once (faster: one curve computation for all); returns their per-image scores."""
+        batch = batch_scores(preds, gts, normalize=self.normalize)
+        for scores in batch:
+            for k, v in self._values.items():
+                v.append(scores[k])
+        return batch
 
     def __len__(self) -> int:
         return len(self._values["mae"])

@@ -96,6 +96,19 @@ def test_image_and_dataset_scores_equal_pysodmetrics(cases):
     print("max |ours - PySODMetrics|:", {k: f"{v:.1e}" for k, v in worst.items()})
 
 
+def test_batched_scoring_equals_pysodmetrics_per_image(cases):
+    """step_batch (one curve computation for a batch of images of different sizes, padded to a power of two)."""
+    ours, ref, worst = SODMetrics(), _Reference(), {}
+    batch = cases[::7][:11]                        # 11 images: padded to 16 inside
+    assert len({gt.shape for _, _, gt in batch}) > 1
+    scores = ours.step_batch([pred for _, pred, _ in batch], [gt for _, _, gt in batch])
+    assert len(scores) == len(ours) == len(batch)
+    for (name, pred, gt), got in zip(batch, scores):
+        ref.step(pred, gt)
+        _check(got, ref.last(), f"batched {name}", worst)
+    _check(ours.results(), ref.results(), "batched dataset", worst)
+
+
 def test_without_normalisation_equals_pysodmetrics_on_prescaled_maps(cases):
     """normalize=False: PySODMetrics takes float maps in [0, 1] and bool masks; we take the same (or uint8 / 255)."""
     ours, ref, worst = SODMetrics(normalize=False), _Reference(), {}
