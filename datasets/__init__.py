@@ -1,9 +1,10 @@
 """Data for menet-jax: folder datasets (DUTS, ECSSD, any ``images/`` +
-``masks/`` folder), the built-in synthetic scenes, and a deterministic,
-threaded input pipeline producing fixed-shape numpy batches."""
+``masks/`` folder), TFDS datasets prepared from the benchmarks' downloads
+(``python -m datasets.prepare``), the built-in synthetic scenes, and a
+deterministic, threaded input pipeline producing fixed-shape numpy batches."""
 
 from .errors import DataError
-from .folder import IMAGE_EXTS, FolderSource, find_pairs, load_image, load_mask
+from .folder import IMAGE_EXTS, FolderSource, find_pairs, load_image, load_mask, load_pair
 from .pipeline import (
     BatchLoader,
     Subset,
@@ -15,6 +16,7 @@ from .pipeline import (
     split,
 )
 from .synthetic import SyntheticSource
+from .tfds_source import TFDSSource, load_source  # TensorFlow Datasets is imported on first use
 
 __all__ = [
     "BatchLoader",
@@ -23,12 +25,15 @@ __all__ = [
     "IMAGE_EXTS",
     "Subset",
     "SyntheticSource",
+    "TFDSSource",
     "augment",
     "batch_indices",
     "eval_batches",
     "find_pairs",
     "load_image",
     "load_mask",
+    "load_pair",
+    "load_source",
     "make_batch",
     "resize_pair",
     "split",

@@ -12,13 +12,16 @@ from .errors import DataError
 from .folder import FolderSource
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, *, split: str = "test") -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, *, split: str | None = "test") -> None:
+    """--data-dir, --dataset, --split, --manual-dir, --tfds-dir; ``split=None`` leaves the split to the caller
+    (training: ``train`` when the dataset has one, else its only split)."""
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", type=Path, action="append", default=[], metavar="DIR",
                        help="folder with images/ and masks/ (or a DUTS / ECSSD release layout); repeatable")
     group.add_argument("--dataset", action="append", default=[], metavar="NAME",
                        help="a prepared dataset (python -m datasets.prepare NAME); repeatable")
-    group.add_argument("--split", default=split, help=f"split of --dataset (default: {split})")
+    default = split if split is not None else "train, or the dataset's only split"
+    group.add_argument("--split", default=split, help=f"split of --dataset (default: {default})")
     group.add_argument("--manual-dir", type=Path, metavar="DIR",
                        help="the downloaded benchmark, to prepare --dataset on first use")
     group.add_argument("--tfds-dir", type=Path, metavar="DIR",
@@ -33,7 +36,7 @@ def sources_from_args(args: argparse.Namespace, *, required: bool = True) -> lis
         folder.verify()
         sources.append((folder.root.name, folder))
     if args.dataset:
-        from .tfds import load_source
+        from .tfds_source import load_source
         for name in args.dataset:
             sources.append((name, load_source(name, split=args.split, data_dir=args.tfds_dir,
                                               manual_dir=args.manual_dir)))

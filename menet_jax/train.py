@@ -3,6 +3,7 @@
     python -m menet_jax.train                                         # demo, a few minutes on a CPU
     python -m menet_jax.train --config paper --dry-run                # parameter count and FLOPs
     python -m menet_jax.train --config demo --data-dir ../shared/data/DUTS-TR-subset --workdir runs/duts
+    python -m menet_jax.train --config tiny --dataset ecssd --manual-dir ../shared/data/ECSSD --steps 5
     python -m menet_jax.train --config paper --data-dir DIR --set batch_size=10 --set shuffle=true
 
 A rerun with the same --workdir resumes from its latest checkpoint.
@@ -13,6 +14,7 @@ import argparse
 import sys
 import time
 
+from datasets.cli import add_source_arguments
 from menet_jax.config import PRESETS, ConfigError, get_config
 
 
@@ -24,8 +26,7 @@ def parse_args(argv=None):
                         help="override a config value (repeatable), e.g. --set batch_size=10")
     parser.add_argument("--workdir", help="checkpoints, config.json and metrics.jsonl (default: runs/CONFIG)")
     parser.add_argument("--steps", type=int, help="total number of train steps (overrides the config)")
-    parser.add_argument("--data-dir", help="folder with images/ and masks/ of matching stems "
-                                           "(default: a generated dataset)")
+    add_source_arguments(parser, split=None)  # with neither --data-dir nor --dataset: a generated dataset
     parser.add_argument("--dry-run", action="store_true", help="print parameters and FLOPs, then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -55,7 +56,11 @@ def main(argv=None) -> int:
             return 0
         from menet_jax.trainer import train
         started = time.perf_counter()
-        result = train(config, workdir, data_dir=args.data_dir, progress=not args.no_progress)
+        if len(args.data_dir) + len(args.dataset) > 1:
+            raise datasets.DataError("training uses one data source: give one --data-dir or one --dataset")
+        result = train(config, workdir, data_dir=args.data_dir[0] if args.data_dir else None,
+                       dataset=args.dataset[0] if args.dataset else None, split=args.split,
+                       manual_dir=args.manual_dir, tfds_dir=args.tfds_dir, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -160,12 +161,30 @@ def validate(predict, variables, source, *, batch_size: int, size: int, baseline
 
 
 # ---------------------------------------------------------------------------------------------------------- loop
-def make_sources(config: Config, data_dir: Optional[str] = None):
-    """(train, validation) sources: a folder split with a seeded hold-out, or the generated dataset."""
+def make_sources(config: Config, data_dir: Optional[str] = None, *, dataset: Optional[str] = None,
+                 split: Optional[str] = None, manual_dir=None, tfds_dir=None):
+    """(train, validation) sources: a folder or a prepared dataset (`datasets.prepare`; built from `manual_dir`
+    on first use), or the generated dataset.
+
+    A dataset's `split` defaults to "train", or its only split (ECSSD); validation is its "validation" split
+    when it has one, else a seeded hold-out of `config.val_size` examples, as for a folder.
+    """
+    if data_dir and dataset:
+        raise datasets.DataError("give either a data folder or a prepared dataset to train on, not both")
     if data_dir:
         folder = datasets.FolderSource(data_dir)
         folder.verify()
         return datasets.split(folder, config.val_size, seed=config.seed)
+    if dataset:
+        from datasets.tfds_source import TFDSSource, default_train_split, prepared_builder
+        builder = prepared_builder(dataset, data_dir=tfds_dir, manual_dir=manual_dir)
+        split = split or default_train_split(builder)
+        train_source = TFDSSource(builder, split)
+        if split != "train":
+            print(f"note: training on split {split!r} of {dataset} ({len(train_source)} examples)", file=sys.stderr)
+        if split != "validation" and "validation" in builder.info.splits:
+            return train_source, TFDSSource(builder, "validation")
+        return datasets.split(train_source, config.val_size, seed=config.seed)
     return (datasets.SyntheticSource(config.train_size, config.image_size, seed=config.seed),
             datasets.SyntheticSource(config.val_size, config.image_size, seed=config.seed + 1_000_003))
 
@@ -179,10 +198,13 @@ class TrainResult:
     checkpoint: Optional[Path]
 
 
-def train(config: Config, workdir, *, data_dir: Optional[str] = None, progress: bool = True) -> TrainResult:
-    """Train `config.steps` steps in `workdir`, resuming from its latest checkpoint if there is one."""
+def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: Optional[str] = None,
+          split: Optional[str] = None, manual_dir=None, tfds_dir=None, progress: bool = True) -> TrainResult:
+    """Train `config.steps` steps in `workdir`, resuming from its latest checkpoint if there is one; the data:
+    see `make_sources`."""
     workdir = Path(workdir)
-    train_source, val_source = make_sources(config, data_dir)
+    train_source, val_source = make_sources(config, data_dir, dataset=dataset, split=split, manual_dir=manual_dir,
+                                            tfds_dir=tfds_dir)
     mesh = data_mesh()
     model = MEnet.from_config(config)
     tx = make_optimizer(config)
