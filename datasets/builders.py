@@ -32,7 +32,7 @@ from .folder import LAYOUTS, Layout, find_layout, load_pair, scan
 #: Seed of the documented seeded splits (MSRA10K, HKU-IS without list files).
 SPLIT_SEED = 0
 
-_PLAIN = "the plain layout images/<stem>.jpg + masks/<stem>.png"
+_PLAIN = "the plain layout images/ + masks/ (<stem>.jpg images, <stem>.png masks)"
 
 
 def _png(array: np.ndarray) -> bytes:

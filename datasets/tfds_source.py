@@ -48,6 +48,9 @@ def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: boo
     if not manual_dir.is_dir():
         raise DataError(f"manual dir not found: {manual_dir} (the downloaded {name}, see "
                         f"python -m datasets.prepare --instructions {name})")
+    if not any(manual_dir.iterdir()):
+        from .folder import find_layout
+        find_layout(manual_dir)  # raises the one-line error naming the folders searched
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if force else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(manual_dir), download_mode=mode))
