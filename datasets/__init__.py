@@ -7,6 +7,7 @@ from .errors import DataError
 from .folder import IMAGE_EXTS, FolderSource, find_pairs, load_image, load_mask, load_pair
 from .pipeline import (
     BatchLoader,
+    CachedSource,
     Subset,
     augment,
     batch_indices,
@@ -20,6 +21,7 @@ from .tfds_source import TFDSSource, load_source  # TensorFlow Datasets is impor
 
 __all__ = [
     "BatchLoader",
+    "CachedSource",
     "DataError",
     "FolderSource",
     "IMAGE_EXTS",

@@ -2,8 +2,8 @@
 
 A *source* is any object with ``__len__`` and ``__getitem__`` returning
 ``{"image": uint8 (H, W, 3), "mask": uint8 (H, W) 0/255, "name": str}``
-(:class:`~datasets.folder.FolderSource`, :class:`~datasets.synthetic.SyntheticSource`,
-:class:`Subset`).
+(:class:`~datasets.folder.FolderSource`, :class:`~datasets.tfds_source.TFDSSource`,
+:class:`~datasets.synthetic.SyntheticSource`, :class:`Subset`, :class:`CachedSource`).
 
 Every batch is a pure function of ``(source, seed, step)``: the example
 indices come from :func:`batch_indices` and example ``j`` of step ``step`` is
@@ -72,6 +72,47 @@ def split(source, n_val: int, seed: int = 0) -> tuple[Subset, Subset]:
     val = np.sort(perm[:n_val])
     train = np.sort(perm[n_val:])
     return Subset(source, train), Subset(source, val)
+
+
+class CachedSource:
+    """Every example of ``source`` decoded once (on ``workers`` threads) and kept in memory as uint8 arrays.
+
+    Decoding a JPEG costs more than cropping, resizing and flipping it, so this is the way to feed an accelerator
+    that consumes hundreds of images a second: with ``max_side`` the examples are also pre-resized (bilinear,
+    aspect ratio kept) so that their longer side is at most ``max_side`` (e.g. 256 for 224-pixel training),
+    which shrinks memory and resize time; augmentation then crops the pre-resized image. Without ``max_side``
+    batches are exactly those of ``source``. Memory: ``nbytes`` (about 0.5 MB a 400 x 300 pair at full size).
+    """
+
+    def __init__(self, source, *, max_side: int | None = None, workers: int = 2):
+        self.names = list(getattr(source, "names", []))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            self.items = list(pool.map(lambda i: self._load(source, i, max_side), range(len(source))))
+        if not self.names:
+            self.names = [item["name"] for item in self.items]
+        self.nbytes = sum(item["image"].nbytes + item["mask"].nbytes for item in self.items)
+
+    @staticmethod
+    def _load(source, i: int, max_side: int | None) -> dict:
+        ex = source[i]
+        image, mask = ex["image"], ex["mask"]
+        h, w = mask.shape
+        if max_side is not None and max(h, w) > max_side:
+            scale = max_side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+            mask = np.where(np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR)) >= 128,
+                            np.uint8(255), np.uint8(0))
+        return {"image": image, "mask": mask, "name": ex["name"]}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i) -> dict:
+        return self.items[operator.index(i)]
+
+    def __repr__(self) -> str:
+        return f"CachedSource({len(self)} examples, {self.nbytes / 2 ** 20:.0f} MiB)"
 
 
 # --------------------------------------------------------------------------- resizing / augmentation

@@ -612,3 +612,21 @@ def test_eval_batches_pad_and_cover_every_example_once():
     np.testing.assert_array_equal(last["mask"][1], ref[1])
     exact = list(eval_batches(ListSource(8), batch_size=4, size=8))
     assert len(exact) == 2 and all(b["valid"].all() for b in exact)
+
+
+def test_cached_source_gives_the_same_batches_and_pre_resizes():
+    src = ListSource(9, h=40, w=60)
+    cached = datasets.CachedSource(src, workers=2)
+    assert len(cached) == 9 and cached.names == [f"ex{i}" for i in range(9)]
+    assert cached.nbytes == 9 * (40 * 60 * 3 + 40 * 60)
+    kw = dict(batch_size=4, size=16, seed=2, shuffle=True, augment=True)
+    for step in (0, 3):
+        a, b = make_batch(cached, step, **kw), make_batch(src, step, **kw)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+    small = datasets.CachedSource(src, max_side=30)
+    ex = small[5]
+    assert ex["image"].shape == (20, 30, 3) and ex["mask"].shape == (20, 30) and ex["name"] == "ex5"
+    assert set(np.unique(ex["mask"])) <= {0, 255} and (ex["image"] == 5).all()
+    # Example 5's foreground is its first 6 of 60 columns: 3 of 30 after halving.
+    assert (ex["mask"][:, :3] == 255).all() and (ex["mask"][:, 4:] == 0).all()
