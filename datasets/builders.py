@@ -266,7 +266,7 @@ class Msra10k(SalientBuilder):
 
     The paper trains on 8500, validates on 500 and tests on MSRA1K (a subset of MSRA10K). With ``msra1000.txt``
     (the MSRA1K stems in MSRA10K's naming, one a line) in the manual dir, those images are the test split and the
-    others are cut into validation (500 per 9000, i.e. 500 of 9000) and train; without it the split is seeded
+    others are cut into validation (500 of every 9000) and train (the rest); without it the split is seeded
     85/5/10 (8500 / 500 / 1000 of 10000). Both cuts use :func:`seeded_split` with seed 0 (validation first).
     """
 

@@ -69,6 +69,8 @@ def main(argv=None) -> int:
                             f"python -m datasets.prepare {args.name} --instructions says where to get it)")
         if not args.manual_dir.is_dir():
             raise DataError(f"manual dir not found: {args.manual_dir.resolve()}")
+        existing = BUILDERS[args.name](data_dir=str(args.data_dir) if args.data_dir else None)
+        reused = existing.is_prepared() and not args.force
         builder = prepared_builder(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
                                    skip_bad=args.skip_bad, force=args.force)
     except DataError as error:
@@ -77,6 +79,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written (TFDS builds in a temporary folder)", file=sys.stderr)
         return 130
+    if reused:
+        print(f"already prepared (--force rebuilds it): {builder.data_dir}")
     print("\n".join(report(builder)))
     return 0
 

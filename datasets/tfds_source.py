@@ -37,7 +37,9 @@ def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: boo
                                    skip_bad=skip_bad)
     if builder.is_prepared() and not force:
         source = builder.info.metadata.get("source")
-        if manual_dir is not None and source and Path(source) != Path(manual_dir).resolve():
+        # TFDS reads MANUAL/<name> instead of MANUAL when that folder exists.
+        given = (Path(manual_dir).resolve(), (Path(manual_dir) / name).resolve()) if manual_dir is not None else ()
+        if given and source and Path(source) not in given:
             raise DataError(f"{builder.data_dir}: {name} was prepared from {source}, not {Path(manual_dir).resolve()}"
                             f" (use another --tfds-dir, or --force to rebuild)")
         return builder

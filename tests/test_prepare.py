@@ -62,6 +62,14 @@ def test_skip_bad_reports_each_skipped_file(tmp_path, capsys):
     assert re.search(r"^  test +2 examples$", out, re.M), out
     assert "bad inputs skipped: 2" in out and str(bad) in out and str(orphan) in out
     assert "non-image files ignored: 1" in out and "readme.txt" in out
+    # A second run reuses the prepared copy; --force rebuilds it (here after the bad image was replaced).
+    assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2")]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(bad)
+    assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"),
+                         "--skip-bad", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  test +3 examples$", out, re.M) and "bad inputs skipped: 1" in out
 
 
 def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
