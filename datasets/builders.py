@@ -113,16 +113,19 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _pairs(self, root: Path, layouts=LAYOUTS) -> list:
         """The pairs of ``root``; images without masks and masks without images follow the bad-input policy."""
+        return self._scan(root, layouts).pairs
+
+    def _scan(self, root: Path, layouts=LAYOUTS):
         found = scan(root, layouts)
         meta = self.info.metadata
-        meta["layouts"].append(f"{found.layout.name} ({root})")
+        meta["layouts"].append(f"{found.layout.name} ({found.root})")
         meta["ignored"].extend(str(path) for path in found.ignored)
         for path, message in found.orphans:
             if not self.skip_bad:
                 more = len(found.orphans) - 1
                 raise DataError(message + (f" (and {more} more unmatched files)" if more else ""))
             meta["skipped"].append(message)
-        return found.pairs
+        return found
 
     # ---------------------------------------------------------------------------------------- examples
     def _generate_examples(self, pairs, split):
@@ -210,11 +213,12 @@ class HkuIs(SalientBuilder):
         "the official imgs/ + gt/")
 
     def _splits(self, manual: Path) -> dict:
-        pairs = self._pairs(manual)
+        found = self._scan(manual)
+        pairs = found.pairs
         by_stem = {Path(i).stem: (i, m) for i, m in pairs}
         listed, splits = set(), {}
         for split, candidates in self.LISTS.items():
-            path = next((manual / c for c in candidates if (manual / c).is_file()), None)
+            path = _find_file(candidates, manual, found.root)
             if path is None:
                 continue
             stems = read_list(path)
@@ -239,6 +243,11 @@ class HkuIs(SalientBuilder):
             raise DataError(f"{manual}: {len(rest)} images are in none of the split lists "
                             f"(first: {Path(rest[0][0]).name})")
         return {s: splits.get(s, []) for s in ("train", "validation", "test")}
+
+
+def _find_file(names, *folders) -> Path | None:
+    """The first of ``names`` present in the first of ``folders`` that has one."""
+    return next((folder / name for folder in folders for name in names if (folder / name).is_file()), None)
 
 
 def read_list(path: Path) -> list[str]:
@@ -277,13 +286,14 @@ class Msra10k(SalientBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by Ming-Ming Cheng at {HOMEPAGE} (MSRA10K_Imgs_GT.zip). Add msra1000.txt (MSRA1K's stems, one a "
         "line) to test on MSRA1K as the paper does.",
-        "the official MSRA10K_Imgs_GT/ (or its Imgs/ folder's parent), with <stem>.jpg images and <stem>.png "
-        "masks side by side in Imgs/")
+        "the official MSRA10K_Imgs_GT/ (or the folder it was extracted into), with <stem>.jpg images and "
+        "<stem>.png masks side by side in Imgs/")
 
     def _splits(self, manual: Path) -> dict:
-        pairs = self._pairs(manual)
-        list_path = manual / "msra1000.txt"
-        if list_path.is_file():
+        found = self._scan(manual)
+        pairs = found.pairs
+        list_path = _find_file(("msra1000.txt",), manual, found.root)
+        if list_path is not None:
             stems = set(read_list(list_path))
             known = {Path(i).stem for i, _ in pairs}
             missing = sorted(stems - known)

@@ -89,14 +89,22 @@ def _list_files(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> d
     return files
 
 
+def _single_subfolder(root: Path) -> Path | None:
+    """The one visible folder of ``root`` if it holds nothing else but files (an archive's top folder)."""
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    return folders[0] if len(folders) == 1 else None
+
+
 def find_layout(root, layouts=LAYOUTS) -> tuple[Layout, Path, Path]:
-    """The first of ``layouts`` present under ``root``: (layout, image folder, mask folder)."""
+    """The first of ``layouts`` present in ``root``, or else in its only subfolder (the top folder of an
+    extracted archive, e.g. MSRA10K_Imgs_GT/): (layout, image folder, mask folder)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    for layout in layouts:
-        if (root / layout.images).is_dir() and (root / layout.masks).is_dir():
-            return layout, root / layout.images, root / layout.masks
+    for base in (root, _single_subfolder(root)):
+        for layout in layouts if base is not None else ():
+            if (base / layout.images).is_dir() and (base / layout.masks).is_dir():
+                return layout, base / layout.images, base / layout.masks
     first, rest = layouts[0], "; ".join(layout.describe() for layout in layouts[1:])
     searched = f"{root / first.images} + {root / first.masks}" + (f"; and under it {rest}" if rest else "")
     raise DataError(f"{root}: no image/mask folder pair found (searched {searched})")
@@ -107,6 +115,7 @@ class Scan:
     """What a dataset folder holds: matched pairs (sorted by stem), unmatched files and ignored files."""
 
     layout: Layout
+    root: Path  # the folder the layout was found in
     pairs: list
     orphans: list  # [(path, one-line reason)]
     ignored: list  # files without an image extension
@@ -127,7 +136,8 @@ def scan(root, layouts=LAYOUTS) -> Scan:
     orphans += [(path, f"{path}: no image with the same stem in {image_dir}")
                 for stem, path in masks.items() if stem not in images]
     pairs = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
-    return Scan(layout, pairs, orphans, ignored)
+    root = image_dir.parents[len(Path(layout.images).parts) - 1]
+    return Scan(layout, root, pairs, orphans, ignored)
 
 
 def find_pairs(root, layouts=LAYOUTS) -> list[tuple[Path, Path]]:

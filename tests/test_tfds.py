@@ -251,15 +251,17 @@ def test_seeded_split_is_deterministic_and_documented():
 
 def test_msra10k_side_by_side_layout_and_splits(tmp_path):
     stems = [str(k) for k in range(40)]
-    manual = tmp_path / "MSRA10K_Imgs_GT"
-    _write_pairs(manual / "Imgs", manual / "Imgs", stems)
+    manual = tmp_path / "downloads"  # MSRA10K_Imgs_GT.zip extracted here: its top folder is found
+    release = manual / "MSRA10K_Imgs_GT"
+    _write_pairs(release / "Imgs", release / "Imgs", stems)
+    (release / "Readme.txt").write_text("MSRA10K")
     builder = _build("msra10k", manual, tmp_path / "a")
     counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
     assert counts == {"train": 34, "validation": 2, "test": 4}  # 85 / 5 / 10 %
     names = {s: TFDSSource(builder, s).names for s in counts}
     assert sorted(sum(names.values(), [])) == sorted(stems)
     # With the MSRA1K list, those images are the test split and the rest is cut 8500 : 500.
-    (manual / "msra1000.txt").write_text("3\n17\n25\n")
+    (release / "msra1000.txt").write_text("3\n17\n25\n")
     builder = _build("msra10k", manual, tmp_path / "b")
     assert TFDSSource(builder, "test").names == ["17", "25", "3"]
     assert builder.info.splits["validation"].num_examples == 2 and builder.info.splits["train"].num_examples == 35
