@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         sources = sources_from_args(args)
         if args.checkpoint is not None:
             from menet_jax.inference import Predictor
-            predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
             map_names = MAPS if args.map == "both" else (args.map,)
             maps_for = lambda indices, examples: predictor([e["image"] for e in examples])
         else:

@@ -40,6 +40,17 @@ def resize_to(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
+def workdir_config(workdir) -> Config:
+    """The config a training workdir was trained with (its config.json)."""
+    config_file = Path(workdir) / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
+                          f"python -m menet_jax.train --workdir {workdir}")
+    saved = json.loads(config_file.read_text())
+    saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
+    return Config(**saved)
+
+
 class Predictor:
     """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
 
@@ -52,18 +63,20 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, workdir, step: int | None = None, **kwargs) -> "Predictor":
         """The latest (or given) checkpoint of a training workdir, with the config it was trained with."""
-        workdir = Path(workdir)
-        config_file = workdir / "config.json"
-        if not config_file.exists():
-            raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
-                              f"python -m menet_jax.train --workdir {workdir}")
-        saved = json.loads(config_file.read_text())
-        saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
-        config = Config(**saved)
+        config = workdir_config(workdir)
         try:
             variables = ckpt.load_variables(workdir, step)
         except FileNotFoundError as error:
             raise ConfigError(str(error)) from None
+        return cls(variables, config, **kwargs)
+
+    @classmethod
+    def load(cls, checkpoint=None, **kwargs) -> "Predictor":
+        """A training workdir, an exported weights file (.npz), or the shipped weights when `checkpoint` is None."""
+        if checkpoint is not None and Path(checkpoint).is_dir():
+            return cls.from_checkpoint(checkpoint, **kwargs)
+        from menet_jax import pretrained
+        variables, config, _ = pretrained.load(checkpoint)
         return cls(variables, config, **kwargs)
 
     def __call__(self, images):

@@ -52,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("mode", choices=["i", "p"], help="i: one image; p: a folder of images")
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="training workdir (default: runs/demo)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="training workdir or exported weights .npz (default: runs/demo)")
     parser.add_argument("--map", default="metric", choices=["metric", "ce"], help="metric (Eq. 5) or CE map")
     parser.add_argument("-om", "--only-mask", action="store_true", help="write the map only (the default)")
     parser.add_argument("--threshold", type=float, help="write a binary 0/255 mask: map >= THRESHOLD")
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
         if args.checkpoint is None and not checkpoint.exists():
             raise ConfigError("no --checkpoint given and no runs/demo: train one with python -m menet_jax.train")
-        predictor = Predictor.from_checkpoint(checkpoint, batch_size=args.batch_size)
+        predictor = Predictor.load(checkpoint, batch_size=args.batch_size)
         count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
                               cutout=args.cutout, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:

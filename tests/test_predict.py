@@ -94,3 +94,37 @@ def test_cli_errors_are_one_line(workdir, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err
+
+
+def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path, capsys):
+    """`pretrained export` (float16 parameters) gives the checkpoint's maps within half precision, loads through
+    Predictor.load and the CLIs, and a damaged file fails with one line naming it."""
+    from menet_jax import pretrained
+    out = tmp_path / "weights.npz"
+    assert pretrained.main(["export", str(workdir), str(out)]) == 0
+    variables, config, meta = pretrained.load(out, expected_sha256=pretrained.sha256(out))
+    assert config == Predictor.from_checkpoint(workdir).config and meta["source"] == str(workdir)
+    reference = Predictor.from_checkpoint(workdir)
+    shipped = Predictor.load(out)
+    assert jax_tree_dtypes(shipped.variables) == {"float32"}
+    image = np.random.default_rng(2).integers(0, 256, (48, 40, 3)).astype(np.uint8)
+    a, b = reference([image])[0], shipped([image])[0]
+    for name in ("metric", "ce"):
+        assert np.abs(a[name] - b[name]).max() < 2e-2
+    photo = tmp_path / "photo.png"
+    Image.fromarray(image).save(photo)
+    assert main(["i", str(photo), str(tmp_path / "map.png"), "--checkpoint", str(out), "--no-progress"]) == 0
+    assert Image.open(tmp_path / "map.png").size == (40, 48)
+
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(out.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Exception, match="checksum mismatch"):
+        pretrained.load(damaged, expected_sha256=pretrained.sha256(out))
+    assert main(["i", str(photo), str(tmp_path / "x.png"), "--checkpoint", str(damaged), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(damaged) in err and "\n" not in err
+
+
+def jax_tree_dtypes(tree):
+    import jax
+    return {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree)}
