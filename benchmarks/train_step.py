@@ -1,58 +1,298 @@
-"""Time one config's train step: compile time, median step time, images/s, peak host memory.
+"""Train-step and inference speed of MEnet against the PyTorch peer, measured in one run; GPU throughput report.
 
-    python benchmarks/train_step.py --config paper --steps 3
-    python benchmarks/train_step.py --config tiny --set image_size=128 --set width=8 --set batch_size=5
+    python benchmarks/train_step.py --size 128 --width 8 --batch 5
+    python benchmarks/train_step.py --size 224 --width 32 --batch 5            # the paper configuration
+    python benchmarks/train_step.py --size 224 --width 32 --batch 5 --memory   # + largest batch in 24 GiB
+    python benchmarks/train_step.py --gpu-report                               # batch 5..64, f32 and bf16
 
-Prints a one-row table. The PyTorch peer (../shared/bench/torch_menet.py) is the reference to run in the same
-session: `python ../shared/bench/torch_menet.py --size 224 --width 32 --batch 5 --steps 3`.
+The peer is ../shared/bench/torch_menet.py (MEnet in eager PyTorch), imported and stepped in this process,
+alternating with our step, so both medians see the same machine load. The last line is the train-step ratio
+(our median / the peer's). MENET_CONV=plain (or --impl plain) times the plain lax convolutions instead of the
+CPU fast paths.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import jax
-import numpy as np
+GIB = 2 ** 30
+PEER = Path(os.environ.get("MENET_TORCH_PEER", Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_menet.py"))
 
-from menet_jax.config import PRESETS, get_config
-from menet_jax.model import MEnet
-from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+# Dense peak TFLOP/s (no sparsity) by device_kind substring: (bf16, f32 without TF32). Vendor datasheets.
+PEAK_TFLOPS = {
+    "H200": (989.0, 67.0),
+    "H100 PCIe": (756.0, 51.0),
+    "H100": (989.0, 67.0),          # SXM
+    "A100": (312.0, 19.5),
+    "L40S": (362.0, 91.6),
+    "L4": (121.0, 30.3),
+    "A10G": (70.0, 31.2),
+    "A10": (125.0, 31.2),
+    "V100": (125.0, 15.7),          # bf16 unsupported: the fp16 tensor-core peak
+    "T4": (65.0, 8.1),              # likewise fp16
+    "TPU v4": (275.0, 275.0),
+    "TPU v5 lite": (197.0, 197.0),
+    "TPU v5e": (197.0, 197.0),
+    "TPU v5p": (459.0, 459.0),
+}
 
 
-def main() -> None:
+def chip_peak(device_kind: str):
+    """(bf16, f32) dense peak TFLOP/s of a known chip, or None (CPUs and unlisted chips)."""
+    for name, peak in PEAK_TFLOPS.items():
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="paper", choices=sorted(PRESETS))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
-    args = parser.parse_args()
-    config = get_config(args.config, args.overrides)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step) of each side")
+    parser.add_argument("--impl", choices=("auto", "fast", "plain"), help="convolution formulation (MENET_CONV)")
+    parser.add_argument("--no-peer", action="store_true", help="time our side only")
+    parser.add_argument("--no-inference", action="store_true", help="skip the evaluation-mode forward comparison")
+    parser.add_argument("--memory", action="store_true",
+                        help="also estimate the largest batch whose train step fits in 24 GiB (one more compile)")
+    parser.add_argument("--gpu-report", action="store_true",
+                        help="images/s, TFLOP/s and fraction of the chip's peak for --batches, f32 and bf16")
+    parser.add_argument("--batches", default="5,8,16,32,64", help="batch sizes of --gpu-report")
+    return parser.parse_args(argv)
 
+
+# ----------------------------------------------------------------------------------------------------- our side
+def build(size: int, width: int, batch: int, dtype: str):
+    """Model, optimiser, mesh, replicated state, sharded random batch and the jitted (donating) train step."""
+    import numpy as np
+
+    from menet_jax.config import get_config
+    from menet_jax.model import MEnet
+    from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+
+    config = get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}"])
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
     state = replicate(create_state(model, tx, config.seed), mesh)
     rng = np.random.default_rng(0)
-    b, s = config.batch_size, config.image_size
-    batch = shard_batch({"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
-                         "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8)}, mesh)
-    step = make_train_step(model, tx, config, mesh)
+    batch_arrays = shard_batch({"image": rng.integers(0, 256, (batch, size, size, 3)).astype(np.uint8),
+                                "mask": (rng.random((batch, size, size)) > 0.7).astype(np.uint8)}, mesh)
+    return model, state, batch_arrays, make_train_step(model, tx, config, mesh)
 
+
+def compile_step(step, state, batch):
     started = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - started
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - started)
-    median = statistics.median(times)
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return compiled, time.perf_counter() - started
 
-    print(f"{'config':34s} {'compile s':>9s} {'step s':>8s} {'img/s':>7s} {'peak GiB':>9s}")
-    name = f"{args.config} {s}px w{config.width} b{b} {config.dtype}"
-    print(f"{name:34s} {compile_s:9.1f} {median:8.3f} {b / median:7.2f} {peak_gib:9.2f}")
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; loss {float(metrics['loss']):.4f}")
+
+def xla_peak_bytes(compiled):
+    """Peak of XLA's buffers for one call: arguments + outputs - donated aliases + temporaries (None if unknown)."""
+    try:
+        m = compiled.memory_analysis()
+        return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    except Exception:   # not every backend implements it
+        return None
+
+
+def step_flops(compiled):
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- the peer
+def load_peer():
+    """The torch_menet module, or None (with the reason printed) when torch or the file is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("peer: torch is not installed (pip install -e .[bench]); timing our side only")
+        return None
+    if not PEER.is_file():
+        print(f"peer: {PEER} not found (set MENET_TORCH_PEER); timing our side only")
+        return None
+    spec = importlib.util.spec_from_file_location("torch_menet", PEER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class PeerTrainer:
+    """torch_menet's SGD step (as its main()), one call per step."""
+
+    def __init__(self, peer, size, width, batch):
+        import torch
+        torch.manual_seed(0)
+        self.torch, self.peer = torch, peer
+        self.net = peer.MEnet(size, width)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-8)
+        self.x = torch.rand(batch, 3, size, size) * 255
+        self.y = (torch.rand(batch, 1, size, size) > 0.7).long()
+
+    def step(self):
+        self.net.train()
+        self.opt.zero_grad()
+        feat, logits = self.net(self.x)
+        loss = self.peer.loss_fn(feat, logits, self.y)
+        loss.backward()
+        self.opt.step()
+        return float(loss)
+
+    def forward(self, batch):
+        self.net.eval()
+        with self.torch.no_grad():
+            feat, logits = self.net(self.x[:batch])
+        return float(feat[0, 0, 0, 0])
+
+
+def alternate(ours, theirs, steps):
+    """Median seconds of `ours` and `theirs` (None: not timed), run alternately after one warm-up call each."""
+    ours()
+    if theirs:
+        theirs()
+    a, b = [], []
+    for _ in range(steps):
+        started = time.perf_counter()
+        ours()
+        a.append(time.perf_counter() - started)
+        if theirs:
+            started = time.perf_counter()
+            theirs()
+            b.append(time.perf_counter() - started)
+    return statistics.median(a), (statistics.median(b) if b else None)
+
+
+def fmt(value, spec):
+    return "n/a" if value is None else format(value, spec)
+
+
+# -------------------------------------------------------------------------------------------------------- modes
+def train_and_inference(args):
+    import jax
+
+    from menet_jax.layers import conv_impl
+
+    peer = None if args.no_peer else load_peer()
+    model, state, batch, step = build(args.size, args.width, args.batch, args.dtype)
+    compiled, compile_s = compile_step(step, state, batch)
+    xla_peak = xla_peak_bytes(compiled)
+
+    holder = {"state": state}
+
+    def ours():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return float(metrics["loss"])
+
+    ours()
+    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # before the peer allocates anything
+    peer_trainer = PeerTrainer(peer, args.size, args.width, args.batch) if peer else None
+    ours_s, peer_s = alternate(ours, peer_trainer.step if peer_trainer else None, args.steps)
+
+    name = f"{args.size}px w{args.width} b{args.batch} {args.dtype}"
+    ratio = ours_s / peer_s if peer_s else None
+    print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
+          f"convolutions: {conv_impl()}, jax {jax.__version__}")
+    print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
+          f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
+    print(f"{name:30s} {ours_s:8.3f} {fmt(peer_s, '8.3f'):>8s} {fmt(ratio, '6.2f'):>6s} {args.batch / ours_s:7.2f} "
+          f"{compile_s:9.1f} {fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s} {rss_ours / GIB:8.2f}")
+
+    if not args.no_inference:
+        variables = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        print(f"{'inference (eval forward)':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s}")
+        for b in (args.batch, 1):
+            images = batch["image"][:b]
+            run = lambda: float(forward(variables, images)["logits"][0, 0, 0, 0])  # noqa: E731
+            f_ours, f_peer = alternate(run, (lambda: peer_trainer.forward(b)) if peer_trainer else None, args.steps)
+            print(f"{f'{args.size}px w{args.width} b{b} {args.dtype}':30s} {f_ours:8.3f} {fmt(f_peer, '8.3f'):>8s} "
+                  f"{fmt(f_peer and f_ours / f_peer, '6.2f'):>6s} {b / f_ours:7.2f}")
+
+    if args.memory:
+        memory_report(args, xla_peak)
+    print(f"train step ratio (ours / peer): {fmt(ratio, '.2f')}")
+
+
+def memory_report(args, peak_at_batch):
+    """Largest batch whose train step fits in 24 GiB: XLA's peak is affine in the batch; fit it from two
+    compiled sizes (the measured batch and twice it)."""
+    import jax
+    other = 2 * args.batch
+    _, state, batch, step = build(args.size, args.width, other, args.dtype)
+    compiled, _ = compile_step(step, state, batch)
+    peak_other = xla_peak_bytes(compiled)
+    del state, batch, compiled
+    jax.clear_caches()
+    if peak_at_batch is None or peak_other is None:
+        print("memory: this backend has no memory_analysis")
+        return
+    per_image = (peak_other - peak_at_batch) / (other - args.batch)
+    fixed = peak_at_batch - per_image * args.batch
+    largest = int((24 * GIB - fixed) // per_image) if per_image > 0 else None
+    print(f"memory ({args.size}px w{args.width} {args.dtype}, state donated): batch {args.batch} {peak_at_batch / GIB:.2f} GiB, "
+          f"batch {other} {peak_other / GIB:.2f} GiB -> {fixed / GIB:.2f} GiB fixed + {per_image / GIB:.3f} GiB/image; "
+          f"largest batch in 24 GiB: {largest}")
+
+
+def gpu_report(args):
+    """Throughput against the chip's dense peak: FLOPs per step from XLA's cost analysis of the compiled step."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    peak = chip_peak(kind)
+    print(f"device: {kind} ({jax.default_backend()}, {jax.device_count()} device(s)); dense peak TFLOP/s "
+          + (f"bf16 {peak[0]:g}, f32 {peak[1]:g}" if peak else "unknown for this device"))
+    print(f"{'config':30s} {'step s':>8s} {'img/s':>8s} {'TFLOP/step':>10s} {'TFLOP/s':>8s} {'% peak':>7s} "
+          f"{'compile s':>9s} {'XLA peak GiB':>12s}")
+    for dtype in ("float32", "bfloat16"):
+        for b in (int(v) for v in args.batches.split(",")):
+            name = f"{args.size}px w{args.width} b{b} {dtype}"
+            try:
+                _, state, batch, step = build(args.size, args.width, b, dtype)
+                compiled, compile_s = compile_step(step, state, batch)
+                holder = {"state": state}
+
+                def run():
+                    holder["state"], metrics = compiled(holder["state"], batch)
+                    return float(metrics["loss"])
+
+                seconds, _ = alternate(run, None, args.steps)
+            except Exception as error:   # out of memory at the larger batches: report and go on
+                print(f"{name:30s} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
+                jax.clear_caches()
+                continue
+            flops = step_flops(compiled)
+            tflops = flops / seconds / 1e12 if flops else None
+            chip = peak and (peak[0] if dtype == "bfloat16" else peak[1])
+            share = 100 * tflops / chip if (tflops and chip) else None
+            xla_peak = xla_peak_bytes(compiled)
+            print(f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e12, '10.3f'):>10s} "
+                  f"{fmt(tflops, '8.2f'):>8s} {fmt(share, '7.1f'):>7s} {compile_s:9.1f} "
+                  f"{fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s}")
+            del state, batch, compiled, holder
+            jax.clear_caches()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.impl:
+        os.environ["MENET_CONV"] = args.impl
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if args.gpu_report:
+        gpu_report(args)
+    else:
+        train_and_inference(args)
 
 
 if __name__ == "__main__":

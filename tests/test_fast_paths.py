@@ -1,0 +1,174 @@
+"""The CPU fast convolution formulations compute the plain lax functions and their derivatives (both modes), the
+whole network's loss gradient is unchanged by them, and bfloat16 compute stays close to float32."""
+import functools
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from menet_jax.layers import conv2d, conv_impl, conv_transpose2d
+from menet_jax.loss import menet_loss
+from menet_jax.model import MEnet, init_variables
+from menet_jax.saliency import saliency_maps
+
+
+def assert_close(got, want, rtol=2e-5):
+    """Agreement relative to the largest magnitude of the reference (sums of many products differ in rounding)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    scale = max(np.abs(want).max(), 1e-6)
+    np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=rtol)
+
+
+def check_same_function(op, x, w, seed):
+    """Values, reverse-mode gradients (input and kernel) and a forward-mode derivative of both implementations
+    (one compiled program per case: op-by-op dispatch of the many small ops is slower than compiling them)."""
+    rng = np.random.default_rng(seed)
+    y_shape = jax.eval_shape(functools.partial(op, impl="plain"), x, w).shape
+    cotangent = rng.normal(size=y_shape).astype(np.float32)
+    tangents = (rng.normal(size=x.shape).astype(np.float32), rng.normal(size=w.shape).astype(np.float32))
+
+    @jax.jit
+    def both(x, w, cotangent, tangents):
+        results = []
+        for impl in ("fast", "plain"):
+            f = functools.partial(op, impl=impl)
+            y, vjp = jax.vjp(f, x, w)
+            results.append((y, *vjp(cotangent), jax.jvp(f, (x, w), tangents)[1]))
+        return results
+
+    fast, plain = both(x, w, cotangent, tangents)
+    for got, want in zip(fast, plain):
+        assert_close(got, want)
+
+
+# (kernel, stride, padding, height, width, C_in, C_out, batch): the model's kinds (3x3 s1/s2, 1x1 s2, a kernel
+# covering the input) plus odd sizes, non-square inputs, unused trailing rows, larger strides and batch 1.
+CONV_CASES = [(3, 1, 1, 7, 5, 3, 4, 2), (3, 2, 1, 9, 8, 2, 5, 1), (1, 2, 0, 7, 6, 3, 2, 1), (7, 1, 0, 7, 7, 2, 3, 2),
+              (4, 1, 1, 4, 4, 2, 3, 1), (5, 3, 2, 11, 10, 3, 4, 2), (3, 2, 0, 8, 9, 1, 3, 3)]
+
+
+@pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", CONV_CASES)
+def test_fast_conv2d_equals_plain(k, stride, pad, h, w, cin, cout, n):
+    rng = np.random.default_rng(k * 100 + stride * 10 + h)
+    x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, cin, cout)).astype(np.float32)
+    check_same_function(lambda x, w, impl: conv2d(x, w, stride=stride, padding=pad, impl=impl), x, kernel, h)
+
+
+# The model's k4 s2 p1, k2 s2 p0 and k x k from 1 x 1, plus stride 1, odd kernels, kernel < stride (phases no tap
+# reaches), larger strides and paddings, non-square and batch 1.
+TRANSPOSE_CASES = [(4, 2, 1, 5, 3, 3, 4, 2), (4, 2, 1, 1, 1, 2, 3, 1), (2, 2, 0, 4, 5, 3, 2, 1), (7, 1, 0, 1, 1, 4, 3, 2),
+                   (3, 1, 1, 5, 6, 2, 3, 1), (5, 3, 2, 4, 6, 2, 2, 1), (1, 2, 0, 4, 3, 2, 2, 2)]
+
+
+@pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", TRANSPOSE_CASES)
+def test_fast_conv_transpose2d_equals_plain(k, stride, pad, h, w, cin, cout, n):
+    rng = np.random.default_rng(k * 100 + stride * 10 + h + 7)
+    x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, cin, cout)).astype(np.float32)
+    check_same_function(lambda x, w, impl: conv_transpose2d(x, w, stride=stride, padding=pad, impl=impl),
+                        x, kernel, h)
+
+
+def convolutions(jaxpr):
+    """All conv_general_dilated equations of a jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found.extend(convolutions(sub))
+    return found
+
+
+@pytest.mark.parametrize("transpose,k,stride,pad", [(True, 4, 2, 1), (True, 2, 2, 0), (False, 3, 2, 1), (False, 3, 1, 1),
+                                                    (False, 1, 2, 0)])
+def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
+    """No input dilation (XLA CPU's slow transposed-conv lowering) and no convolution computing a kernel gradient
+    (the slow weight gradient) in the fast backward pass; the plain one has them."""
+    x = jnp.ones((2, 8, 8, 3))
+    w = jnp.ones((k, k, 3, 4))
+
+    def loss(x, w, impl):
+        op = conv_transpose2d if transpose else conv2d
+        return jnp.sum(op(x, w, stride=stride, padding=pad, impl=impl) ** 2)
+
+    def slow(impl):
+        eqns = convolutions(jax.make_jaxpr(jax.grad(functools.partial(loss, impl=impl), argnums=(0, 1)))(x, w).jaxpr)
+        dilated = [e for e in eqns if tuple(e.params["lhs_dilation"]) != (1, 1)]
+        # A kernel gradient is a convolution whose output has the kernel's shape.
+        kernel_grads = [e for e in eqns if tuple(e.outvars[0].aval.shape) == w.shape]
+        return dilated + kernel_grads
+
+    assert slow("fast") == []
+    assert slow("plain") or k == 1
+
+
+def test_implementation_choice(monkeypatch):
+    monkeypatch.delenv("MENET_CONV", raising=False)
+    monkeypatch.delenv("MENET_PLAIN_CONV", raising=False)
+    assert conv_impl() == ("fast" if jax.default_backend() == "cpu" else "plain")
+    monkeypatch.setenv("MENET_CONV", "plain")
+    assert conv_impl() == "plain"
+    monkeypatch.setenv("MENET_CONV", "fast")
+    assert conv_impl() == "fast"
+    monkeypatch.setenv("MENET_PLAIN_CONV", "1")
+    assert conv_impl() == "plain"
+    assert conv_impl("fast") == "fast"
+    with pytest.raises(ValueError, match="auto, fast or plain"):
+        conv_impl("cudnn")
+
+
+def _loss_and_outputs(model, variables, images, masks):
+    outputs, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    loss, _ = menet_loss(outputs["features"], outputs["logits"], masks, variant="paper")
+    return loss, outputs
+
+
+def _batch(size, n=2):
+    rng = np.random.default_rng(5)
+    images = jnp.asarray(rng.integers(0, 256, (n, size, size, 3)), jnp.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    masks = jnp.asarray(np.stack([(yy - size / 2) ** 2 + (xx - size / 2 - 4 * i) ** 2 < (size / 4) ** 2
+                                  for i in range(n)]).astype(np.uint8))
+    return images, masks
+
+
+def test_model_loss_gradient_is_the_same_with_fast_convolutions(monkeypatch):
+    """64 px: 3x3 s1/s2, 1x1 s2, the 2x2 bottleneck conv (dense path), k4/k2 s2 and 1x1 -> 2x2 transposed convs."""
+    model = MEnet(image_size=64, width=2, input_scale="normalized")
+    variables = init_variables(model, 0)
+    images, masks = _batch(64)
+
+    def gradient(impl):
+        monkeypatch.setenv("MENET_CONV", impl)   # read when tracing: a fresh function traces again
+        def loss(params):
+            return _loss_and_outputs(model, {**variables, "params": params}, images, masks)[0]
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    loss_fast, grads_fast = gradient("fast")
+    loss_plain, grads_plain = gradient("plain")
+    np.testing.assert_allclose(loss_fast, loss_plain, rtol=1e-5)
+    flat_fast = jax.tree_util.tree_leaves_with_path(grads_fast)
+    flat_plain = jax.tree_util.tree_leaves(grads_plain)
+    for (path, g_fast), g_plain in zip(flat_fast, flat_plain):
+        assert_close(g_fast, g_plain, rtol=2e-4), jax.tree_util.keystr(path)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    """Parameters, BatchNorm statistics and the loss stay float32; only activations and convs are bfloat16."""
+    images, masks = _batch(32, n=3)
+    results = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = MEnet(image_size=32, width=4, dtype=dtype, input_scale="normalized")
+        variables = init_variables(model, 0)
+        loss, outputs = jax.jit(functools.partial(_loss_and_outputs, model))(variables, images, masks)
+        results[dtype] = (float(loss), saliency_maps(outputs))
+    (loss32, maps32), (loss16, maps16) = results[jnp.float32], results[jnp.bfloat16]
+    assert abs(loss16 - loss32) <= 0.02 * abs(loss32) + 1e-3
+    for name in ("metric", "ce"):
+        difference = np.abs(np.asarray(maps16[name]) - np.asarray(maps32[name]))
+        assert difference.mean() < 0.02 and difference.max() < 0.25, name
