@@ -201,29 +201,40 @@ The same from a shell:
     md("""\
 ## 1. What to evaluate
 
-* `CHECKPOINTS`: name -> training workdir (both maps of each are scored: `name-metric`, `name-ce`).
+* `CHECKPOINTS`: name -> training workdir (both maps of each are scored: `name-metric`, `name-ce`); by default the
+  `paper` run of `02_train_gpu.ipynb` and the demo of `01_quickstart.ipynb`, where they exist.
 * `PUBLISHED`: name -> folder of another method's maps, `FOLDER/<stem>.png` or `FOLDER/<dataset>/<stem>.png`
-  (the layout of PySODEvalToolkit; most authors publish their maps per dataset this way). Every ground-truth stem
-  needs a map.
-* `DATASETS`: name -> folder with `images/` and `masks/`; the paper's test sets are DUT-OMRON, HKU-IS, ECSSD,
-  MSRA1000 and SOD.
+  (the layout of PySODEvalToolkit, in which most authors publish their maps). Every ground-truth stem needs a map.
+  In a checkout, `python benchmarks/u2netp_peer.py --images DATA/ECSSD/images --output WORK/maps/u2netp/ECSSD`
+  writes the maps of the pretrained U^2-Netp (`pip install -e ".[bench]"`); it was trained on DUTS-TR.
+* `SOURCES`: name -> dataset: folders with `images/` and `masks/` under `DATA`, and the test split of MSRA10K
+  when `02_train_gpu.ipynb` prepared it (MSRA1K with a `msra1000.txt` list, as the paper). The paper's test sets
+  are DUT-OMRON, HKU-IS, ECSSD, MSRA1K and SOD; `python -m datasets.prepare` builds any of them.
 
 As a reference method that needs no download, the notebook adds the **centre prior**, a fixed Gaussian blob in the
 middle of every image, written in that layout by the cell below; any method should beat it."""),
     code('''\
+import datasets
+from datasets.builders import BUILDERS
+from datasets.tfds_source import load_source
+
 if SMOKE:
     CHECKPOINTS = {"tiny": WORK / "smoke"}
-    DATASETS = {"ECSSD": handful("ECSSD", 8)}
+    SOURCES = {"ECSSD": datasets.FolderSource(handful("ECSSD", 8))}
 else:
-    CHECKPOINTS = {"MEnet": WORK / "paper"}            # add more: {"name": workdir}
-    DATASETS = {name: DATA / name for name in ("DUT-OMRON", "HKU-IS", "ECSSD", "MSRA1000", "SOD", "DUTS-TE")
-                if (DATA / name).is_dir()}
-PUBLISHED = {}                                         # e.g. {"U2-Net": WORK / "maps" / "u2net"}
-print("checkpoints:", CHECKPOINTS, "\\ndatasets:", DATASETS)'''),
+    CHECKPOINTS = {name: workdir for name, workdir in (("MEnet", WORK / "paper"), ("demo", WORK / "demo"))
+                   if (workdir / "checkpoints").is_dir()}
+    assert CHECKPOINTS, "no checkpoint yet: run 02_train_gpu.ipynb (or 01_quickstart.ipynb for the demo)"
+    SOURCES = {name: datasets.FolderSource(DATA / name)
+               for name in ("DUT-OMRON", "HKU-IS", "ECSSD", "MSRA1000", "SOD", "DUTS-TE") if (DATA / name).is_dir()}
+    if BUILDERS["msra10k"](data_dir=str(WORK / "tfds")).is_prepared():
+        SOURCES["MSRA10K-test"] = load_source("msra10k", split="test", data_dir=WORK / "tfds")
+PUBLISHED = {}                                         # e.g. {"U2-Netp": WORK / "maps" / "u2netp"}
+print("checkpoints:", CHECKPOINTS)
+print("datasets:", {name: len(source) for name, source in SOURCES.items()})'''),
     code('''\
 import numpy as np
 from PIL import Image
-import datasets
 
 
 def centre_prior(height, width, sigma=0.25):
@@ -233,13 +244,12 @@ def centre_prior(height, width, sigma=0.25):
     return np.round(255 * np.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2))).astype(np.uint8)
 
 
-for name, folder in DATASETS.items():
+for name, source in SOURCES.items():
     out = WORK / "maps" / "centre-prior" / name
     out.mkdir(parents=True, exist_ok=True)
-    for image_path, _ in datasets.FolderSource(folder).pairs:
-        with Image.open(image_path) as img:
-            width, height = img.size
-        Image.fromarray(centre_prior(height, width)).save(out / f"{image_path.stem}.png")
+    for i, stem in enumerate(source.names):
+        if not (out / f"{stem}.png").exists():
+            Image.fromarray(centre_prior(*source[i]["mask"].shape)).save(out / f"{stem}.png")
 PUBLISHED["centre"] = WORK / "maps" / "centre-prior"'''),
     md("## 2. Score"),
     code('''\
@@ -248,8 +258,7 @@ from menet_jax.inference import MAPS, Predictor
 
 predictors = {name: Predictor.from_checkpoint(workdir) for name, workdir in CHECKPOINTS.items()}
 results, rows = {}, []                                 # results["ECSSD/MEnet-metric"] = dataset scores
-for dataset, folder in DATASETS.items():
-    source = datasets.FolderSource(folder)
+for dataset, source in SOURCES.items():
     for method, predictor in predictors.items():
         scores, per_image = evaluate_source(dataset, source, lambda idx, ex, p=predictor: p([e["image"] for e in ex]),
                                             MAPS, progress=not SMOKE)
@@ -267,7 +276,7 @@ def table_one(results):
     columns = sorted({key.split("/", 1)[1] for key in results})
     width = max(8, *map(len, columns)) + 2
     lines = [f"{'dataset':12s} {'':7s}" + "".join(f"{c:>{width}s}" for c in columns)]
-    for dataset in DATASETS:
+    for dataset in SOURCES:
         for label, key in (("F-beta", "adp_f"), ("MAE", "mae")):
             cells = [results.get(f"{dataset}/{c}", {}).get(key) for c in columns]
             lines.append(f"{dataset if key == 'adp_f' else '':12s} {label:7s}" +
