@@ -204,8 +204,9 @@ def _evaluate(eqn, values):
 class _Interpreter:
     """Walks a jaxpr once; `mode` "l2" carries `Dep` bounds, mode "abs" builds the element-wise network G."""
 
-    def __init__(self, mode, *, power_iters=0, key=None):
+    def __init__(self, mode, *, power_iters=0, key=None, cache=None):
         self.mode, self.power_iters = mode, power_iters
+        self.cache = {} if cache is None else cache
         self.key = jax.random.key(0) if key is None else key
         self.layers = []
 
@@ -356,8 +357,13 @@ class _Interpreter:
                   "out_shape": list(eqn.outvars[0].aval.shape), "kernel": list(kernel.shape),
                   "folded_scale": folded, "fft_bound": cert}
         if self.power_iters:
-            estimate = conv_power_norm(_conv_params(p), kernel, lhs_shape, in_scale=in_scale, feature_axis=feature_axis,
-                                       key=jax.random.fold_in(self.key, len(self.layers)), iters=self.power_iters)
+            signature = (kernel.tobytes(), None if in_scale is None else np.asarray(in_scale).tobytes(),
+                         tuple(lhs_shape), repr(sorted(_conv_params(p).items())), self.power_iters)
+            if signature not in self.cache:
+                self.cache[signature] = conv_power_norm(
+                    _conv_params(p), kernel, lhs_shape, in_scale=in_scale, feature_axis=feature_axis,
+                    key=jax.random.fold_in(self.key, len(self.layers)), iters=self.power_iters)
+            estimate = self.cache[signature]
             est = estimate.value
             record.update(power_estimate=estimate.value, power_iterations=estimate.iterations,
                           power_converged=estimate.converged)
@@ -466,14 +472,15 @@ def _single_output(f, x):
     return closed
 
 
-def layerwise_bound(f, x, *, power_iters: int = 0, key=None) -> dict:
+def layerwise_bound(f, x, *, power_iters: int = 0, key=None, cache=None) -> dict:
     """The layerwise l2 Lipschitz bound (b) of `f` (array -> array) around the graph it traces at `x`.
 
     Returns {"certified": product bound with the FFT norms, "estimate": the same with power-iteration norms
     (from below per layer, so not certified; only with `power_iters`), "layers": per-layer records}.
-    Raises LipschitzError if the output goes through an operation with no bound."""
+    Raises LipschitzError if the output goes through an operation with no bound. `cache` (a dict) keeps the
+    per-layer power iterations between calls on the same network (e.g. one call per output)."""
     closed = _single_output(f, x)
-    interp = _Interpreter("l2", power_iters=power_iters, key=key)
+    interp = _Interpreter("l2", power_iters=power_iters, key=key, cache=cache)
     (out,) = interp.run(closed.jaxpr, closed.consts, [Dep(1.0, 1.0)])
     if isinstance(out, Unbounded):
         raise LipschitzError(f"output not bounded: {out.reason}")
@@ -693,11 +700,11 @@ def main(argv=None) -> int:
     model = MEnet.from_config(config)
     x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     outputs = MENET_OUTPUTS if args.output == "all" else (args.output,)
-    results, printed_layers = {}, False
+    results, printed_layers, cache = {}, False, {}
     for output in outputs:
         f = menet_outputs(model, variables, output)
         try:
-            layer = layerwise_bound(f, x, power_iters=args.power_iterations)
+            layer = layerwise_bound(f, x, power_iters=args.power_iterations, cache=cache)
             element = elementwise_bound(f, x)
         except LipschitzError as error:
             if args.output != "all":

@@ -151,7 +151,7 @@ def exact_norms(jacobian: np.ndarray) -> dict:
 
 
 def directional_estimates(f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: float = 2.0,
-                          normalize: bool = True) -> dict:
+                          normalize: bool = True, chunk: int = 8) -> dict:
     """Eq. 12: E_n ||f(x + t n) - f(x)||^p / t^p for each t, and its limit E_n ||J(x) n||^p (exact, by jvp).
 
     `directions`: array (K, *x.shape), e.g. Gaussian draws or distortion residuals (distorted - clean). With
@@ -169,8 +169,20 @@ def directional_estimates(f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: fl
         se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
         return {"mean": float(values.mean()), "stderr": se}
 
-    limit = np.asarray(_jvp_norms(f, x, n, p), np.float64)
-    return {"p": p, "directions": int(n.shape[0]), "limit": summary(limit),
-            "finite_differences": [{"t": float(t), **summary(_difference_quotients(f, x, n, jnp.float32(t), p))}
+    count = n.shape[0]
+
+    def chunked(fn, *extra):
+        """fn over the directions in blocks of `chunk` (the last one zero-padded): one compilation for any K."""
+        out = []
+        for start in range(0, count, chunk):
+            block = n[start:start + chunk]
+            if block.shape[0] < chunk:
+                block = jnp.concatenate([block, jnp.zeros((chunk - block.shape[0], *block.shape[1:]), block.dtype)])
+            out.append(np.asarray(fn(f, x, block, *extra), np.float64)[:count - start])
+        return np.concatenate(out)
+
+    limit = chunked(_jvp_norms, p)
+    return {"p": p, "directions": int(count), "limit": summary(limit),
+            "finite_differences": [{"t": float(t), **summary(chunked(_difference_quotients, jnp.float32(t), p))}
                                    for t in ts],
             "per_direction_limit": limit.tolist()}

@@ -1,0 +1,142 @@
+"""python -m robustness.evaluate and python -m robustness.jacobian on real ECSSD images."""
+import json
+
+import numpy as np
+import pytest
+
+from datasets import FolderSource
+
+
+@pytest.fixture(scope="module")
+def ecssd6(shared_data, tmp_path_factory):
+    """Six real ECSSD pairs in the images/ + masks/ layout."""
+    root = tmp_path_factory.mktemp("data") / "ECSSD6"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[100:106]:
+        (root / "images" / image.name).write_bytes(image.read_bytes())
+        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
+        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
+    return root
+
+
+PREDICTOR = '''
+import numpy as np
+def brightness(images):
+    """A map any model could give: each image's grey level, at half resolution (the evaluator resizes)."""
+    return [np.asarray(im, np.float32).mean(-1)[::2, ::2] / 255.0 for im in images]
+'''
+
+
+def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_path, monkeypatch, capsys):
+    from menet_jax.inference import resize_to
+    from menet_jax.metrics import SODMetrics
+    from robustness import distortions
+    from robustness.evaluate import main
+    (tmp_path / "peer_model.py").write_text(PREDICTOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    assert main(["--predictor", "peer_model:brightness", "--data-dir", str(ecssd6), "--distortion", "awgn",
+                 "--levels", "0", "900", "random", "--output", str(out), "--seed", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "F-beta map" in printed and "random" in printed
+    results = json.loads((out / "robustness.json").read_text())["datasets"]["ECSSD6"]
+    assert list(results) == ["0.0", "900.0", "random"]
+    # The same numbers by hand: the images distorted with the same per-image generators, scored without min-max.
+    source = FolderSource(ecssd6)
+    meter = SODMetrics(normalize=False)
+    for i in range(len(source)):
+        e = source[i]
+        noisy = distortions.awgn(e["image"], distortions.image_rng(3, i, e["name"]), variance=900.0)
+        m = noisy.astype(np.float32).mean(-1)[::2, ::2] / 255.0
+        meter.step(resize_to(m, *e["mask"].shape), e["mask"])
+    expected = meter.results()
+    for key in ("adp_f", "max_f", "mae"):
+        assert results["900.0"]["raw"]["map"][key] == pytest.approx(expected[key], abs=1e-6)
+    assert results["0.0"]["raw"]["map"]["mae"] != results["900.0"]["raw"]["map"]["mae"]
+    lo, hi = distortions.RANDOM_RANGES["awgn"]
+    used = results["random"]["levels_used"]
+    assert (lo * 255) ** 2 <= used["min"] < used["max"] <= (hi * 255) ** 2
+    assert (out / "curves.png").stat().st_size > 1000 and "| ECSSD6 (raw maps)" in (out / "table.md").read_text()
+    assert main(["--predictor", "peer_model:nothing", "--data-dir", str(ecssd6), "--distortion", "jpeg",
+                 "--output", str(out)]) == 2
+    assert "no callable 'nothing'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved (untrained) tiny MEnet in a training workdir, without compiling a train step."""
+    from menet_jax import checkpoint as ckpt
+    from menet_jax.config import get_config
+    from menet_jax.model import MEnet
+    from menet_jax.trainer import create_state, make_optimizer
+    config = get_config("tiny")
+    workdir = tmp_path_factory.mktemp("run")
+    manager = ckpt.open_manager(workdir, config)
+    ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
+
+
+def test_evaluate_checkpoint_jpeg(ecssd6, tiny_checkpoint, tmp_path):
+    from robustness.evaluate import main
+    out = tmp_path / "jpeg"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(ecssd6), "--distortion", "jpeg",
+                 "--levels", "90", "10", "--limit", "4", "--output", str(out), "--no-progress"]) == 0
+    r = json.loads((out / "robustness.json").read_text())["datasets"]["ECSSD6"]
+    assert set(r["90.0"]["normalised"]) == {"metric", "ce"} and set(r["10.0"]["raw"]) == {"metric", "ce"}
+    assert all(0 <= r[lv][mode][m]["adp_f"] <= 1 for lv in ("90.0", "10.0") for mode in ("raw", "normalised")
+               for m in ("metric", "ce"))
+
+
+def test_jacobian_cli_table_json_and_histogram(ecssd6, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from robustness.jacobian import main
+    # Each estimator is one more compilation of the network (a minute each on two busy cores): Hutchinson and
+    # Eq. 12 are checked against exact Jacobians in test_robustness_norms.py, so here only the gradient
+    # statistics and the power iteration run, with the plain convolutions (quicker to compile).
+    monkeypatch.setenv("MENET_CONV", "plain")
+    out = tmp_path / "jac"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(ecssd6), "--limit", "2",
+                 "--output-dir", str(out), "--power-iterations", "3", "--probes", "0", "--mc-directions", "0",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Table III (salient_prob" in printed and "median(|g|)" in printed and "power iteration" in printed
+    report = json.loads((out / "jacobian.json").read_text())
+    assert report["settings"]["bn_mode"] == "eval"
+    images = report["datasets"]["ECSSD6"]["images"]
+    summary = report["datasets"]["ECSSD6"]["summary"]
+    assert len(images) == 2
+    assert summary["gradient"]["max"] == pytest.approx(np.mean([r["stats"]["max"] for r in images]))
+    for r in images:
+        s = r["stats"]
+        assert s["min"] <= s["median"] <= s["max"] and s["max"] > 0
+        assert r["spectral"]["iterations"] <= 3 and r["spectral"]["value"] > 0 and "frobenius" not in r
+    assert (out / "gradient_histogram.png").stat().st_size > 1000
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_report_puts_the_tools_outputs_side_by_side(tmp_path, capsys):
+    from robustness.report import main
+    jac = {"settings": {"output": "salient_prob", "authors_objective": False},
+           "datasets": {"D": {"summary": {"gradient": {"max": 2.0, "min": 0.0, "median": 0.5, "mean": 0.75,
+                                                       "var": 0.1}},
+                              "images": [{"spectral": {"value": v}} for v in (1.0, 3.0, 2.0)]}}}
+    lip = {"outputs": {"logits": {"bounded": True, "layerwise_certified": 10.0, "layerwise_power_estimate": 4.0,
+                                  "elementwise_certified": 99.0, "elementwise_estimate": 98.0},
+                       "metric_map": {"bounded": False, "reason": "rsqrt at MEnet"}}}
+    ev = {"distortion": "awgn", "datasets": {"D": {"0.0": {m: {"map": {"adp_f": 0.8, "mae": 0.1}}
+                                                           for m in ("normalised", "raw")}}}}
+    for name, data in (("jac.json", jac), ("lip.json", lip), ("ev.json", ev)):
+        (tmp_path / name).write_text(json.dumps(data))
+    out = tmp_path / "report"
+    assert main(["--jacobian", str(tmp_path / "jac.json"), "--lipschitz", str(tmp_path / "lip.json"),
+                 "--evaluate", str(tmp_path / "ev.json"), "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["local"]["D"]["spectral_norm_quantiles"]["median"] == 2.0
+    assert report["bounds"]["metric_map"] == {"not_bounded": "rsqrt at MEnet"}
+    text = (out / "report.md").read_text()
+    assert "| logits | 10 | 4 | 99 |" in text and "0.8000 / 0.1000" in text
+    assert main(["--jacobian", str(tmp_path / "lip.json"), "--output", str(out)]) == 2
+    assert "not written by the expected tool" in capsys.readouterr().err
