@@ -444,10 +444,132 @@ Next: `01_quickstart.ipynb` shows this checkpoint's maps, `03_evaluate.ipynb` sc
 (Table I), `04_robustness.ipynb` measures its robustness (Table II, Fig. 9, Table III)."""),
 ]
 
+# ------------------------------------------------------------------------------------------------- robustness
+ROBUSTNESS = opening("Robustness of a MEnet checkpoint: distortions, Jacobians, Lipschitz bounds", """\
+The paper's robustness claims, measured on a checkpoint:
+
+* **Table II**: adaptive F-beta on images distorted by additive white Gaussian noise (AWGN) or JPEG compression
+  "with random strengths"; **Fig. 9**: F-beta against the noise variance.
+* **Table III**: statistics of the gradient g of the summed output with respect to the input image, per image
+  (max, min, median, mean, variance of |g|), averaged over a dataset; with the local norms of the Jacobian
+  (spectral by power iteration, Frobenius by Hutchinson) and the Monte Carlo estimates of Eq. 12.
+* **Eq. 13**: certified upper bounds of the network's Lipschitz constant.
+
+The paper does not give its distortion strengths, and the authors' Table III script differentiates a constant (the
+sum of both softmax channels), so `robustness/` defines its own protocol; the cells say which choices are made.
+Everything runs through `python -m robustness.evaluate`, `robustness.jacobian` and `robustness.lipschitz`,
+called here in the notebook's process: each cell's arguments are the command's. `docs/robustness.md` says what
+each number means, what it costs and how the estimators were validated.""") + [
+    code(HANDFUL),
+    code(SMOKE_CHECKPOINT),
+    md("""\
+## 0. Checkpoint and data
+
+The `paper` run of `02_train_gpu.ipynb`, else the demo of `01_quickstart.ipynb`; the paper's test sets found in
+`DATA` (folders with `images/` and `masks/`; `--dataset NAME` reads a prepared one instead). The Jacobian analysis
+costs a few backward passes per image: `JACOBIAN_LIMIT` images per dataset."""),
+    code('''\
+import datasets
+
+if SMOKE:
+    CHECKPOINT, FOLDERS, LIMIT, JACOBIAN_LIMIT = WORK / "smoke", [handful("ECSSD", 3)], [], 1
+else:
+    CHECKPOINT = next(w for w in (WORK / "paper", WORK / "demo") if (w / "checkpoints").is_dir())
+    FOLDERS = [DATA / name for name in ("DUT-OMRON", "HKU-IS", "ECSSD", "MSRA1000", "SOD") if (DATA / name).is_dir()]
+    LIMIT, JACOBIAN_LIMIT = [], 100
+assert FOLDERS, f"no benchmark folder in {DATA}"
+DATA_ARGS = [arg for folder in FOLDERS for arg in ("--data-dir", str(folder))]
+OUT = WORK / "robustness"
+print("checkpoint:", CHECKPOINT, "\\ndatasets:", [f.name for f in FOLDERS])'''),
+    md("""\
+## 1. Distortions
+
+`robustness.distort(image, kind, level, rng)` returns a uint8 image, as a camera or a file would hand it to a
+model. AWGN: N(0, variance) per pixel and channel on the 0..255 scale, rounded and clipped; JPEG: a Pillow round
+trip at a quality, chroma 4:2:0. The levels below are the five ImageNet-C severities (AWGN variances 416 .. 9390,
+JPEG qualities 25 .. 7). Every image has its own seeded generator, so results do not depend on the batch.
+Under each image, the checkpoint's metric map (Fig. 10 and 11 of the paper show such rows)."""),
+    code('''\
+import matplotlib.pyplot as plt
+from menet_jax.inference import Predictor
+from robustness import distort, image_rng, severity_levels
+
+predictor = Predictor.from_checkpoint(CHECKPOINT)
+example = datasets.FolderSource(FOLDERS[0])[0]
+fig, axes = plt.subplots(4, 6, figsize=(14, 9.5))
+for row, kind in enumerate(("awgn", "jpeg")):
+    levels = severity_levels(kind)
+    images = [example["image"]] + [distort(example["image"], kind, level, image_rng(0, 0, example["name"]))[0]
+                                   for level in levels]
+    for col, (image, maps, label) in enumerate(zip(images, predictor(images), ["clean", *levels])):
+        axes[2 * row, col].imshow(image)
+        axes[2 * row, col].set_title(f"{kind} {label:.0f}" if col else "clean", fontsize=9)
+        axes[2 * row + 1, col].imshow(maps["metric"], cmap="gray", vmin=0, vmax=1)
+for ax in axes.flat:
+    ax.axis("off")
+fig.tight_layout()
+plt.show()'''),
+    md("""\
+## 2. Table II and Fig. 9
+
+The level `random` is Table II's protocol: one strength per image, uniform over the ImageNet-C range (AWGN sigma
+0.08 .. 0.38 on the [0, 1] scale, JPEG quality 7 .. 25): the last row of each table. The fixed levels (clean and
+the five severities) give the curves of Fig. 9. Maps are scored against the untouched ground truth both with the field's per-image
+min-max normalisation and without it (`raw`): normalising stretches a flat, noise-damaged map and hides damage."""),
+    code('''\
+from IPython.display import Image as Picture, Markdown, display
+from robustness.evaluate import main as robustness_evaluate
+
+for kind, clean in (("awgn", 0), ("jpeg", 100)):
+    levels = [clean, *severity_levels(kind), "random"]
+    assert robustness_evaluate(["--checkpoint", str(CHECKPOINT), *DATA_ARGS, *LIMIT, "--distortion", kind,
+                                "--levels", *map(str, levels), "--output", str(OUT / kind), "--no-progress"]) == 0
+    display(Markdown((OUT / kind / "table.md").read_text()), Picture(filename=str(OUT / kind / "curves.png")))'''),
+    md("""\
+## 3. Table III, Jacobian norms and the Monte Carlo estimates of Eq. 12
+
+`robustness.jacobian` differentiates the sum of the salient-channel probability (the meaningful reading of Table
+III) in evaluation mode, and reports per image the statistics of |g|, ||J||_2 (power iteration), ||J||_F
+(Hutchinson, with a 95 % interval) and Eq. 12's E ||f(x + t n) - f(x)||^2 / t^2 over random unit directions
+(Gaussian, AWGN and JPEG residuals) for a schedule of t and in the limit t -> 0. The second run repeats the
+authors' objective (both softmax channels, BatchNorm in training mode): its gradient is exactly zero in exact
+arithmetic, so what it prints is float32 round-off, as are the 1e-8 .. 1e-19 values of the paper's table."""),
+    code('''\
+import json
+from robustness.jacobian import main as robustness_jacobian
+
+QUICK = ["--power-iterations", "3", "--probes", "2", "--mc-directions", "1", "--t-schedule", "1"] if SMOKE else []
+common = ["--checkpoint", str(CHECKPOINT), *DATA_ARGS, "--limit", str(JACOBIAN_LIMIT), "--no-progress"]
+assert robustness_jacobian([*common, *QUICK, "--output-dir", str(OUT / "jacobian")]) == 0
+assert robustness_jacobian([*common, "--authors-objective", "--bn-train-mode", "--power-iterations", "0",
+                            "--probes", "0", "--mc-directions", "0", "--output-dir", str(OUT / "jacobian-authors")]) == 0
+display(Picture(filename=str(OUT / "jacobian" / "gradient_histogram.png")))'''),
+    code('''\
+ours = json.loads((OUT / "jacobian" / "jacobian.json").read_text())["datasets"]
+authors = json.loads((OUT / "jacobian-authors" / "jacobian.json").read_text())["datasets"]
+for name in ours:
+    print(f"{name}: max |g|, salient probability (eval mode) {ours[name]['summary']['gradient']['max']:.4g}; "
+          f"both channels, train-mode BN (authors) {authors[name]['summary']['gradient']['max']:.4g}")'''),
+    md("""\
+## 4. Lipschitz bounds (Eq. 13)
+
+Two certified upper bounds of ||f(x) - f(y)|| / ||x - y|| for each output, read off the network's evaluation-mode
+computation: the paper's element-wise bound (|W| through every linear layer, slope 1 for ReLU and tanh) and the
+layerwise product of operator norms (convolutions by the largest singular value of their kernel's DFT). The metric
+map has no bound: it L2-normalises the features, and x / ||x|| is not Lipschitz near 0."""),
+    code('''\
+from robustness.lipschitz import main as robustness_lipschitz
+
+outputs = "salient_prob" if SMOKE else "all"          # all: logits, features, salient_prob and metric_map
+assert robustness_lipschitz(["--checkpoint", str(CHECKPOINT), "--output", outputs, "--json", str(OUT / "lipschitz.json")]
+                            + (["--power-iterations", "0"] if SMOKE else [])) == 0'''),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_train_gpu.ipynb": TRAIN_GPU,
     "03_evaluate.ipynb": EVALUATE,
+    "04_robustness.ipynb": ROBUSTNESS,
 }
 
 

@@ -143,3 +143,27 @@ def test_evaluate(smoke):
     f_row, mae_row = ([float(v) for v in group.split()] for group in row.groups())
     assert f_row == pytest.approx([results[f"ECSSD/{c}"]["adp_f"] for c in columns], abs=1e-4)
     assert mae_row == pytest.approx([results[f"ECSSD/{c}"]["mae"] for c in columns], abs=1e-4)
+
+
+def test_robustness(smoke):
+    printed = execute("04_robustness.ipynb")
+    out = smoke / "robustness"
+    for kind in ("awgn", "jpeg"):
+        assert "random" in (out / kind / "robustness.json").read_text()
+        assert (out / kind / "curves.png").stat().st_size > 10_000
+        table = (out / kind / "table.md").read_text()
+        assert "F-beta" in table and "random" in table and len(table.splitlines()) >= 2 * (2 + 7)
+    ours = json.loads((out / "jacobian" / "jacobian.json").read_text())["datasets"]["ECSSD"]
+    authors = json.loads((out / "jacobian-authors" / "jacobian.json").read_text())["datasets"]["ECSSD"]
+    assert ours["summary"]["n_images"] == 1 and len(ours["images"]) == 1
+    ours_max, authors_max = ours["summary"]["gradient"]["max"], authors["summary"]["gradient"]["max"]
+    assert math.isfinite(ours_max) and ours_max > 0
+    # The authors' objective is a constant: what remains of its gradient is round-off, far below the real one.
+    assert authors_max < 1e-3 * ours_max
+    assert ours["summary"]["spectral"]["mean"] > 0 and ours["summary"]["frobenius"]["mean"] > 0
+    assert set(ours["summary"]["eq12"]) >= {"gaussian", "awgn"}
+    assert numbers(r"salient probability \(eval mode\) ([0-9.e+-]+)", printed)[0] == pytest.approx(ours_max, rel=1e-3)
+    lipschitz = json.loads((out / "lipschitz.json").read_text())["outputs"]
+    bounds = lipschitz["salient_prob"]
+    assert bounds["bounded"] and 0 < bounds["layerwise_certified"] < math.inf
+    assert 0 < bounds["elementwise_estimate"] <= bounds["elementwise_certified"] * (1 + 1e-6)
