@@ -100,7 +100,7 @@ def format_table(name, kind, results, mode="normalised") -> str:
              " | " + " | ".join(f"MAE {m}" for m in maps) + " |",
              "|---|---|" + "---|" * (2 * len(maps))]
     for level, r in results.items():
-        label = level if level != "random" else (f"random (mean {r['levels_used']['mean']:.4g})")
+        label = f"{float(level):.6g}" if level != "random" else f"random (mean {r['levels_used']['mean']:.4g})"
         lines.append(f"| | {label} | " + " | ".join(f"{r[mode][m]['adp_f']:.4f}" for m in maps) + " | " +
                      " | ".join(f"{r[mode][m]['mae']:.4f}" for m in maps) + " |")
     return "\n".join(lines)
