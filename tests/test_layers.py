@@ -1,4 +1,5 @@
-"""The project's convolution primitives against brute-force numpy references and finite differences."""
+"""The project's convolution primitives (both formulations) against brute-force numpy references and finite
+differences."""
 import jax
 
 import jax.numpy as jnp
@@ -34,22 +35,25 @@ def reference_conv_transpose(x, w, stride, pad):
     return full[:, pad:pad + ho, pad:pad + wo, :]
 
 
+@pytest.mark.parametrize("impl", ["plain", "fast"])
 @pytest.mark.parametrize("k,stride,pad,size", [(3, 1, 1, 6), (3, 2, 1, 8), (1, 2, 0, 8), (2, 1, 0, 2), (7, 1, 0, 7)])
-def test_conv2d_matches_reference(k, stride, pad, size):
+def test_conv2d_matches_reference(k, stride, pad, size, impl):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     w = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
     b = rng.normal(size=(4,)).astype(np.float32)
-    got = conv2d(x, w, b, stride=stride, padding=pad)
+    got = jax.jit(lambda x, w, b: conv2d(x, w, b, stride=stride, padding=pad, impl=impl))(x, w, b)
     np.testing.assert_allclose(got, reference_conv(x, w, b, stride, pad), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("k,stride,pad,size,out", [(4, 2, 1, 5, 10), (2, 2, 0, 5, 10), (7, 1, 0, 1, 7), (2, 1, 0, 1, 2)])
-def test_conv_transpose2d_matches_scatter_definition(k, stride, pad, size, out):
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+@pytest.mark.parametrize("k,stride,pad,size,out", [(4, 2, 1, 5, 10), (2, 2, 0, 5, 10), (7, 1, 0, 1, 7), (2, 1, 0, 1, 2),
+                                                   (3, 2, 1, 4, 7)])
+def test_conv_transpose2d_matches_scatter_definition(k, stride, pad, size, out, impl):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     w = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
-    got = conv_transpose2d(x, w, stride=stride, padding=pad)
+    got = jax.jit(lambda x, w: conv_transpose2d(x, w, stride=stride, padding=pad, impl=impl))(x, w)
     assert got.shape == (2, out, out, 4)
     np.testing.assert_allclose(got, reference_conv_transpose(x, w, stride, pad), rtol=1e-5, atol=1e-4)
 
@@ -65,11 +69,12 @@ def test_conv_transpose_is_the_adjoint_of_the_strided_conv():
     np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+def test_gradients_match_finite_differences(impl):
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(1, 4, 4, 2)))
         w = jnp.asarray(rng.normal(size=(4, 4, 2, 3)))
         wc = jnp.asarray(rng.normal(size=(3, 3, 2, 3)))
-        check_grads(lambda x, w: conv_transpose2d(x, w, stride=2, padding=1), (x, w), order=1, modes=["rev"])
-        check_grads(lambda x, w: conv2d(x, w, stride=2, padding=1), (x, wc), order=1, modes=["rev"])
+        check_grads(lambda x, w: conv_transpose2d(x, w, stride=2, padding=1, impl=impl), (x, w), order=1, modes=["rev"])
+        check_grads(lambda x, w: conv2d(x, w, stride=2, padding=1, impl=impl), (x, wc), order=1, modes=["rev"])
