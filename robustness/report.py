@@ -65,7 +65,7 @@ def markdown(report: dict) -> str:
     lines = []
     if "bounds" in report:
         lines += ["## Lipschitz upper bounds (input 0..255)", "",
-                  "| output | layerwise (FFT, certified) | layerwise (power) | Eq. 13 ||G|| (certified) |",
+                  "| output | layerwise (FFT, certified) | layerwise (power) | Eq. 13 norm2(G) (certified) |",
                   "|---|---|---|---|"]
         for out, r in report["bounds"].items():
             if "not_bounded" in r:
@@ -78,7 +78,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     if "local" in report:
         lines += [f"## Local Jacobian of {report['local']['output']}", "",
-                  "| data | mean |g| | max |g| | ||J||_2 median | ||J||_2 max | ||J||_F mean | Eq. 12 Gaussian (t->0) |",
+                  "| data | mean abs(g) | max abs(g) | median norm2(J) | max norm2(J) | mean normF(J) | Eq. 12 Gaussian (t->0) |",
                   "|---|---|---|---|---|---|---|"]
         for name, e in report["local"].items():
             if not isinstance(e, dict):
@@ -96,7 +96,8 @@ def markdown(report: dict) -> str:
             maps = sorted(next(iter(rows.values()))["raw"])
             lines += [f"| {name} level | " + " | ".join(maps) + " |", "|---|" + "---|" * len(maps)]
             for level, r in rows.items():
-                lines.append(f"| {level} | " + " | ".join(f"{r['raw'][m]['adp_f']:.4f} / {r['raw'][m]['mae']:.4f}"
+                label = level if level == "random" else f"{float(level):.6g}"
+                lines.append(f"| {label} | " + " | ".join(f"{r['raw'][m]['adp_f']:.4f} / {r['raw'][m]['mae']:.4f}"
                                                           for m in maps) + " |")
             lines.append("")
     return "\n".join(lines)
