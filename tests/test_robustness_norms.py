@@ -66,7 +66,8 @@ def test_eq12_finite_differences_converge_to_the_exact_jvp_limit():
     assert unit["limit"]["mean"] == pytest.approx(limit / directions[0].size, rel=0.2)   # E||Jn||^2 / d on spheres
 
 
-def test_the_authors_objective_has_a_zero_gradient_and_the_salient_probability_does_not():
+def test_the_authors_objective_has_a_zero_gradient_and_the_salient_probability_does_not(monkeypatch):
+    monkeypatch.setenv("MENET_CONV", "plain")      # the same network, quicker to compile than the CPU fast forms
     from menet_jax.config import get_config
     from menet_jax.model import MEnet, init_variables
     from robustness.jacobian import gradient_stats, output_function
