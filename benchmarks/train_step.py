@@ -253,7 +253,7 @@ def gpu_report(args):
     peak = chip_peak(kind)
     print(f"device: {kind} ({jax.default_backend()}, {jax.device_count()} device(s)); dense peak TFLOP/s "
           + (f"bf16 {peak[0]:g}, f32 {peak[1]:g}" if peak else "unknown for this device"))
-    print(f"{'config':30s} {'step s':>8s} {'img/s':>8s} {'TFLOP/step':>10s} {'TFLOP/s':>8s} {'% peak':>7s} "
+    print(f"{'config':30s} {'step s':>8s} {'img/s':>8s} {'GFLOP/step':>10s} {'TFLOP/s':>8s} {'% peak':>7s} "
           f"{'compile s':>9s} {'XLA peak GiB':>12s}")
     for dtype in ("float32", "bfloat16"):
         for b in (int(v) for v in args.batches.split(",")):
@@ -277,7 +277,7 @@ def gpu_report(args):
             chip = peak and (peak[0] if dtype == "bfloat16" else peak[1])
             share = 100 * tflops / chip if (tflops and chip) else None
             xla_peak = xla_peak_bytes(compiled)
-            print(f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e12, '10.3f'):>10s} "
+            print(f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e9, '10.1f'):>10s} "
                   f"{fmt(tflops, '8.2f'):>8s} {fmt(share, '7.1f'):>7s} {compile_s:9.1f} "
                   f"{fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s}")
             del state, batch, compiled, holder
