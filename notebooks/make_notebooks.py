@@ -563,6 +563,18 @@ from robustness.lipschitz import main as robustness_lipschitz
 outputs = "salient_prob" if SMOKE else "all"          # all: logits, features, salient_prob and metric_map
 assert robustness_lipschitz(["--checkpoint", str(CHECKPOINT), "--output", outputs, "--json", str(OUT / "lipschitz.json")]
                             + (["--power-iterations", "0"] if SMOKE else [])) == 0'''),
+    md("""\
+## 5. One report
+
+`python -m robustness.report` puts the certified bounds, the local Jacobian norms, the Eq. 12 estimates and the
+measured degradation under each distortion side by side (`report.md`, `report.json`)."""),
+    code('''\
+from robustness.report import main as robustness_report
+
+assert robustness_report(["--lipschitz", str(OUT / "lipschitz.json"), "--jacobian", str(OUT / "jacobian" / "jacobian.json"),
+                          "--evaluate", str(OUT / "awgn" / "robustness.json"), str(OUT / "jpeg" / "robustness.json"),
+                          "--output", str(OUT / "report")]) == 0
+display(Markdown((OUT / "report" / "report.md").read_text()))'''),
 ]
 
 NOTEBOOKS = {

@@ -164,6 +164,7 @@ def test_robustness(smoke):
     assert set(ours["summary"]["eq12"]) >= {"gaussian", "awgn"}
     assert numbers(r"salient probability \(eval mode\) ([0-9.e+-]+)", printed)[0] == pytest.approx(ours_max, rel=1e-3)
     lipschitz = json.loads((out / "lipschitz.json").read_text())["outputs"]
+    assert "salient_prob" in (out / "report" / "report.md").read_text()
     bounds = lipschitz["salient_prob"]
     assert bounds["bounded"] and 0 < bounds["layerwise_certified"] < math.inf
     assert 0 < bounds["elementwise_estimate"] <= bounds["elementwise_certified"] * (1 + 1e-6)
