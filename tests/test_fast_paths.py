@@ -110,7 +110,7 @@ def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
 def test_implementation_choice(monkeypatch):
     monkeypatch.delenv("MENET_CONV", raising=False)
     monkeypatch.delenv("MENET_PLAIN_CONV", raising=False)
-    assert conv_impl() == ("fast" if jax.default_backend() == "cpu" else "plain")
+    assert conv_impl() == "plain"          # auto: plain until the fast paths' drift over training steps is explained
     monkeypatch.setenv("MENET_CONV", "plain")
     assert conv_impl() == "plain"
     monkeypatch.setenv("MENET_CONV", "fast")
