@@ -14,17 +14,6 @@ def data_root() -> Path:
     return Path(os.environ.get("MENET_DATA_DIR", SHARED / "data"))
 
 
-def copy_ecssd_pairs(shared_data: Path, root: Path, start: int, stop: int) -> Path:
-    """ECSSD pairs [start, stop) (sorted by name) copied into root/images + root/masks."""
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[start:stop]:
-        (root / "images" / image.name).write_bytes(image.read_bytes())
-        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
-        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
-    return root
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real benchmark data; a skip with the searched path, or a failure under CI where it must exist."""

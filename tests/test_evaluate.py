@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import copy_ecssd_pairs
 from PIL import Image, ImageFilter
 
 from menet_jax.evaluate import main
@@ -14,7 +13,14 @@ from menet_jax.metrics import SODMetrics
 @pytest.fixture(scope="module")
 def small_ecssd(shared_data, tmp_path_factory):
     """Twelve real ECSSD pairs in the images/ + masks/ layout."""
-    return copy_ecssd_pairs(shared_data, tmp_path_factory.mktemp("data") / "ECSSD12", 550, 562)
+    root = tmp_path_factory.mktemp("data") / "ECSSD12"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[550:562]:
+        (root / "images" / image.name).write_bytes(image.read_bytes())
+        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
+        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
+    return root
 
 
 def _write_predictions(data, out):

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import copy_ecssd_pairs
 
 from datasets import FolderSource
 
@@ -11,7 +10,14 @@ from datasets import FolderSource
 @pytest.fixture(scope="module")
 def ecssd6(shared_data, tmp_path_factory):
     """Six real ECSSD pairs in the images/ + masks/ layout."""
-    return copy_ecssd_pairs(shared_data, tmp_path_factory.mktemp("data") / "ECSSD6", 100, 106)
+    root = tmp_path_factory.mktemp("data") / "ECSSD6"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[100:106]:
+        (root / "images" / image.name).write_bytes(image.read_bytes())
+        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
+        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
+    return root
 
 
 PREDICTOR = '''
