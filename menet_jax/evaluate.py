@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
-from menet_jax.inference import MAPS, resize_to
+from menet_jax.inference import CHECKPOINT_HELP, MAPS, resize_to
 
 DATASET_KEYS = ("n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f")
 IMAGE_KEYS = ("mae", "adp_f", "s_measure", "adp_e", "w_f")
@@ -143,8 +143,8 @@ def write_outputs(results, rows, output: Path) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m menet_jax.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="training workdir whose latest checkpoint is scored")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     source.add_argument("--predictions", type=Path, help="folder of saliency maps (PNG per stem, any size)")
     parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
     parser.add_argument("--output", type=Path, default=Path("eval"), help="results folder (default: eval)")
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     enable_compilation_cache()
     try:
         sources = sources_from_args(args)
-        if args.checkpoint is not None:
+        if args.predictions is None:
             from menet_jax.inference import Predictor
             predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
             map_names = MAPS if args.map == "both" else (args.map,)

@@ -51,6 +51,10 @@ def workdir_config(workdir) -> Config:
     return Config(**saved)
 
 
+# The --checkpoint option of every CLI that runs a trained network.
+CHECKPOINT_HELP = "training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights)"
+
+
 class Predictor:
     """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
 

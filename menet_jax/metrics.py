@@ -30,7 +30,9 @@ same values in the reverse order (its index i is threshold (255 - i) / 255): our
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -257,10 +259,12 @@ def _importance(d2: np.ndarray) -> np.ndarray:
     """B = 2 - exp(log(0.5) / 5 * distance) from exact integer squared distances, through a cached table (the same
     float64 operations as the reference on the same values)."""
     global _B_TABLE
+    table = _B_TABLE                                  # a local reference: safe when scoring threads grow it at once
     top = int(d2.max(initial=0))
-    if top >= _B_TABLE.size:
-        _B_TABLE = 2 - np.exp(_LOG_HALF_FIFTH * np.sqrt(np.arange(max(top + 1, 2 * _B_TABLE.size), dtype=np.float64)))
-    return _B_TABLE[d2]
+    if top >= table.size:
+        table = 2 - np.exp(_LOG_HALF_FIFTH * np.sqrt(np.arange(max(top + 1, 2 * table.size), dtype=np.float64)))
+        _B_TABLE = table
+    return table[d2]
 
 
 # Offsets (dy, dx) within the 7x7 window's reach of a foreground pixel's nearest neighbour (dy^2 + dx^2 <= 18), in
@@ -457,10 +461,22 @@ def _host_scores(pred, gt, normalize: bool):
                                                       "w_f": weighted_f(p, g, e=e)}
 
 
+@functools.cache
+def _host_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the per-image host work: its large numpy / OpenCV operations release the GIL, so images are
+    scored on all cores."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sod-metrics")
+
+
 def batch_scores(preds, gts, *, normalize: bool = True) -> list[dict]:
     """``image_scores`` of many images, with their curves computed in one batched JAX call (padded to a power of
-    two, so that a dataset compiles a handful of shapes) instead of one call per image."""
-    host = [_host_scores(pred, gt, normalize) for pred, gt in zip(preds, gts, strict=True)]
+    two, so that a dataset compiles a handful of shapes) instead of one call per image, and the host work of the
+    images spread over the cores."""
+    pairs = list(zip(preds, gts, strict=True))
+    if len(pairs) > 1:
+        host = list(_host_pool().map(lambda pair: _host_scores(*pair, normalize), pairs))
+    else:
+        host = [_host_scores(*pair, normalize) for pair in pairs]
     if not host:
         return []
     n = len(host)

@@ -5,8 +5,8 @@
     python -m menet_jax.predict i photo.jpg mask.png --threshold 0.5      # binary mask (0/255)
     python -m menet_jax.predict i photo.jpg cutout.png --cutout           # RGBA, background removed
 
-Outputs are PNGs at each image's original size. Without --checkpoint the demo run's workdir (runs/demo, written
-by `python -m menet_jax.train`) is used.
+Outputs are PNGs at each image's original size. Without --checkpoint the weights shipped in the package are used
+(menet_jax/weights, checksum verified on load).
 """
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-
-DEFAULT_CHECKPOINT = Path("runs/demo")
-
 
 def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None = None, cutout: bool = False):
     """The output picture: the map as 8-bit grey, a 0/255 mask with `threshold`, or an RGBA cut-out."""
@@ -47,13 +44,13 @@ def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=No
 
 
 def parse_args(argv=None):
+    from menet_jax.inference import CHECKPOINT_HELP
     parser = argparse.ArgumentParser(prog="python -m menet_jax.predict", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("mode", choices=["i", "p"], help="i: one image; p: a folder of images")
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="training workdir or exported weights .npz (default: runs/demo)")
+    parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     parser.add_argument("--map", default="metric", choices=["metric", "ce"], help="metric (Eq. 5) or CE map")
     parser.add_argument("-om", "--only-mask", action="store_true", help="write the map only (the default)")
     parser.add_argument("--threshold", type=float, help="write a binary 0/255 mask: map >= THRESHOLD")
@@ -86,10 +83,7 @@ def main(argv=None) -> int:
             if not inputs:
                 raise datasets.DataError(f"no images found in {source}")
             outputs = [target / f"{p.stem}.png" for p in inputs]
-        checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-        if args.checkpoint is None and not checkpoint.exists():
-            raise ConfigError("no --checkpoint given and no runs/demo: train one with python -m menet_jax.train")
-        predictor = Predictor.load(checkpoint, batch_size=args.batch_size)
+        predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
         count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
                               cutout=args.cutout, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:

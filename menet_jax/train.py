@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         print(f"interrupted: rerun the same command to resume from {workdir}", file=sys.stderr)
         return 130
     print(summary(result, config, time.perf_counter() - started))
+    from menet_jax.curves import plot_training
+    print(f"curves: {plot_training(workdir)}")
     return 0
 
 

@@ -414,31 +414,13 @@ fraction of pixels kept by the 1:1 mining, learning rate, gradient norm, images/
 (`split: validation`: MAE and adaptive F-beta of the metric map, the CE map and, at the end, the all-background
 baseline)."""),
     code('''\
-import json
+from IPython.display import Image as ShowImage
 
-records = [json.loads(line) for line in (RUN / "metrics.jsonl").read_text().splitlines() if line.strip()]
-train_log = [r for r in records if r["split"] == "train"]
-val_log = [r for r in records if r["split"] == "validation"]
-steps = [r["step"] for r in train_log]
-fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-for key in ("loss", "metric", "ce"):
-    axes[0].plot(steps, [r[key] for r in train_log], label=key)
-axes[0].set(title="training loss", xlabel="step")
-axes[1].semilogy(steps, [r["lr"] for r in train_log])
-axes[1].set(title="learning rate", xlabel="step")
-for name in ("metric", "ce"):
-    axes[2].plot([r["step"] for r in val_log], [r[f"{name}/mae"] for r in val_log], "o-", label=f"{name} map")
-    axes[3].plot([r["step"] for r in val_log], [r[f"{name}/adp_f"] for r in val_log], "o-", label=f"{name} map")
-axes[2].set(title="validation MAE", xlabel="step")
-axes[3].set(title="validation adaptive F-beta", xlabel="step")
-for ax in axes:
-    ax.grid(alpha=0.3)
-for ax in (axes[0], axes[2], axes[3]):
-    ax.legend()
-fig.tight_layout()
-fig.savefig(RUN / "curves.png", dpi=80)
-plt.show()
-print(f"{len(train_log)} training records up to step {steps[-1]}, {len(val_log)} validations")'''),
+from menet_jax.curves import plot_training, read_log
+
+train_log, val_log = read_log(RUN)
+display(ShowImage(filename=str(plot_training(RUN))))
+print(f"{len(train_log)} training records up to step {train_log[-1]['step']}, {len(val_log)} validations")'''),
     md("""\
 Next: `01_quickstart.ipynb` shows this checkpoint's maps, `03_evaluate.ipynb` scores it on the test sets
 (Table I), `04_robustness.ipynb` measures its robustness (Table II, Fig. 9, Table III)."""),

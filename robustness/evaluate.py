@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
-from menet_jax.inference import resize_to
+from menet_jax.inference import CHECKPOINT_HELP, resize_to
 from robustness import distortions
 
 KEYS = ("adp_f", "max_f", "mae")
@@ -154,8 +154,8 @@ def parse_levels(kind, items):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", type=Path, help="training workdir (latest checkpoint)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     model.add_argument("--predictor", help="MODULE:FUNCTION, images -> maps (see above)")
     parser.add_argument("--distortion", choices=distortions.KINDS, required=True)
     parser.add_argument("--levels", nargs="+", help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'")
@@ -178,9 +178,9 @@ def main(argv=None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         sources = sources_from_args(args)
-        if args.checkpoint is not None:
+        if args.predictor is None:
             from menet_jax.inference import Predictor
-            predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
             names = ("metric", "ce") if args.map == "both" else (args.map,)
             predict = lambda images: [{n: m[n] for n in names} for m in predictor(images)]
         else:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 import datasets
 from datasets.cli import add_source_arguments, sources_from_args
+from menet_jax.inference import CHECKPOINT_HELP
 from menet_jax.config import ConfigError
 from robustness import distortions, norms
 
@@ -174,12 +174,13 @@ def plot_histogram(grads_log_hist, edges, zeros, output: Path, label: str) -> No
 
 
 def load_network(args):
-    """(model, variables, config) from --checkpoint or a preset with fresh weights (--config)."""
+    """(model, variables, config) from --checkpoint (default: the shipped weights) or a preset with fresh weights
+    (--config)."""
     from menet_jax.config import get_config
     from menet_jax.model import MEnet, init_variables
-    if args.checkpoint is not None:
+    if args.config is None:
         from menet_jax.inference import Predictor
-        predictor = Predictor.from_checkpoint(args.checkpoint)
+        predictor = Predictor.load(args.checkpoint)
         config, variables = predictor.config, predictor.variables
     else:
         config = get_config(args.config)
@@ -190,8 +191,8 @@ def load_network(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.jacobian", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, help="training workdir (latest checkpoint)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     which.add_argument("--config", help="a preset with freshly initialised weights (e.g. tiny)")
     parser.add_argument("--output", choices=OUTPUTS, default="salient_prob")
     parser.add_argument("--authors-objective", action="store_true",

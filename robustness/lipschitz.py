@@ -669,10 +669,11 @@ def _print_table(layers):
 
 
 def parse_args(argv=None):
+    from menet_jax.inference import CHECKPOINT_HELP
     parser = argparse.ArgumentParser(prog="python -m robustness.lipschitz", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, help="training workdir (latest checkpoint)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     which.add_argument("--config", help="a preset (e.g. tiny) with freshly initialised weights")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed with --config")
     parser.add_argument("--output", choices=[*MENET_OUTPUTS, "all"], default="all")
@@ -687,9 +688,9 @@ def main(argv=None) -> int:
     from menet_jax.config import ConfigError, get_config
     from menet_jax.model import MEnet, init_variables
     try:
-        if args.checkpoint is not None:
+        if args.config is None:
             from menet_jax.inference import Predictor
-            predictor = Predictor.from_checkpoint(args.checkpoint)
+            predictor = Predictor.load(args.checkpoint)
             config, variables = predictor.config, jax.device_get(predictor.variables)
         else:
             config = get_config(args.config)
@@ -731,7 +732,8 @@ def main(argv=None) -> int:
         est = r["layerwise_power_estimate"]
         print(f"{output:14s} {r['layerwise_certified']:27.6g} {('%18.6g' % est) if est else '-':>18s} "
               f"{r['elementwise_certified']:18.6g} {r['elementwise_estimate']:17.6g}")
-    target = args.json or ((args.checkpoint / "lipschitz.json") if args.checkpoint else Path("lipschitz.json"))
+    in_workdir = args.checkpoint is not None and args.checkpoint.is_dir()
+    target = args.json or (args.checkpoint / "lipschitz.json" if in_workdir else Path("lipschitz.json"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"config": dataclasses.asdict(config), "input_scale": "0..255 per channel",
                                   "outputs": results}, indent=2) + "\n")
