@@ -23,9 +23,11 @@ def conv_impl(impl: str | None = None) -> str:
     """The formulation to use: "fast" or "plain" (the lax convolutions as written).
 
     `impl` None reads MENET_CONV (auto, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time. "auto"
-    is plain lax for now, on every backend: the fast CPU formulations (MENET_CONV=fast, faster steps on CPU but a
-    compile several times longer) give parameter updates that drift 1 % from plain lax within two SGD steps of the
-    tiny config (plain lax on 1 vs 4 devices: 1e-4), a discrepancy still to be explained (issue 6).
+    is plain lax for now, on every backend: the fast CPU formulations (MENET_CONV=fast) make a paper-size step on CPU
+    several times faster but compile several times longer (minutes) and take more memory, which the short CPU jobs
+    (tests, tiny configs, prediction) would pay. Their 1 % drift from plain lax after two SGD steps of the tiny
+    config is the noise floor of that setting: plain lax itself moves as much under a 1e-7 relative perturbation of
+    its initial parameters (benchmarks/sensitivity.py).
     """
     if impl is None:
         impl = os.environ.get("MENET_CONV", "auto").strip().lower() or "auto"
