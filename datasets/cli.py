@@ -39,7 +39,8 @@ def sources_from_args(args: argparse.Namespace, *, required: bool = True) -> lis
         from .tfds_source import load_source
         for name in args.dataset:
             sources.append((name, load_source(name, split=args.split, data_dir=args.tfds_dir,
-                                              manual_dir=args.manual_dir)))
+                                              manual_dir=args.manual_dir,
+                                              progress=not getattr(args, "no_progress", False))))
     if required and not sources:
         raise DataError("no data given: use --data-dir DIR (images/ + masks/) or --dataset NAME")
     names = [name for name, _ in sources]

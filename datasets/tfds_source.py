@@ -29,10 +29,14 @@ def _builder_class(name: str):
     return builders[name]
 
 
-def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: bool = False, force: bool = False):
+def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: bool = False, force: bool = False,
+                     progress: bool = True):
     """The builder of dataset ``name`` in ``data_dir`` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets),
-    prepared from ``manual_dir`` if it is not yet (or again, with ``force``)."""
+    prepared from ``manual_dir`` if it is not yet (or again, with ``force``); ``progress=False`` silences TFDS's
+    own progress bars (a process-wide TFDS setting)."""
     import tensorflow_datasets as tfds
+    if not progress:
+        tfds.display_progress_bar(False)
     builder = _builder_class(name)(data_dir=str(data_dir) if data_dir else None, file_format="array_record",
                                    skip_bad=skip_bad)
     if builder.is_prepared() and not force:
@@ -119,10 +123,10 @@ def _decode(data: bytes, channels: int) -> np.ndarray:
     return arr
 
 
-def load_source(name: str, *, split: str | None, data_dir=None, manual_dir=None) -> TFDSSource:
+def load_source(name: str, *, split: str | None, data_dir=None, manual_dir=None, progress: bool = True) -> TFDSSource:
     """The ``split`` of prepared dataset ``name`` (built from ``manual_dir`` first if needed); ``split=None``:
     :func:`default_train_split`."""
-    builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir)
+    builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
     return TFDSSource(builder, default_train_split(builder) if split is None else split)
 
 

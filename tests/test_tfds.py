@@ -376,3 +376,23 @@ def test_training_sources_from_a_prepared_dataset(ecssd, tmp_path):
     assert isinstance(val, TFDSSource) and val.split == "validation" and len(val) == 2 and len(train) == 34
     with pytest.raises(DataError):
         make_sources(config, "somewhere", dataset="ecssd")
+
+
+def test_no_progress_also_silences_tfds_bars(shared_data, tmp_path, capfd):
+    """--no-progress reaches the first-use build: TFDS's own bars appear with progress on and not with it off."""
+    import argparse
+
+    from datasets.cli import sources_from_args
+    manual = _link_subset(shared_data / "ECSSD", tmp_path / "manual", ECSSD_STEMS[:3])
+    try:
+        for progress, tfds_dir in ((True, "on"), (False, "off")):
+            tfds.display_progress_bar(True)
+            capfd.readouterr()
+            args = argparse.Namespace(data_dir=[], dataset=["salient_folder"], split=None, manual_dir=manual,
+                                      tfds_dir=tmp_path / tfds_dir, no_progress=not progress)
+            (name, source), = sources_from_args(args)
+            assert name == "salient_folder" and len(source) == 3
+            err = capfd.readouterr().err
+            assert ("%|" in err) == progress, err[-500:]
+    finally:
+        tfds.disable_progress_bar()
