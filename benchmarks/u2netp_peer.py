@@ -70,9 +70,10 @@ _session = None
 
 
 def predict(images) -> list[np.ndarray]:
-    """The robustness.evaluate --predictor hook: uint8 (H, W, 3) images -> float maps in [0, 1] at their size."""
+    """The robustness.evaluate --predictor hook: uint8 (H, W, 3) images -> float maps in [0, 1] at their size
+    ($PEER_THREADS onnxruntime threads, default all cores)."""
     global _session
-    _session = _session or open_session()
+    _session = _session or open_session(threads=int(os.environ.get("PEER_THREADS", 0)) or None)
     input_name = _session.get_inputs()[0].name
     maps = []
     for array in images:
