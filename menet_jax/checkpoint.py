@@ -53,12 +53,20 @@ def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) 
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
-def load_variables(workdir, step: int | None = None):
-    """{"params", "batch_stats"} of a checkpoint (the latest by default), e.g. for evaluation in a notebook."""
+def latest_step(workdir) -> int:
+    """The step of a workdir's latest complete checkpoint."""
     manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints")
-    step = manager.latest_step() if step is None else step
+    step = manager.latest_step()
+    manager.close()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir).resolve() / 'checkpoints'}")
+    return int(step)
+
+
+def load_variables(workdir, step: int | None = None):
+    """{"params", "batch_stats"} of a checkpoint (the latest by default), e.g. for evaluation in a notebook."""
+    step = latest_step(workdir) if step is None else step
+    manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints")
     restored = manager.restore(step, args=ocp.args.StandardRestore())
     manager.close()
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}

@@ -105,14 +105,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
-            from menet_jax.checkpoint import load_variables
+            from menet_jax.checkpoint import latest_step, load_variables
             from menet_jax.inference import workdir_config
             config = workdir_config(args.workdir)
             try:
-                variables = load_variables(args.workdir, args.step)
+                step = latest_step(args.workdir) if args.step is None else args.step
+                variables = load_variables(args.workdir, step)
             except FileNotFoundError as error:
                 raise ConfigError(str(error)) from None
-            digest = export(variables, config, args.output, meta={"source": str(args.workdir), "step": args.step})
+            digest = export(variables, config, args.output, meta={"source": str(args.workdir), "step": step})
             print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
         else:
             _, config, meta = load(args.path)
