@@ -24,8 +24,8 @@ from menet_jax.config import Config, ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # The weights shipped in the repository (issue 8): file name -> SHA-256 of the file.
-SHIPPED = {}
-DEFAULT = None
+SHIPPED = {"menet-duts128-w8.npz": "517de22018d80e8f71e906fe64bd842f473b8d17addbdfc204e0cfdd9d522778"}
+DEFAULT = "menet-duts128-w8.npz"
 
 
 def sha256(path: Path) -> str:

@@ -103,7 +103,7 @@ def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path
     out = tmp_path / "weights.npz"
     assert pretrained.main(["export", str(workdir), str(out)]) == 0
     variables, config, meta = pretrained.load(out, expected_sha256=pretrained.sha256(out))
-    assert config == Predictor.from_checkpoint(workdir).config and meta["source"] == str(workdir)
+    assert config == Predictor.from_checkpoint(workdir).config and meta == {"source": str(workdir), "step": 2}
     reference = Predictor.from_checkpoint(workdir)
     shipped = Predictor.load(out)
     assert jax_tree_dtypes(shipped.variables) == {"float32"}
@@ -128,3 +128,49 @@ def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path
 def jax_tree_dtypes(tree):
     import jax
     return {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree)}
+
+
+def test_training_curves_png(workdir, tmp_path):
+    from menet_jax.config import ConfigError
+    from menet_jax.curves import main as curves_main, read_log
+    train_log, val_log = read_log(workdir)
+    assert [r["step"] for r in train_log] == sorted(r["step"] for r in train_log) and train_log and val_log
+    assert curves_main([str(workdir), "--output", str(tmp_path / "c.png")]) == 0
+    assert Image.open(tmp_path / "c.png").size[0] > 1000
+    with pytest.raises(ConfigError, match="no training log"):
+        read_log(tmp_path)
+
+
+def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tmp_path):
+    """A fresh clone predicts without --checkpoint, and the shipped network is a trained one: on real ECSSD images
+    its maps beat the all-background baseline by far (fresh weights do not)."""
+    from menet_jax import pretrained
+    assert pretrained.DEFAULT in pretrained.SHIPPED
+    path = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
+    assert path.stat().st_size <= 25e6 and pretrained.sha256(path) == pretrained.SHIPPED[pretrained.DEFAULT]
+    photo = shared_data / "ECSSD" / "images" / "0001.jpg"
+    assert main(["i", str(photo), str(tmp_path / "0001.png"), "--no-progress"]) == 0
+    assert Image.open(tmp_path / "0001.png").size == Image.open(photo).size
+    stems = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    images = [load_photo(shared_data / "ECSSD" / "images" / f"{s}.jpg") for s in stems]
+    masks = [np.asarray(Image.open(shared_data / "ECSSD" / "masks" / f"{s}.png")) > 127 for s in stems]
+    shipped = Predictor.load(None)
+    fresh = Predictor(init_variables(MEnet.from_config(shipped.config), 0), shipped.config)
+    baseline = np.mean([gt.mean() for gt in masks])       # MAE of the all-background map
+    for predictor, trained in ((shipped, True), (fresh, False)):
+        maps = predictor(images)
+        for name in ("metric", "ce"):
+            mae = np.mean([np.abs(m[name] - gt).mean() for m, gt in zip(maps, masks)])
+            assert (mae < 0.75 * baseline) == trained, (name, trained, mae, baseline)
+
+
+def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    from menet_jax import pretrained
+    original = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / pretrained.DEFAULT).write_bytes(original.read_bytes()[:-1])
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
+    assert main(["i", str(photo), str(tmp_path / "map.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "checksum mismatch" in err and pretrained.DEFAULT in err and "\n" not in err
