@@ -2,9 +2,7 @@
 splits, and the input pipeline over a prepared dataset (same batches as the folder, also after a resume)."""
 from __future__ import annotations
 
-import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
