@@ -58,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step) of each side")
-    parser.add_argument("--impl", choices=("auto", "fast", "plain"), help="convolution formulation (MENET_CONV)")
+    parser.add_argument("--impl", choices=("auto", "mixed", "fast", "plain"), help="convolution formulation (MENET_CONV)")
     parser.add_argument("--no-peer", action="store_true", help="time our side only")
     parser.add_argument("--no-inference", action="store_true", help="skip the evaluation-mode forward comparison")
     parser.add_argument("--memory", action="store_true",

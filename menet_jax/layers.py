@@ -20,34 +20,53 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def conv_impl(impl: str | None = None) -> str:
-    """The formulation to use: "fast" or "plain" (the lax convolutions as written).
+    """The formulation to use: "plain" (the lax convolutions as written), "fast" (every convolution in the CPU fast
+    forms below) or "mixed" (the fast forms only where they pay off: transposed convolutions, 1 x 1 convolutions,
+    kernels covering their whole input and k x k convolutions on large maps with many channels; see
+    `_fast_pays_off`).
 
-    `impl` None reads MENET_CONV (auto, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time. "auto"
-    is plain lax for now, on every backend: the fast CPU formulations (MENET_CONV=fast) make a paper-size step on CPU
-    several times faster but compile several times longer (minutes) and take more memory, which the short CPU jobs
-    (tests, tiny configs, prediction) would pay. Their 1 % drift from plain lax after two SGD steps of the tiny
-    config is the noise floor of that setting: plain lax itself moves as much under a 1e-7 relative perturbation of
-    its initial parameters (benchmarks/sensitivity.py).
+    `impl` None reads MENET_CONV (auto, mixed, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time.
+    "auto" is mixed on CPU and plain on accelerators. "fast" also rewrites the other k x k convolutions: a compile
+    several times longer (minutes) and more memory for little gain. All formulations compute the same functions;
+    their 1 % drift after two SGD steps of the tiny config is that setting's noise floor
+    (benchmarks/sensitivity.py).
     """
     if impl is None:
         impl = os.environ.get("MENET_CONV", "auto").strip().lower() or "auto"
         if os.environ.get("MENET_PLAIN_CONV", "0").strip().lower() not in ("", "0", "false", "no", "off"):
             impl = "plain"
     if impl == "auto":
-        return "plain"
-    if impl not in ("fast", "plain"):
-        raise ValueError(f"convolution implementation must be auto, fast or plain, got {impl!r}")
+        return "mixed" if jax.default_backend() == "cpu" else "plain"
+    if impl not in ("fast", "mixed", "plain"):
+        raise ValueError(f"convolution implementation must be auto, mixed, fast or plain, got {impl!r}")
     return impl
 
 
 def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str | None = None):
     """Cross-correlation with symmetric (Caffe-style) zero padding on both spatial axes."""
     pads = ((padding, padding), (padding, padding))
-    if conv_impl(impl) == "fast":
+    mode = conv_impl(impl)
+    if mode == "fast" or (mode == "mixed" and _fast_pays_off(x.shape, kernel.shape, padding, stride)):
         y = _conv_fast(x, kernel, stride, pads)
     else:
         y = _conv_plain(x, kernel, stride, pads)
     return y if bias is None else y + bias
+
+
+# Measured on 2 CPU cores, batch 5 (gradient of both inputs, fast / plain): 3x3 convs 0.33-0.43 at 224 and 112 px
+# with 32-64 channels, 0.8-1.0 at 56 px and below, 1.4-3 with 1-16 channels; 1x1 strided 0.08.
+_MIXED_MIN_PIXELS = 112 * 112
+_MIXED_MIN_CHANNELS = 32
+
+
+def _fast_pays_off(x_shape, kernel_shape, padding, stride) -> bool:
+    """Where "mixed" uses the fast form of a convolution: matrix products (1 x 1 kernels, a kernel covering its
+    input), and k x k kernels on large maps with many channels, whose XLA CPU weight gradient is 2-3x slower."""
+    kh, kw, cin, cout = kernel_shape
+    _, h, w, _ = x_shape
+    if kh == kw == 1 or all(_out_size(s, padding, padding, k, stride) == 1 for s, k in ((h, kh), (w, kw))):
+        return True
+    return h * w >= _MIXED_MIN_PIXELS and min(cin, cout) >= _MIXED_MIN_CHANNELS
 
 
 def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str | None = None):
@@ -61,7 +80,7 @@ def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str 
     edge = k - 1 - padding
     if edge < 0:
         raise ValueError(f"transposed conv padding {padding} exceeds kernel size {k} - 1")
-    if conv_impl(impl) == "fast":
+    if conv_impl(impl) in ("fast", "mixed"):
         return _conv_transpose_fast(x, kernel, stride, padding)
     return lax.conv_general_dilated(
         x, kernel[::-1, ::-1], window_strides=(1, 1), padding=((edge, edge), (edge, edge)),

@@ -264,7 +264,7 @@ def _importance(d2: np.ndarray) -> np.ndarray:
     if top >= table.size:
         table = 2 - np.exp(_LOG_HALF_FIFTH * np.sqrt(np.arange(max(top + 1, 2 * table.size), dtype=np.float64)))
         _B_TABLE = table
-    return table[d2]
+    return table.take(d2)                            # take: faster than fancy indexing here
 
 
 # Offsets (dy, dx) within the 7x7 window's reach of a foreground pixel's nearest neighbour (dy^2 + dx^2 <= 18), in

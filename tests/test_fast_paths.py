@@ -105,12 +105,30 @@ def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
 
     assert slow("fast") == []
     assert slow("plain") or k == 1
+    # mixed (CPU's auto): fast for transposed and 1 x 1 convolutions, plain lax for k x k ones on small maps
+    assert len(slow("mixed")) == (0 if transpose or k == 1 else len(slow("plain")))
+
+
+def test_mixed_uses_the_fast_forms_where_they_pay_off():
+    """mixed: fast for 1 x 1 and input-covering kernels and for k x k ones on large maps with many channels (their
+    kernel gradient becomes per-tap matrix products), plain lax for the small k x k convolutions."""
+    def kernel_grad_convs(h, cin, cout, k=3, pad=1):
+        x, w = jnp.ones((1, h, h, cin)), jnp.ones((k, k, cin, cout))
+        grad = jax.grad(lambda w: jnp.sum(conv2d(x, w, padding=pad, impl="mixed") ** 2))
+        return [e for e in convolutions(jax.make_jaxpr(grad)(w).jaxpr) if e.outvars[0].aval.shape == w.shape]
+
+    assert kernel_grad_convs(112, 32, 32) == []            # the paper's 112 and 224 px layers
+    assert kernel_grad_convs(111, 32, 32) != []            # smaller maps
+    assert kernel_grad_convs(112, 16, 32) != []            # fewer channels
+    assert kernel_grad_convs(5, 3, 4, k=7, pad=1) == []    # a kernel covering its input: a dense layer
 
 
 def test_implementation_choice(monkeypatch):
     monkeypatch.delenv("MENET_CONV", raising=False)
     monkeypatch.delenv("MENET_PLAIN_CONV", raising=False)
-    assert conv_impl() == "plain"          # auto: plain until the fast paths' drift over training steps is explained
+    assert conv_impl() == ("mixed" if jax.default_backend() == "cpu" else "plain")   # auto
+    monkeypatch.setenv("MENET_CONV", "mixed")
+    assert conv_impl() == "mixed"
     monkeypatch.setenv("MENET_CONV", "plain")
     assert conv_impl() == "plain"
     monkeypatch.setenv("MENET_CONV", "fast")
@@ -118,7 +136,7 @@ def test_implementation_choice(monkeypatch):
     monkeypatch.setenv("MENET_PLAIN_CONV", "1")
     assert conv_impl() == "plain"
     assert conv_impl("fast") == "fast"
-    with pytest.raises(ValueError, match="auto, fast or plain"):
+    with pytest.raises(ValueError, match="auto, mixed, fast or plain"):
         conv_impl("cudnn")
 
 
