@@ -53,8 +53,8 @@ def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str
     return y if bias is None else y + bias
 
 
-# Measured on 2 CPU cores, batch 5 (gradient of both inputs, fast / plain): 3x3 convs 0.33-0.43 at 224 and 112 px
-# with 32-64 channels, 0.8-1.0 at 56 px and below, 1.4-3 with 1-16 channels; 1x1 strided 0.08.
+# `python benchmarks/conv_layers.py` on 2 CPU cores, batch 5, gradient time fast / plain: 3x3 convs 0.36-0.58 at
+# 224 and 112 px with 32-64 channels, 0.66-1.0 at 56 px and below, 1.1-4 with 1-16 channels; 1x1 strided 0.08.
 _MIXED_MIN_PIXELS = 112 * 112
 _MIXED_MIN_CHANNELS = 32
 
