@@ -96,14 +96,20 @@ for i in range(2):
              "mask": (rng.random((4, 64, 64)) > 0.6).astype(np.uint8)}
     state, metrics = step(state, shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
-update = np.concatenate([(np.asarray(x) - s).ravel() for x, s in zip(jax.tree_util.tree_leaves(state.params), start)])
-stats = np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state.batch_stats)])
+    if i == 0:
+        update = np.concatenate([(np.asarray(x) - s).ravel()
+                                 for x, s in zip(jax.tree_util.tree_leaves(state.params), start)])
+        stats = np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state.batch_stats)])
 np.savez(OUT, devices=len(jax.devices()), losses=losses, update=update, stats=stats)
 """
 
 
 def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
-    """Same losses, BatchNorm statistics and parameter updates (up to float summation order)."""
+    """Same losses, BatchNorm statistics and parameter update (up to float summation order).
+
+    The state is compared after the first step and the second step's loss more loosely: one step turns rounding
+    differences of 1e-7 into parameter differences of up to 5e-4 (benchmarks/sensitivity.py: the hard mining's sort
+    and small BatchNorm maps), so later steps can only agree to that noise floor."""
     results = []
     for devices in (1, 4):
         out = tmp_path / f"{devices}.npz"
@@ -114,7 +120,8 @@ def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
         results.append(dict(np.load(out)))
     one, four = results
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
-    np.testing.assert_allclose(one["losses"], four["losses"], rtol=1e-5)
+    np.testing.assert_allclose(one["losses"][0], four["losses"][0], rtol=1e-6)
+    np.testing.assert_allclose(one["losses"][1], four["losses"][1], rtol=1e-4)
     # 64 px, not 32: a 1 x 1 bottleneck would normalise only 4 values per channel (one per image), which turns
     # summation-order noise into visible differences. Relative norms, as elements near zero have no precision.
     for key, tolerance in (("stats", 1e-5), ("update", 1e-3)):
