@@ -18,8 +18,8 @@ from menet_jax.layers import _fast_pays_off, conv2d
 
 # (input size, C_in, C_out, stride): MEnet's 3x3 convolutions at 224 px, width 32
 CASES = [(224, 32, 32, 1), (224, 32, 64, 2), (112, 64, 64, 1), (112, 64, 128, 2), (56, 128, 128, 1),
-         (28, 256, 256, 1), (14, 512, 512, 1), (7, 1024, 1024, 1), (224, 3, 32, 1), (224, 13, 16, 1),
-         (224, 32, 1, 1)]
+         (28, 256, 256, 1), (14, 512, 512, 1), (14, 512, 1024, 2), (7, 1024, 1024, 1), (224, 3, 32, 1),
+         (224, 13, 16, 1), (224, 32, 1, 1)]
 
 
 def gradient_seconds(size, cin, cout, stride, impl, batch, repeats) -> float:

@@ -45,9 +45,11 @@ def check_same_function(op, x, w, seed):
 
 
 # (kernel, stride, padding, height, width, C_in, C_out, batch): the model's kinds (3x3 s1/s2, 1x1 s2, a kernel
-# covering the input) plus odd sizes, non-square inputs, unused trailing rows, larger strides and batch 1.
+# covering the input) plus odd sizes, non-square inputs, unused trailing rows, larger strides and batch 1; the
+# last two are small maps with many channels (one patch-matrix product).
 CONV_CASES = [(3, 1, 1, 7, 5, 3, 4, 2), (3, 2, 1, 9, 8, 2, 5, 1), (1, 2, 0, 7, 6, 3, 2, 1), (7, 1, 0, 7, 7, 2, 3, 2),
-              (4, 1, 1, 4, 4, 2, 3, 1), (5, 3, 2, 11, 10, 3, 4, 2), (3, 2, 0, 8, 9, 1, 3, 3)]
+              (4, 1, 1, 4, 4, 2, 3, 1), (5, 3, 2, 11, 10, 3, 4, 2), (3, 2, 0, 8, 9, 1, 3, 3),
+              (3, 1, 1, 5, 4, 256, 264, 2), (3, 2, 1, 7, 6, 300, 256, 1)]
 
 
 @pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", CONV_CASES)
@@ -59,9 +61,10 @@ def test_fast_conv2d_equals_plain(k, stride, pad, h, w, cin, cout, n):
 
 
 # The model's k4 s2 p1, k2 s2 p0 and k x k from 1 x 1, plus stride 1, odd kernels, kernel < stride (phases no tap
-# reaches), larger strides and paddings, non-square and batch 1.
+# reaches), larger strides and paddings, non-square and batch 1; the last has phases as patch-matrix products.
 TRANSPOSE_CASES = [(4, 2, 1, 5, 3, 3, 4, 2), (4, 2, 1, 1, 1, 2, 3, 1), (2, 2, 0, 4, 5, 3, 2, 1), (7, 1, 0, 1, 1, 4, 3, 2),
-                   (3, 1, 1, 5, 6, 2, 3, 1), (5, 3, 2, 4, 6, 2, 2, 1), (1, 2, 0, 4, 3, 2, 2, 2)]
+                   (3, 1, 1, 5, 6, 2, 3, 1), (5, 3, 2, 4, 6, 2, 2, 1), (1, 2, 0, 4, 3, 2, 2, 2),
+                   (4, 2, 1, 3, 4, 272, 256, 2)]
 
 
 @pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", TRANSPOSE_CASES)
@@ -110,8 +113,9 @@ def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
 
 
 def test_mixed_uses_the_fast_forms_where_they_pay_off():
-    """mixed: fast for 1 x 1 and input-covering kernels and for k x k ones on large maps with many channels (their
-    kernel gradient becomes per-tap matrix products), plain lax for the small k x k convolutions."""
+    """mixed: fast for 1 x 1 and input-covering kernels, for k x k ones on large maps with many channels (their
+    kernel gradient becomes per-tap matrix products) and on small maps with many channels (a patch-matrix
+    product), plain lax for the k x k convolutions in between and those with few channels."""
     def kernel_grad_convs(h, cin, cout, k=3, pad=1):
         x, w = jnp.ones((1, h, h, cin)), jnp.ones((k, k, cin, cout))
         grad = jax.grad(lambda w: jnp.sum(conv2d(x, w, padding=pad, impl="mixed") ** 2))
@@ -121,6 +125,9 @@ def test_mixed_uses_the_fast_forms_where_they_pay_off():
     assert kernel_grad_convs(111, 32, 32) != []            # smaller maps
     assert kernel_grad_convs(112, 16, 32) != []            # fewer channels
     assert kernel_grad_convs(5, 3, 4, k=7, pad=1) == []    # a kernel covering its input: a dense layer
+    assert kernel_grad_convs(14, 256, 256) == []           # the paper's 14 and 7 px layers
+    assert kernel_grad_convs(15, 256, 256) != []           # larger maps
+    assert kernel_grad_convs(14, 128, 256) != []           # fewer channels
 
 
 def test_implementation_choice(monkeypatch):
