@@ -22,7 +22,7 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 def conv_impl(impl: str | None = None) -> str:
     """The formulation to use: "plain" (the lax convolutions as written), "fast" (every convolution in the CPU fast
     forms below) or "mixed" (the fast forms only where they pay off: transposed convolutions, 1 x 1 convolutions,
-    kernels covering their whole input and k x k convolutions on large maps with many channels; see
+    kernels covering their whole input and k x k convolutions on large or small maps with many channels; see
     `_fast_pays_off`).
 
     `impl` None reads MENET_CONV (auto, mixed, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time.
@@ -53,8 +53,9 @@ def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str
     return y if bias is None else y + bias
 
 
-# `python benchmarks/conv_layers.py` on 2 CPU cores, batch 5, gradient time fast / plain: 3x3 convs 0.36-0.58 at
-# 224 and 112 px with 32-64 channels, 0.66-1.0 at 56 px and below, 1.1-4 with 1-16 channels; 1x1 strided 0.08.
+# `python benchmarks/conv_layers.py` on 2 CPU cores, batch 5, gradient time fast / plain: 3x3 convs 0.3-0.7 at
+# 224 and 112 px with 32-64 channels, 0.6-1.0 at 56 and 28 px (no clear gain in the whole step, BENCHMARKS.md),
+# 1.1-4 with 1-16 channels; 1x1 strided 0.08.
 _MIXED_MIN_PIXELS = 112 * 112
 _MIXED_MIN_CHANNELS = 32
 # `python benchmarks/conv_layers.py`: on maps of at most 14 x 14 with 512-1024 channels, one patch-matrix product
