@@ -67,6 +67,11 @@ def load_variables(workdir, step: int | None = None):
     """{"params", "batch_stats"} of a checkpoint (the latest by default), e.g. for evaluation in a notebook."""
     step = latest_step(workdir) if step is None else step
     manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints")
+    kept = sorted(manager.all_steps())
+    if step not in kept:   # orbax would fail with an unrelated message about composite arguments
+        manager.close()
+        raise FileNotFoundError(f"no checkpoint of step {step} in {Path(workdir).resolve() / 'checkpoints'} "
+                                f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)")
     restored = manager.restore(step, args=ocp.args.StandardRestore())
     manager.close()
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}

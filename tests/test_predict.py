@@ -104,6 +104,10 @@ def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path
     assert pretrained.main(["export", str(workdir), str(out)]) == 0
     variables, config, meta = pretrained.load(out, expected_sha256=pretrained.sha256(out))
     assert config == Predictor.from_checkpoint(workdir).config and meta == {"source": str(workdir), "step": 2}
+    capsys.readouterr()
+    assert pretrained.main(["export", str(workdir), str(tmp_path / "w7.npz"), "--step", "7"]) == 2   # no such step
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no checkpoint of step 7") and "kept: " in err and "\n" not in err
     reference = Predictor.from_checkpoint(workdir)
     shipped = Predictor.load(out)
     assert jax_tree_dtypes(shipped.variables) == {"float32"}
