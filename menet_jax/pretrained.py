@@ -24,7 +24,7 @@ from menet_jax.config import Config, ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # The weights shipped in the repository (issue 8): file name -> SHA-256 of the file.
-SHIPPED = {"menet-duts128-w8.npz": "517de22018d80e8f71e906fe64bd842f473b8d17addbdfc204e0cfdd9d522778"}
+SHIPPED = {"menet-duts128-w8.npz": "eba4bd44566dc3c972d92c25a59b9fd4fe500b78bde531064372bf1c94779189"}
 DEFAULT = "menet-duts128-w8.npz"
 
 
