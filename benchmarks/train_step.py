@@ -114,6 +114,9 @@ def step_flops(compiled):
 # ---------------------------------------------------------------------------------------------------- the peer
 def load_peer():
     """The torch_menet module, or None (with the reason printed) when torch or the file is missing."""
+    # Steps alternate between the two sides: torch's OpenMP threads must not spin on the cores after the peer's step
+    # while ours runs (they took 10-20 % of our step; passive waiting costs the peer about 5 %).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -181,7 +184,7 @@ def fmt(value, spec):
 def train_and_inference(args):
     import jax
 
-    from menet_jax.layers import conv_impl
+    from menet_jax.layers import compiler_options, conv_impl
 
     peer = None if args.no_peer else load_peer()
     model, state, batch, step = build(args.size, args.width, args.batch, args.dtype)
@@ -202,7 +205,7 @@ def train_and_inference(args):
     name = f"{args.size}px w{args.width} b{args.batch} {args.dtype}"
     ratio = ours_s / peer_s if peer_s else None
     print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
-          f"convolutions: {conv_impl()}, jax {jax.__version__}")
+          f"convolutions: {conv_impl()}, XLA options: {compiler_options() or 'default'}, jax {jax.__version__}")
     print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
           f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
     print(f"{name:30s} {ours_s:8.3f} {fmt(peer_s, '8.3f'):>8s} {fmt(ratio, '6.2f'):>6s} {args.batch / ours_s:7.2f} "
@@ -210,7 +213,7 @@ def train_and_inference(args):
 
     if not args.no_inference:
         variables = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
-        forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=compiler_options())
         print(f"{'inference (eval forward)':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s}")
         for b in (args.batch, 1):
             images = batch["image"][:b]

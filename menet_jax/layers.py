@@ -21,15 +21,15 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 def conv_impl(impl: str | None = None) -> str:
     """The formulation to use: "plain" (the lax convolutions as written), "fast" (every convolution in the CPU fast
-    forms below) or "mixed" (the fast forms only where they pay off: transposed convolutions, 1 x 1 convolutions,
-    kernels covering their whole input and k x k convolutions on large or small maps with many channels; see
+    forms below) or "mixed" (the fast forms only where they pay off once XLA runs convolutions on its own CPU kernels
+    (`compiler_options`): transposed convolutions, 1 x 1 convolutions and kernels covering their whole input; see
     `_fast_pays_off`).
 
     `impl` None reads MENET_CONV (auto, mixed, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time.
-    "auto" is mixed on CPU and plain on accelerators. "fast" also rewrites the other k x k convolutions: a compile
-    several times longer (minutes) and more memory for little gain. All formulations compute the same functions;
-    their 1 % drift after two SGD steps of the tiny config is that setting's noise floor
-    (benchmarks/sensitivity.py).
+    "auto" is mixed on CPU and plain on accelerators. "fast" also rewrites the k x k convolutions (a per-tap weight
+    gradient, patch-matrix products): a longer compile, and slower with `compiler_options`; it paid off when XLA
+    lowered every convolution to one-threaded YNNPACK calls. All formulations compute the same functions; their
+    1 % drift after two SGD steps of the tiny config is that setting's noise floor (benchmarks/sensitivity.py).
     """
     if impl is None:
         impl = os.environ.get("MENET_CONV", "auto").strip().lower() or "auto"
@@ -42,43 +42,48 @@ def conv_impl(impl: str | None = None) -> str:
     return impl
 
 
+# XLA's CPU backend hands convolutions to YNNPACK by default ("individual convolution" library fusions). Here those
+# ran on one thread, with a weight gradient 6-9x slower than XLA's Eigen convolution kernels, which use every core
+# (`python benchmarks/conv_layers.py`, BENCHMARKS.md). Keeping the other YNNPACK fusion kinds (matrix products,
+# elementwise work and reductions, which may still absorb a convolution) gave the fastest step and compile.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+    f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))}
+
+
+@functools.cache
+def compiler_options() -> dict:
+    """XLA options for jitting MEnet's programs (`jax.jit(f, compiler_options=compiler_options())`): on CPU,
+    convolutions on XLA's own kernels (the "mixed" rule assumes it); none on accelerators, or where this jaxlib's
+    XLA does not know the option (it is experimental)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception:     # an unknown option or enum value: XLA's error types differ between jaxlib versions
+        return {}
+    return dict(_CPU_COMPILER_OPTIONS)
+
+
 def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str | None = None):
     """Cross-correlation with symmetric (Caffe-style) zero padding on both spatial axes."""
     pads = ((padding, padding), (padding, padding))
     mode = conv_impl(impl)
-    if mode == "fast" or (mode == "mixed" and _fast_pays_off(x.shape, kernel.shape, padding, stride)):
-        y = _conv_fast(x, kernel, stride, pads)
-    else:
-        y = _conv_plain(x, kernel, stride, pads)
+    y = (_conv_fast if mode == "fast" else _conv_mixed if mode == "mixed" else _conv_plain)(x, kernel, stride, pads)
     return y if bias is None else y + bias
 
 
-# `python benchmarks/conv_layers.py` on 2 CPU cores, batch 5, gradient time fast / plain: 3x3 convs 0.3-0.7 at
-# 224 and 112 px with 32-64 channels, 0.6-1.0 at 56 and 28 px (no clear gain in the whole step, BENCHMARKS.md),
-# 1.1-4 with 1-16 channels; 1x1 strided 0.08.
-_MIXED_MIN_PIXELS = 112 * 112
-_MIXED_MIN_CHANNELS = 32
-# `python benchmarks/conv_layers.py`: on maps of at most 14 x 14 with 512-1024 channels, one patch-matrix product
-# takes 0.35-0.6x the time of XLA's gradient (whose input gradient first copies a flipped, transposed kernel).
-_PATCHES_MAX_PIXELS = 14 * 14
-_PATCHES_MIN_CHANNELS = 256
-
-
-def _fast_pays_off(x_shape, kernel_shape, padding, stride) -> bool:
-    """Where "mixed" uses the fast form of a convolution: matrix products (1 x 1 kernels, a kernel covering its
-    input, small maps with many channels), and k x k kernels on large maps with many channels, whose XLA CPU
-    weight gradient is 2-3x slower."""
-    kh, kw, cin, cout = kernel_shape
+def _fast_pays_off(x_shape, kernel_shape, pads, stride) -> bool:
+    """Where "mixed" uses the fast form of a convolution: where it is one matrix product (1 x 1 kernels, a kernel
+    covering its padded input). With `compiler_options`, XLA's own k x k convolutions and their gradients are
+    faster than the per-tap and patch-matrix forms (`python benchmarks/conv_layers.py`)."""
+    kh, kw = kernel_shape[:2]
     _, h, w, _ = x_shape
-    if kh == kw == 1 or all(_out_size(s, padding, padding, k, stride) == 1 for s, k in ((h, kh), (w, kw))):
-        return True
-    if _patches_pay_off(h * w, cin, cout):
-        return True
-    return h * w >= _MIXED_MIN_PIXELS and min(cin, cout) >= _MIXED_MIN_CHANNELS
+    return kh == kw == 1 or (_out_size(h, *pads[0], kh, stride) == 1 and _out_size(w, *pads[1], kw, stride) == 1)
 
 
-def _patches_pay_off(pixels, cin, cout) -> bool:
-    return pixels <= _PATCHES_MAX_PIXELS and min(cin, cout) >= _PATCHES_MIN_CHANNELS
+def _conv_mixed(x, kernel, stride, pads):
+    fast = _fast_pays_off(x.shape, kernel.shape, pads, stride)
+    return (_conv_fast if fast else _conv_plain)(x, kernel, stride, pads)
 
 
 def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str | None = None):
@@ -92,17 +97,18 @@ def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str 
     edge = k - 1 - padding
     if edge < 0:
         raise ValueError(f"transposed conv padding {padding} exceeds kernel size {k} - 1")
-    if conv_impl(impl) in ("fast", "mixed"):
-        return _conv_transpose_fast(x, kernel, stride, padding)
+    mode = conv_impl(impl)
+    if mode in ("fast", "mixed"):
+        return _conv_transpose_fast(x, kernel, stride, padding, _conv_fast if mode == "fast" else _conv_mixed)
     return lax.conv_general_dilated(
         x, kernel[::-1, ::-1], window_strides=(1, 1), padding=((edge, edge), (edge, edge)),
         lhs_dilation=(stride, stride), dimension_numbers=_DIMS)
 
 
 # ---------------------------------------------------------------------------------------------- fast formulations
-# XLA's CPU backend computes conv weight gradients (and anything with lhs_dilation: transposed convs, input
-# gradients of strided convs) far slower than PyTorch; forward stride-1 and strided convs and matrix products are
-# fast. The fast forms below compute the same functions, arranged so that every derivative is one of the fast ops.
+# XLA's CPU backend computes anything with lhs_dilation (transposed convs, input gradients of strided convs) far
+# slower than PyTorch, and with its default YNNPACK convolutions also the weight gradients. The fast forms below
+# compute the same functions, arranged so that every derivative is one of the fast ops.
 
 def _conv_plain(x, kernel, stride, pads):
     return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=pads,
@@ -144,6 +150,17 @@ def _conv_fast(x, kernel, stride, pads):
         x = _pad(x, crop)
         pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
     return _conv_taps(x, kernel, stride, pads)
+
+
+# `python benchmarks/conv_layers.py` without `compiler_options`: on maps of at most 14 x 14 with 512-1024 channels,
+# one patch-matrix product took 0.35-0.6x the time of XLA's gradient (whose input gradient first copied a flipped,
+# transposed kernel).
+_PATCHES_MAX_PIXELS = 14 * 14
+_PATCHES_MIN_CHANNELS = 256
+
+
+def _patches_pay_off(pixels, cin, cout) -> bool:
+    return pixels <= _PATCHES_MAX_PIXELS and min(cin, cout) >= _PATCHES_MIN_CHANNELS
 
 
 def _conv_patches(x, kernel, stride, pads, out_hw):
@@ -208,8 +225,8 @@ def _conv_space_to_depth(x, kernel, stride, pads):
     return _conv_plain(xs, ks, 1, ((0, 0), (0, 0)))
 
 
-def _conv_transpose_fast(x, kernel, stride, padding):
-    """Transposed conv without input dilation.
+def _conv_transpose_fast(x, kernel, stride, padding, conv):
+    """Transposed conv without input dilation, its stride-1 convolutions computed by `conv`.
 
     A 1 x 1 input is a dense layer; kernel == stride (no overlap) one matrix product plus depth-to-space; stride 1
     an ordinary conv with the flipped kernel. Otherwise each of the stride^2 output phases (rows r mod stride,
@@ -228,7 +245,7 @@ def _conv_transpose_fast(x, kernel, stride, padding):
         return y.transpose(1, 0, 2).reshape(n, out_h, out_w, cout)
     if s == 1:
         edge = k - 1 - p
-        return _conv_fast(x, kernel[::-1, ::-1], 1, ((edge, edge), (edge, edge)))
+        return conv(x, kernel[::-1, ::-1], 1, ((edge, edge), (edge, edge)))
     if k == s and p == 0:
         y = jnp.einsum("nhwc,ijco->nhiwjo", x, kernel)
         return y.reshape(n, h * s, w * s, cout)
@@ -251,7 +268,7 @@ def _conv_transpose_fast(x, kernel, stride, padding):
                 cols.append(jnp.zeros((n, -(-out_h // s), -(-out_w // s), cout), x.dtype))
                 continue
             sub = kernel[fh::s, fw::s][::-1, ::-1]
-            cols.append(_conv_fast(x, sub, 1, (pad_h, pad_w)))
+            cols.append(conv(x, sub, 1, (pad_h, pad_w)))
         rows.append(jnp.stack(cols, axis=3))
     y = jnp.stack(rows, axis=2)                            # (N, rows, s, cols, s, C_out)
     y = y.reshape(n, y.shape[1] * s, y.shape[3] * s, cout)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import datasets
 from menet_jax import checkpoint as ckpt
 from menet_jax.config import Config
+from menet_jax.layers import compiler_options
 from menet_jax.loss import menet_loss
 from menet_jax.metrics import adaptive_fbeta, mae
 from menet_jax.model import MEnet, init_variables
@@ -126,17 +127,17 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
         return new_state, metrics
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   compiler_options=compiler_options())
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def make_predict_fn(model: MEnet, background: str = "eq5"):
     """Jitted images -> {"metric", "ce"} saliency maps in [0, 1] at the network's resolution (eval-mode BN)."""
-    @jax.jit
     def predict(variables, images, key=None):
         outputs = model.apply(variables, images, train=False)
         return saliency_maps(outputs, background=background, key=key)
-    return predict
+    return jax.jit(predict, compiler_options=compiler_options())
 
 
 @jax.jit

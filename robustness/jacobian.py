@@ -38,6 +38,7 @@ import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.inference import CHECKPOINT_HELP
 from menet_jax.config import ConfigError
+from menet_jax.layers import compiler_options
 from robustness import distortions, norms
 
 OUTPUTS = ("salient_prob", "metric_map", "logits")
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     label = "softmax, both channels (authors)" if args.authors_objective else args.output
     f = output_function(model, variables, args.output, authors_objective=args.authors_objective,
                         bn_train=args.bn_train_mode)
-    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))))
+    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))), compiler_options=compiler_options())
     size = config.image_size
     edges = np.linspace(-24, 4, 113)
     hist, zeros, report = np.zeros(len(edges) - 1), 0, {}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.layers import conv2d, conv_impl, conv_transpose2d
+from menet_jax.layers import compiler_options, conv2d, conv_impl, conv_transpose2d
 from menet_jax.loss import menet_loss
 from menet_jax.model import MEnet, init_variables
 from menet_jax.saliency import saliency_maps
@@ -108,26 +108,43 @@ def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
 
     assert slow("fast") == []
     assert slow("plain") or k == 1
-    # mixed (CPU's auto): fast for transposed and 1 x 1 convolutions, plain lax for k x k ones on small maps
+    # mixed (CPU's auto): fast for transposed and 1 x 1 convolutions (no input dilation), plain lax for k x k ones
     assert len(slow("mixed")) == (0 if transpose or k == 1 else len(slow("plain")))
 
 
 def test_mixed_uses_the_fast_forms_where_they_pay_off():
-    """mixed: fast for 1 x 1 and input-covering kernels, for k x k ones on large maps with many channels (their
-    kernel gradient becomes per-tap matrix products) and on small maps with many channels (a patch-matrix
-    product), plain lax for the k x k convolutions in between and those with few channels."""
-    def kernel_grad_convs(h, cin, cout, k=3, pad=1):
+    """mixed: a matrix product for 1 x 1 and input-covering kernels; XLA's own k x k convolutions otherwise (with
+    `compiler_options` their gradients are the fastest), also inside the phases of a transposed convolution."""
+    def kernel_grad_convs(h, cin, cout, k=3, pad=1, op=conv2d, stride=1):
         x, w = jnp.ones((1, h, h, cin)), jnp.ones((k, k, cin, cout))
-        grad = jax.grad(lambda w: jnp.sum(conv2d(x, w, padding=pad, impl="mixed") ** 2))
-        return [e for e in convolutions(jax.make_jaxpr(grad)(w).jaxpr) if e.outvars[0].aval.shape == w.shape]
+        grad = jax.grad(lambda w: jnp.sum(op(x, w, stride=stride, padding=pad, impl="mixed") ** 2))
+        # kernel gradients: convolutions whose output is (a part of) a kernel, (k', k', C_in, C_out)
+        shapes = [e.outvars[0].aval.shape for e in convolutions(jax.make_jaxpr(grad)(w).jaxpr)]
+        return [shape for shape in shapes if shape[2:] == (cin, cout) and shape[0] <= k]
 
-    assert kernel_grad_convs(112, 32, 32) == []            # the paper's 112 and 224 px layers
-    assert kernel_grad_convs(111, 32, 32) != []            # smaller maps
-    assert kernel_grad_convs(112, 16, 32) != []            # fewer channels
     assert kernel_grad_convs(5, 3, 4, k=7, pad=1) == []    # a kernel covering its input: a dense layer
-    assert kernel_grad_convs(14, 256, 256) == []           # the paper's 14 and 7 px layers
-    assert kernel_grad_convs(15, 256, 256) != []           # larger maps
-    assert kernel_grad_convs(14, 128, 256) != []           # fewer channels
+    assert kernel_grad_convs(6, 3, 4, k=1, pad=0) == []    # 1 x 1
+    assert len(kernel_grad_convs(6, 3, 4, k=5, pad=1)) == 1
+    assert len(kernel_grad_convs(224, 32, 32)) == 1        # the paper's largest maps too
+    # k4 s2 transposed: four 2 x 2 phase convolutions, plain lax each, so four weight-gradient convolutions
+    assert kernel_grad_convs(6, 3, 4, k=4, pad=1, op=conv_transpose2d, stride=2) == [(2, 2, 3, 4)] * 4
+
+
+def test_cpu_compiler_options_keep_convolutions_on_xla_kernels():
+    """On CPU the train and predict programs are compiled with `compiler_options`: a k x k convolution that is not
+    fused with other work stays an XLA convolution instead of a YNNPACK fusion (which is what it is without)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are for XLA's CPU backend; other backends get none")
+    assert compiler_options()
+    x, w = jnp.ones((2, 64, 64, 32)), jnp.ones((3, 3, 32, 32))     # (XLA keeps smaller ones out of YNNPACK)
+    conv = lambda x, w: conv2d(x, w, padding=1, impl="plain")
+
+    def entry_ops(**jit_kwargs):
+        text = jax.jit(conv, **jit_kwargs).lower(x, w).compile().as_text()
+        return text[text.index("ENTRY"):]
+
+    assert " convolution(" in entry_ops(compiler_options=compiler_options())
+    assert " convolution(" not in entry_ops()
 
 
 def test_implementation_choice(monkeypatch):
