@@ -299,4 +299,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from menet_jax.host_memory import reexec_with_reused_memory
+    reexec_with_reused_memory()
     main()

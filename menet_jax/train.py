@@ -87,4 +87,6 @@ def summary(result, config, seconds: float) -> str:
 
 
 if __name__ == "__main__":
+    from menet_jax.host_memory import reexec_with_reused_memory
+    reexec_with_reused_memory()
     sys.exit(main())
