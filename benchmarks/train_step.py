@@ -57,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step) of each side")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after two warm-up steps) of each side")
     parser.add_argument("--impl", choices=("auto", "mixed", "fast", "plain"), help="convolution formulation (MENET_CONV)")
     parser.add_argument("--no-peer", action="store_true", help="time our side only")
     parser.add_argument("--no-inference", action="store_true", help="skip the evaluation-mode forward comparison")
@@ -150,7 +150,7 @@ class PeerTrainer:
         loss = self.peer.loss_fn(feat, logits, self.y)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def forward(self, batch):
         self.net.eval()
@@ -159,11 +159,13 @@ class PeerTrainer:
         return float(feat[0, 0, 0, 0])
 
 
-def alternate(ours, theirs, steps):
-    """Median seconds of `ours` and `theirs` (None: not timed), run alternately after one warm-up call each."""
-    ours()
-    if theirs:
-        theirs()
+def alternate(ours, theirs, steps, warmup=2):
+    """Median seconds of `ours` and `theirs` (None: not timed), run alternately after `warmup` calls each (the first
+    steps of each side still grow the shared heap: page faults that later steps do not pay)."""
+    for _ in range(warmup):
+        ours()
+        if theirs:
+            theirs()
     a, b = [], []
     for _ in range(steps):
         started = time.perf_counter()
