@@ -3,9 +3,9 @@
     python -m menet_jax.evaluate --checkpoint runs/duts --data-dir ../shared/data/ECSSD --output eval/ecssd
     python -m menet_jax.evaluate --predictions maps/ --data-dir ../shared/data/ECSSD --output eval/other
 
-Protocol (the field's, as PySODMetrics): each map is resized to its ground truth's original size (bilinear), the
-ground truth is binarised at 128 and never resized, and maps are min-max normalised per image (--no-normalize
-to score them as they are). Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png;
+Protocol (the field's, as PySODMetrics): each map is resized to its ground truth's original size (bilinear) and
+scored as the 8-bit image saving it gives (`metrics.to_8bit`), the ground truth is binarised at 128 and never
+resized, and maps are min-max normalised per image (--no-normalize to score them as they are). Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png;
 with --save-maps also the maps, as DIR/maps/<dataset>/<map>/<stem>.png.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
 
     Returns ({map name: dataset results}, [per-image rows]).
     """
-    from menet_jax.metrics import SODMetrics
+    from menet_jax.metrics import SODMetrics, to_8bit
     meters = {name: SODMetrics(normalize=normalize) for name in map_names}
     rows = []
     bar = tqdm(total=len(source), desc=name, unit="img", disable=not progress)
@@ -75,7 +75,7 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
         examples = [source[i] for i in indices]
         batch_maps = maps_for(indices, examples)
         for map_name in map_names:
-            preds = [maps[map_name] for maps in batch_maps]
+            preds = [to_8bit(maps[map_name]) for maps in batch_maps]
             scores = meters[map_name].step_batch(preds, [example["mask"] for example in examples])
             for example, pred, image_scores in zip(examples, preds, scores):
                 rows.append({"dataset": name, "map": map_name, "name": example["name"],
@@ -83,7 +83,7 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
                 if save_dir is not None:
                     out = Path(save_dir) / name / map_name / f"{example['name']}.png"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.round(pred * 255).astype(np.uint8)).save(out)
+                    Image.fromarray(pred).save(out)
         bar.update(len(examples))
     bar.close()
     return {map_name: meter.results() for map_name, meter in meters.items()}, rows

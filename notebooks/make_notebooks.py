@@ -153,13 +153,15 @@ fig.tight_layout()
 fig.savefig(WORK / "quickstart.png", dpi=80)
 plt.show()'''),
     md("""\
-The scores of the field (computed as PySODMetrics computes them; each map is min-max normalised per image):
+The scores of the field (computed as PySODMetrics computes them on saved 8-bit maps; each map is min-max
+normalised per image):
 MAE (lower is better) and the F-beta at the adaptive threshold of Eq. 15 (higher is better)."""),
     code('''\
 import numpy as np
-from menet_jax.metrics import image_scores
+from menet_jax.metrics import image_scores, to_8bit
 
-scores = {name: [image_scores(m[name], e["mask"]) for e, m in zip(examples, maps)] for name in ("metric", "ce")}
+scores = {name: [image_scores(to_8bit(m[name]), e["mask"]) for e, m in zip(examples, maps)]
+          for name in ("metric", "ce")}
 for name, per_image in scores.items():
     print(f"{name:6s} map: mean MAE {np.mean([s['mae'] for s in per_image]):.4f}, "
           f"mean adaptive F-beta {np.mean([s['adp_f'] for s in per_image]):.4f}")'''),

@@ -5,8 +5,9 @@
 
 Every image is distorted at its original size with its own seeded generator (robustness.distortions), given to
 the model, and the maps are scored against the untouched ground truth with the project's metrics (maps resized
-to the GT size; adaptive F-beta, max F-beta, MAE), both with the field's per-image min-max normalisation and
-without it (normalising stretches a flat, noise-damaged map and hides the damage).
+to the GT size and scored as 8-bit images, as saved maps are; adaptive F-beta, max F-beta, MAE), both with the
+field's per-image min-max normalisation and without it (normalising stretches a flat, noise-damaged map and hides
+the damage).
 
 Levels: AWGN noise variance on the 0..255 scale (default: 0 and the five ImageNet-C severities, variances 416 ..
 9390), JPEG quality (default: the ImageNet-C qualities 25 18 15 10 7, and the clean images); "random" is the
@@ -65,7 +66,7 @@ def as_map_dicts(outputs, count):
 def evaluate_distorted(source, predict, kind, levels, *, seed=0, batch_size=8, progress=True, desc=""):
     """Scores of `predict` on `source` at each level: {level: {normalised|raw: {map: {adp_f, max_f, mae}}}},
     plus the strengths used per image for "random"."""
-    from menet_jax.metrics import SODMetrics
+    from menet_jax.metrics import SODMetrics, to_8bit
     results = {}
     for level in levels:
         meters, used = {}, []
@@ -79,7 +80,7 @@ def evaluate_distorted(source, predict, kind, levels, *, seed=0, batch_size=8, p
             for example, maps in zip(examples, as_map_dicts(predict(images), len(images))):
                 h, w = example["mask"].shape
                 for name, m in maps.items():
-                    m = resize_to(np.clip(np.asarray(m, np.float32), 0.0, 1.0), h, w)
+                    m = to_8bit(resize_to(np.clip(np.asarray(m, np.float32), 0.0, 1.0), h, w))
                     for mode, normalize in (("normalised", True), ("raw", False)):
                         meters.setdefault(mode, {}).setdefault(name, SODMetrics(normalize=normalize))
                         meters[mode][name].step(m, example["mask"])

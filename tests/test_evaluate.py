@@ -1,4 +1,4 @@
-"""`python -m menet_jax.evaluate`: outputs, protocol (maps resized to the GT size) and error cases."""
+"""`python -m menet_jax.evaluate`: outputs, protocol (maps resized to the GT size, scored as 8-bit) and error cases."""
 import csv
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from menet_jax.evaluate import main
-from menet_jax.metrics import SODMetrics
+from menet_jax.metrics import SODMetrics, to_8bit
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,14 @@ def test_predictions_are_scored_at_the_ground_truth_size(small_ecssd, tmp_path, 
     assert set(results) == {"n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e",
                             "max_e", "w_f"}
     assert results["n_images"] == 12
-    # The same numbers from the metric library fed with the maps resized by hand.
+    # The same numbers from the metric library fed with the maps resized by hand, as 8-bit images (the field's
+    # toolkits resize the 8-bit map and get an 8-bit map).
     meter = SODMetrics()
     for mask in sorted((small_ecssd / "masks").glob("*.png")):
         gt = np.asarray(Image.open(mask).convert("L"))
         grey = np.asarray(Image.open(preds / mask.name).convert("L"), np.float32) / 255
         pred = Image.fromarray(grey, mode="F").resize(gt.shape[::-1], Image.BILINEAR)
-        meter.step(np.clip(np.asarray(pred), 0, 1), gt)
+        meter.step(to_8bit(np.asarray(pred)), gt)
     expected = meter.results()
     for key in ("mae", "adp_f", "max_f", "s_measure", "w_f", "max_e"):
         assert results[key] == pytest.approx(expected[key], abs=1e-6)
@@ -91,3 +92,11 @@ def test_checkpoint_scores_both_maps_and_saves_them(small_ecssd, tmp_path, capsy
     assert len(saved) == 12
     first_mask = sorted((small_ecssd / "masks").glob("*.png"))[0]
     assert Image.open(saved[0]).size == Image.open(first_mask).size   # maps at the original size
+    # The saved maps, scored as another method's PNGs, give the same numbers (maps are scored as 8-bit images).
+    for map_name in ("metric", "ce"):
+        rescored = tmp_path / f"rescored_{map_name}"
+        assert main(["--predictions", str(out / "maps" / "ECSSD12" / map_name), "--data-dir", str(small_ecssd),
+                     "--output", str(rescored), "--no-progress"]) == 0
+        again = json.loads((rescored / "results.json").read_text())["datasets"]["ECSSD12"]
+        for key in ("mae", "adp_f", "max_f", "s_measure", "adp_e", "w_f"):
+            assert again[key] == pytest.approx(results[f"ECSSD12/{map_name}"][key], abs=1e-12), (map_name, key)

@@ -223,3 +223,20 @@ def test_training_metrics_close_to_pysodmetrics(cases):
         ours_f = float(adaptive_fbeta(p[None].astype(np.float32), gt[None])[0])
         assert ours_mae == pytest.approx(ref_mae.get_results()["mae"], abs=1e-5), name
         assert ours_f == pytest.approx(ref_f.get_results()["fm"]["adp"], abs=1e-5), name
+
+
+def test_to_8bit_scores_a_saturated_map_as_its_saved_png_is_scored():
+    """A map whose normalised mean exceeds 0.5 has the adaptive threshold 1: on floats only the exact maximum
+    reaches it, on the 8-bit map (what saving it gives, what PySODMetrics reads) every pixel that rounds to 255."""
+    rng = np.random.default_rng(3)
+    gt = np.zeros((40, 60), np.uint8)
+    gt[:, :36] = 255
+    pred = np.where(gt > 0, 1 - 1e-3 * rng.random(gt.shape), 0.3)
+    eight = metrics.to_8bit(pred)
+    assert eight.dtype == np.uint8 and eight.max() == 255 and eight.min() == 76   # round(0.3 * 255)
+    assert image_scores(pred, gt)["adp_f"] < 0.1
+    fm = py_sod_metrics.Fmeasure()
+    fm.step(pred=eight, gt=gt)
+    assert image_scores(eight, gt)["adp_f"] == pytest.approx(fm.get_results()["fm"]["adp"], abs=1e-12)
+    assert image_scores(eight, gt)["adp_f"] > 0.9
+    np.testing.assert_array_equal(metrics.to_8bit(np.array([[-0.2, 0.0, 0.5, 1.0, 1.3]])), [[0, 0, 128, 255, 255]])

@@ -30,7 +30,7 @@ def brightness(images):
 
 def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_path, monkeypatch, capsys):
     from menet_jax.inference import resize_to
-    from menet_jax.metrics import SODMetrics
+    from menet_jax.metrics import SODMetrics, to_8bit
     from robustness import distortions
     from robustness.evaluate import main
     (tmp_path / "peer_model.py").write_text(PREDICTOR)
@@ -42,14 +42,15 @@ def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_
     assert "F-beta map" in printed and "random" in printed
     results = json.loads((out / "robustness.json").read_text())["datasets"]["ECSSD6"]
     assert list(results) == ["0.0", "900.0", "random"]
-    # The same numbers by hand: the images distorted with the same per-image generators, scored without min-max.
+    # The same numbers by hand: the images distorted with the same per-image generators, scored as 8-bit maps
+    # without min-max.
     source = FolderSource(ecssd6)
     meter = SODMetrics(normalize=False)
     for i in range(len(source)):
         e = source[i]
         noisy = distortions.awgn(e["image"], distortions.image_rng(3, i, e["name"]), variance=900.0)
         m = noisy.astype(np.float32).mean(-1)[::2, ::2] / 255.0
-        meter.step(resize_to(m, *e["mask"].shape), e["mask"])
+        meter.step(to_8bit(resize_to(m, *e["mask"].shape)), e["mask"])
     expected = meter.results()
     for key in ("adp_f", "max_f", "mae"):
         assert results["900.0"]["raw"]["map"][key] == pytest.approx(expected[key], abs=1e-6)
