@@ -5,8 +5,10 @@
 
 Protocol (the field's, as PySODMetrics): each map is resized to its ground truth's original size (bilinear) and
 scored as the 8-bit image saving it gives (`metrics.to_8bit`), the ground truth is binarised at 128 and never
-resized, and maps are min-max normalised per image (--no-normalize to score them as they are). Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png;
-with --save-maps also the maps, as DIR/maps/<dataset>/<map>/<stem>.png.
+resized, and maps are min-max normalised per image (--no-normalize to score them as they are).
+
+Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png; with --save-maps also the maps,
+as DIR/maps/<dataset>/<map>/<stem>.png.
 """
 from __future__ import annotations
 
