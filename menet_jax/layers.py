@@ -326,12 +326,72 @@ class ConvTranspose(nn.Module):
 
 
 def batch_norm(x, train: bool, momentum: float, epsilon: float, dtype, name=None):
-    """Caffe BatchNorm + Scale (learned gamma and beta): batch statistics in training, running ones in evaluation.
+    """Caffe BatchNorm + Scale (learned gamma and beta): batch statistics in training, running ones in evaluation."""
+    return BatchNorm(momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)(x, train)
 
-    Flax reduces the statistics in float32 whatever the compute dtype; parameters stay float32.
+
+class BatchNorm(nn.Module):
+    """flax.linen.BatchNorm over N, H, W (two-pass variance), with the same variables (params scale and bias,
+    batch_stats mean and var, all float32; the running variance averages the biased batch variance), so checkpoints
+    are interchangeable. Statistics and normalisation are computed in float32 whatever the compute dtype.
+
+    Training mode goes through `normalize_batch`, whose derivative is written by hand: autodiff of the formula
+    makes XLA read the activations more often (a BN + ReLU gradient at 224 px, width 32: 15.9 ms against 12.1 ms).
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                        param_dtype=jnp.float32, use_fast_variance=False, name=name)(x)
+    momentum: float = 0.999
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if not train:
+            inv_std = lax.rsqrt(running_var.value + self.epsilon)
+            return ((x.astype(_stat_dtype(x)) - running_mean.value) * (inv_std * scale) + bias).astype(self.dtype)
+        y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+        return y.astype(self.dtype)
+
+
+_STAT_AXES = (0, 1, 2)
+
+
+def _stat_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)   # float32, or float64 where x is (tests under jax_enable_x64)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def normalize_batch(x, scale, bias, epsilon):
+    """(x - mean) / sqrt(var + epsilon) * scale + bias with the batch's per-channel statistics (float32 or wider),
+    and the statistics (mean, biased variance)."""
+    xf = x.astype(_stat_dtype(x))
+    mean = xf.mean(_STAT_AXES)
+    var = jnp.square(xf - mean).mean(_STAT_AXES)
+    return (xf - mean) * (lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+@normalize_batch.defjvp
+def _normalize_batch_jvp(epsilon, primals, tangents):
+    """With xhat = (x - mean) / std and c = scale / std: d mean = mean(dx), d var = 2 std mean(xhat dx) and
+    dy = c dx + xhat (d scale - c mean(xhat dx)) + (d bias - c d mean). Written this way, its transpose (the
+    backward pass) needs only two reductions, sum(g) and sum(g xhat), and one elementwise pass."""
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    y, mean, var = normalize_batch(x, scale, bias, epsilon)
+    rstd = lax.rsqrt(var + epsilon)
+    xhat = (x.astype(_stat_dtype(x)) - mean) * rstd
+    dx = dx.astype(xhat.dtype)
+    dmean = dx.mean(_STAT_AXES)
+    xhat_dx = (xhat * dx).mean(_STAT_AXES)
+    c = rstd * scale
+    dy = c * dx + xhat * (dscale - c * xhat_dx) + (dbias - c * dmean)
+    return (y, mean, var), (dy, dmean, 2 * xhat_dx / rstd)
 
 
 class BRC(nn.Module):

@@ -78,3 +78,59 @@ def test_gradients_match_finite_differences(impl):
         wc = jnp.asarray(rng.normal(size=(3, 3, 2, 3)))
         check_grads(lambda x, w: conv_transpose2d(x, w, stride=2, padding=1, impl=impl), (x, w), order=1, modes=["rev"])
         check_grads(lambda x, w: conv2d(x, w, stride=2, padding=1, impl=impl), (x, wc), order=1, modes=["rev"])
+
+
+def _flax_batch_norm(train):
+    import flax.linen as nn
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float64,
+                        param_dtype=jnp.float64, use_fast_variance=False)
+
+
+def _bn_variables(rng, c):
+    return {"params": {"scale": jnp.asarray(rng.random(c) + 0.5), "bias": jnp.asarray(rng.normal(size=c))},
+            "batch_stats": {"mean": jnp.asarray(rng.normal(size=c)), "var": jnp.asarray(rng.random(c) + 0.5)}}
+
+
+def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
+    """Values, running statistics, gradients (reverse mode) and tangents of both (forward mode, which
+    robustness.jacobian uses with batch statistics) against flax.linen.BatchNorm differentiated by autodiff, in float64."""
+    from menet_jax.layers import BatchNorm
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)) * 3 + 1)
+        variables = _bn_variables(rng, 6)
+        ours, flax_bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=jnp.float64), _flax_batch_norm(True)
+        shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+        assert shapes(ours.init(jax.random.key(0), x, True)) == shapes(flax_bn.init(jax.random.key(0), x))
+
+        def loss(module, params, x, *args):
+            y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, *args,
+                                      mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y) * jnp.arange(6.0)), updates
+
+        def check(module, *args):
+            value_and_grad = jax.value_and_grad(lambda p, x: loss(module, p, x, *args), argnums=(0, 1), has_aux=True)
+            (value, updates), grads = value_and_grad(variables["params"], x)
+            tangent = jax.jvp(lambda x: loss(module, variables["params"], x, *args), (x,), (jnp.cos(x),))[1]
+            return value, updates, grads, tangent
+
+        for a, b in zip(jax.tree.leaves(check(ours, True)), jax.tree.leaves(check(flax_bn))):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        check_grads(lambda x: ours.apply(variables, x, True, mutable=["batch_stats"])[0], (x,), order=1,
+                    modes=["fwd", "rev"])
+        eval_ours = ours.apply(variables, x, False)
+        np.testing.assert_allclose(eval_ours, _flax_batch_norm(False).apply(variables, x), rtol=1e-12)
+
+
+def test_batch_norm_computes_in_float32_for_bfloat16_activations():
+    from menet_jax.layers import BatchNorm
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)) * 5 + 100, jnp.bfloat16)
+    module = BatchNorm(dtype=jnp.bfloat16)
+    variables = module.init(jax.random.key(0), x, True)
+    y, updates = module.apply(variables, x, True, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["mean"].dtype == jnp.float32
+    xf = np.asarray(x, np.float64)
+    expected = (xf - xf.mean((0, 1, 2))) / np.sqrt(xf.var((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, atol=0.05)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.001 * xf.mean((0, 1, 2)), rtol=1e-5)

@@ -232,9 +232,12 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys, problem):
 
 
 def test_it_really_learns_the_generated_dataset(tmp_path):
-    """A shortened default run: held-out scores clearly better than the all-background predictor's."""
+    """A shortened default run: held-out scores clearly better than the all-background predictor's.
+
+    800 steps: at 600, whether the metric map's MAE beat 0.9 x the baseline's depended on float rounding (0.149
+    and 0.181 for two formulations of the same BatchNorm gradient; 0.140 and 0.153 for two seeds at 800)."""
     from menet_jax.trainer import train
-    config = get_config("tiny", ["steps=600", "batch_size=8", "train_size=2000", "val_size=64",
+    config = get_config("tiny", ["steps=800", "batch_size=8", "train_size=2000", "val_size=64",
                                  "eval_every=100000", "checkpoint_every=100000"])
     scores = train(config, tmp_path, progress=False).validation
     baseline_mae, baseline_f = scores["all_background/mae"], scores["all_background/adp_f"]
