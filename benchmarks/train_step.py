@@ -70,15 +70,30 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------------- our side
+def paper_config(size: int, width: int, batch: int, dtype: str):
+    from menet_jax.config import get_config
+    return get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}"])
+
+
+def eval_forward_for(config):
+    """The jitted evaluation-mode forward pass (a factory for `compilation.compile_programs`)."""
+    import jax
+
+    from menet_jax.layers import compiler_options
+    from menet_jax.model import MEnet
+
+    model = MEnet.from_config(config)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=compiler_options())
+
+
 def build(size: int, width: int, batch: int, dtype: str):
     """Model, optimiser, mesh, replicated state, sharded random batch and the jitted (donating) train step."""
     import numpy as np
 
-    from menet_jax.config import get_config
     from menet_jax.model import MEnet
     from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
 
-    config = get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}"])
+    config = paper_config(size, width, batch, dtype)
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
     state = replicate(create_state(model, tx, config.seed), mesh)
     rng = np.random.default_rng(0)
@@ -186,12 +201,22 @@ def fmt(value, spec):
 def train_and_inference(args):
     import jax
 
+    from menet_jax.compilation import compile_programs
     from menet_jax.layers import compiler_options, conv_impl
+    from menet_jax.trainer import train_step_for
 
     peer = None if args.no_peer else load_peer()
-    model, state, batch, step = build(args.size, args.width, args.batch, args.dtype)
-    compiled, compile_s = compile_step(step, state, batch)
+    config = paper_config(args.size, args.width, args.batch, args.dtype)
+    _, state, batch, _ = build(args.size, args.width, args.batch, args.dtype)
+    # As `trainer.train` does: compiled in a child process on CPU (menet_jax/compilation.py; MENET_COMPILE=here
+    # compiles in this process), the train step alone first for its compile time, then the forward passes.
+    step_program = compile_programs([(train_step_for, (config,), (state, batch))])
+    compiled, compile_s = step_program.programs[0], step_program.seconds
     xla_peak = xla_peak_bytes(compiled)
+    if not args.no_inference:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        forwards = dict(zip((args.batch, 1), compile_programs(
+            [(eval_forward_for, (config,), (variables, batch["image"][:b])) for b in (args.batch, 1)]).programs))
 
     holder = {"state": state}
 
@@ -207,7 +232,8 @@ def train_and_inference(args):
     name = f"{args.size}px w{args.width} b{args.batch} {args.dtype}"
     ratio = ours_s / peer_s if peer_s else None
     print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
-          f"convolutions: {conv_impl()}, XLA options: {compiler_options() or 'default'}, jax {jax.__version__}")
+          f"convolutions: {conv_impl()}, XLA options: {compiler_options() or 'default'}, jax {jax.__version__}, "
+          f"compiled {'in a child process' if step_program.where == 'child' else 'in this process'}")
     print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
           f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
     print(f"{name:30s} {ours_s:8.3f} {fmt(peer_s, '8.3f'):>8s} {fmt(ratio, '6.2f'):>6s} {args.batch / ours_s:7.2f} "
@@ -215,11 +241,10 @@ def train_and_inference(args):
 
     if not args.no_inference:
         variables = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
-        forward = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=compiler_options())
         print(f"{'inference (eval forward)':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s}")
         for b in (args.batch, 1):
             images = batch["image"][:b]
-            run = lambda: float(forward(variables, images)["logits"][0, 0, 0, 0])  # noqa: E731
+            run = lambda: float(forwards[b](variables, images)["logits"][0, 0, 0, 0])  # noqa: E731
             f_ours, f_peer = alternate(run, (lambda: peer_trainer.forward(b)) if peer_trainer else None, args.steps)
             print(f"{f'{args.size}px w{args.width} b{b} {args.dtype}':30s} {f_ours:8.3f} {fmt(f_peer, '8.3f'):>8s} "
                   f"{fmt(f_peer and f_ours / f_peer, '6.2f'):>6s} {b / f_ours:7.2f}")

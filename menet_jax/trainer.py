@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 import datasets
 from menet_jax import checkpoint as ckpt
+from menet_jax.compilation import compile_programs
 from menet_jax.config import Config
 from menet_jax.layers import compiler_options
 from menet_jax.loss import menet_loss
@@ -131,6 +132,18 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
                    compiler_options=compiler_options())
 
 
+def train_step_for(config: Config):
+    """`make_train_step` from the config alone (a factory for `compilation.compile_programs`)."""
+    return make_train_step(MEnet.from_config(config), make_optimizer(config), config, data_mesh())
+
+
+def train_batch_spec(config: Config) -> dict:
+    """Shapes and dtypes of a training batch (what `datasets.BatchLoader` yields)."""
+    size, n = config.image_size, config.batch_size
+    return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8),
+            "mask": jax.ShapeDtypeStruct((n, size, size), np.uint8)}
+
+
 # ---------------------------------------------------------------------------------------------------- evaluation
 def make_predict_fn(model: MEnet, background: str = "eq5"):
     """Jitted images -> {"metric", "ce"} saliency maps in [0, 1] at the network's resolution (eval-mode BN)."""
@@ -138,6 +151,11 @@ def make_predict_fn(model: MEnet, background: str = "eq5"):
         outputs = model.apply(variables, images, train=False)
         return saliency_maps(outputs, background=background, key=key)
     return jax.jit(predict, compiler_options=compiler_options())
+
+
+def predict_fn_for(config: Config):
+    """`make_predict_fn` from the config alone (a factory for `compilation.compile_programs`)."""
+    return make_predict_fn(MEnet.from_config(config))
 
 
 @jax.jit
@@ -215,8 +233,12 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: O
     state, start_step = ckpt.restore_latest(manager, state)
     ckpt.trim_log(workdir / "metrics.jsonl", start_step)
     state = replicate(state, mesh)
-    train_step = make_train_step(model, tx, config, mesh)
-    predict = make_predict_fn(model)
+    # Compiled before the first step, in a child process on CPU (see `compilation`): the heap stays unfragmented.
+    eval_images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3), np.uint8)
+    train_step, predict = compile_programs([
+        (train_step_for, (config,), (state, train_batch_spec(config))),
+        (predict_fn_for, (config,), ({"params": state.params, "batch_stats": state.batch_stats}, eval_images)),
+    ]).programs
 
     def run_validation(step, baseline=False):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
