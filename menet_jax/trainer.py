@@ -41,8 +41,8 @@ class TrainState:
 
 
 def enable_compilation_cache() -> None:
-    """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR, default ~/.cache/menet_jax/xla): a resumed or repeated
-    run skips the train step's compilation (tens of seconds on a CPU)."""
+    """Persistent XLA cache (JAX_COMPILATION_CACHE_DIR, default ~/.cache/menet_jax/xla): a repeated run skips
+    compiling its programs (tens of seconds on a CPU), except a train step compiled in a child (`compilation`)."""
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "menet_jax" / "xla"))
 
