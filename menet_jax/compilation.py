@@ -88,9 +88,13 @@ def _compile_in_child(jobs):
     with tempfile.TemporaryDirectory(prefix="menet-compile-") as tmp:
         path = Path(tmp) / "programs.pickle"
         child = multiprocessing.get_context("spawn").Process(
-            target=_child_main, args=(jobs, str(path)), name="menet compile")
+            target=_child_main, args=(jobs, str(path)), name="menet compile", daemon=True)
         child.start()
-        child.join()
+        try:
+            child.join()
+        finally:   # interrupted (Ctrl-C): the compile is not needed any more
+            if child.is_alive():
+                child.terminate()
         if child.exitcode != 0 or not path.is_file():
             raise RuntimeError(f"the child process exited with code {child.exitcode}")
         serialized = pickle.loads(path.read_bytes())
