@@ -1,6 +1,7 @@
 """Gradient time of single 3x3 convolutions at the paper configuration's shapes: plain lax compiled with XLA's
-default options and with `menet_jax.layers.compiler_options()` (convolutions on XLA's own kernels, not YNNPACK),
-and the fast form with those options: the measurements behind the CPU default "mixed" (`layers._fast_pays_off`).
+default options and with a train step's `menet_jax.layers.compiler_options(training=True)` (convolutions on XLA's
+own kernels, not YNNPACK), and the fast form with those options: the measurements behind the CPU default "mixed"
+(`layers._fast_pays_off`).
 
     python benchmarks/conv_layers.py [--batch 5] [--repeats 3]
 
@@ -45,7 +46,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"3x3 conv gradient, batch {args.batch}, seconds ({jax.default_backend()})")
     print(f"{'case':<22} {'XLA default':>11} {'plain':>7} {'fast':>7} {'fast/plain':>10}  mixed uses")
-    options = compiler_options()
+    options = compiler_options(training=True)
     for size, cin, cout, stride in CASES:
         default, plain, fast = (gradient_seconds(size, cin, cout, stride, impl, args.batch, args.repeats, opts)
                                 for impl, opts in (("plain", {}), ("plain", options), ("fast", options)))

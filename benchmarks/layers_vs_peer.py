@@ -1,11 +1,12 @@
 """Forward + backward time of every convolution shape of the paper configuration, ours against PyTorch's, one layer
 at a time: where the train step's gap to the peer is (and is not).
 
-    python benchmarks/layers_vs_peer.py [--batch 5] [--repeats 5] [names ...]
+    python benchmarks/layers_vs_peer.py [--batch 5] [--repeats 5] [--forward] [names ...]
 
-Ours is the jitted vjp of `conv2d` / `conv_transpose2d` (the CPU default formulation, `compiler_options()`), the
-peer's an nn.Conv2d / nn.ConvTranspose2d (bias-free) forward and backward on NCHW tensors; best of --repeats each.
-The total weights each shape by how often the network has it.
+Ours is the jitted vjp of `conv2d` / `conv_transpose2d` (the CPU default formulation, a train step's
+`compiler_options`), the peer's an nn.Conv2d / nn.ConvTranspose2d (bias-free) forward and backward on NCHW tensors;
+best of --repeats each. `--forward` times the forward pass alone, as inference runs it (inference's
+`compiler_options`; the peer under `torch.no_grad()`). The total weights each shape by how often the network has it.
 """
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ def main(argv=None):
     parser.add_argument("names", nargs="*", help="only these layers (default: all)")
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--forward", action="store_true", help="the forward pass alone (inference)")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-    options = compiler_options()
-    print(f"convolution forward + backward, batch {args.batch}, seconds ({jax.default_backend()})")
+    options = compiler_options(training=not args.forward)
+    what = "forward" if args.forward else "forward + backward"
+    print(f"convolution {what}, batch {args.batch}, seconds ({jax.default_backend()})")
     print(f"{'layer':14s} {'ours':>7s} {'peer':>7s} {'ratio':>6s}  count")
     ours_total = peer_total = 0.0
     for name, size, cin, cout, k, stride, pad, transposed, count in LAYERS:
@@ -69,18 +72,26 @@ def main(argv=None):
         layer = conv_transpose2d if transposed else conv2d
         fn = lambda x, w: layer(x, w, stride=stride, padding=pad)   # noqa: E731
         g = rng.standard_normal(jax.eval_shape(fn, x, w).shape).astype(np.float32)
-        vjp = jax.jit(lambda x, w, g: jax.vjp(fn, x, w)[1](g), compiler_options=options)
-        ours = best_of(lambda: jax.block_until_ready(vjp(x, w, g)), args.repeats)
+        if args.forward:
+            program = jax.jit(fn, compiler_options=options)
+            ours = best_of(lambda: jax.block_until_ready(program(x, w)), args.repeats)
+        else:
+            vjp = jax.jit(lambda x, w, g: jax.vjp(fn, x, w)[1](g), compiler_options=options)
+            ours = best_of(lambda: jax.block_until_ready(vjp(x, w, g)), args.repeats)
 
         module = (torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)(cin, cout, k, stride, pad, bias=False)
         xt = torch.tensor(x.transpose(0, 3, 1, 2)).requires_grad_()
         gt = torch.tensor(g.transpose(0, 3, 1, 2))
 
+        def peer_forward():
+            with torch.no_grad():
+                module(xt)
+
         def peer_step():
             xt.grad = None
             module.zero_grad()
             module(xt).backward(gt)
-        peer = best_of(peer_step, args.repeats)
+        peer = best_of(peer_forward if args.forward else peer_step, args.repeats)
         ours_total, peer_total = ours_total + count * ours, peer_total + count * peer
         print(f"{name:14s} {ours:7.3f} {peer:7.3f} {ours / peer:6.2f}  x{count}", flush=True)
     print(f"{'total':14s} {ours_total:7.3f} {peer_total:7.3f} {ours_total / peer_total:6.2f}")

@@ -44,24 +44,31 @@ def conv_impl(impl: str | None = None) -> str:
 
 # XLA's CPU backend hands convolutions to YNNPACK by default ("individual convolution" library fusions). Here those
 # ran on one thread, with a weight gradient 6-9x slower than XLA's Eigen convolution kernels, which use every core
-# (`python benchmarks/conv_layers.py`, BENCHMARKS.md). Keeping the other YNNPACK fusion kinds (matrix products,
-# elementwise work and reductions, which may still absorb a convolution) gave the fastest step and compile.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
-    f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))}
+# (`python benchmarks/conv_layers.py`, BENCHMARKS.md). The other YNNPACK fusion kinds are kept per kind of program:
+# - elementwise fusions (ELTWISE) only in training programs. There they also take XLA's transposing copies out of
+#   the BatchNorm backward fusions (the paper step: 5.4 s with them, 5.85 s without). In evaluation mode BatchNorm is
+#   elementwise, so they swallow whole chains of BN -> ReLU -> conv into one YNNPACK call: the paper forward pass
+#   took 1.55 s with them and 1.34 s without, its gradient with respect to the image 3.05 s and 2.77 s.
+# - matrix products and reductions in every program.
+_YNN_FUSION_KINDS = {True: ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"), False: ("INDIVIDUAL_DOT", "REDUCE")}
 
 
 @functools.cache
-def compiler_options() -> dict:
-    """XLA options for jitting MEnet's programs (`jax.jit(f, compiler_options=compiler_options())`): on CPU,
-    convolutions on XLA's own kernels (the "mixed" rule assumes it); none on accelerators, or where this jaxlib's
-    XLA does not know the option (it is experimental)."""
+def compiler_options(training: bool = False) -> dict:
+    """XLA options for jitting MEnet's programs (`jax.jit(f, compiler_options=compiler_options(...))`): on CPU,
+    convolutions on XLA's own kernels (the "mixed" rule assumes it) and the YNNPACK fusions that pay off for a
+    training step (`training=True`: the network's train-mode backward pass) or for everything else (forward passes
+    and evaluation-mode derivatives); none on accelerators, or where this jaxlib's XLA does not know the option
+    (it is experimental)."""
     if jax.default_backend() != "cpu":
         return {}
+    options = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+        f"LIBRARY_FUSION_TYPE_{kind}" for kind in _YNN_FUSION_KINDS[training])}
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(1.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
     except Exception:     # an unknown option or enum value: XLA's error types differ between jaxlib versions
         return {}
-    return dict(_CPU_COMPILER_OPTIONS)
+    return options
 
 
 def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str | None = None):

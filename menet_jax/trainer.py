@@ -129,7 +129,7 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return jax.jit(step, donate_argnums=0, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   compiler_options=compiler_options())
+                   compiler_options=compiler_options(training=True))
 
 
 def train_step_for(config: Config):

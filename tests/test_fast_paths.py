@@ -132,19 +132,25 @@ def test_mixed_uses_the_fast_forms_where_they_pay_off():
 
 def test_cpu_compiler_options_keep_convolutions_on_xla_kernels():
     """On CPU the train and predict programs are compiled with `compiler_options`: a k x k convolution that is not
-    fused with other work stays an XLA convolution instead of a YNNPACK fusion (which is what it is without)."""
+    fused with other work stays an XLA convolution instead of a YNNPACK fusion (which is what it is without).
+    Evaluation programs also keep an evaluation-mode BN -> ReLU -> conv chain out of YNNPACK's elementwise fusions
+    (slower there); a train step's options allow those fusions."""
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA's CPU backend; other backends get none")
-    assert compiler_options()
+    assert compiler_options() and compiler_options(training=True)
     x, w = jnp.ones((2, 64, 64, 32)), jnp.ones((3, 3, 32, 32))     # (XLA keeps smaller ones out of YNNPACK)
     conv = lambda x, w: conv2d(x, w, padding=1, impl="plain")
+    chain = lambda x, w: conv2d(jax.nn.relu(x * 0.5 - 1.0), w, jnp.ones(32), padding=1, impl="plain")
 
-    def entry_ops(**jit_kwargs):
-        text = jax.jit(conv, **jit_kwargs).lower(x, w).compile().as_text()
+    def entry_ops(f, **jit_kwargs):
+        text = jax.jit(f, **jit_kwargs).lower(x, w).compile().as_text()
         return text[text.index("ENTRY"):]
 
-    assert " convolution(" in entry_ops(compiler_options=compiler_options())
-    assert " convolution(" not in entry_ops()
+    assert " convolution(" in entry_ops(conv, compiler_options=compiler_options(training=True))
+    assert " convolution(" in entry_ops(conv, compiler_options=compiler_options())
+    assert " convolution(" not in entry_ops(conv)
+    assert " convolution(" in entry_ops(chain, compiler_options=compiler_options())
+    assert " convolution(" not in entry_ops(chain, compiler_options=compiler_options(training=True))
 
 
 def test_implementation_choice(monkeypatch):
