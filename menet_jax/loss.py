@@ -56,19 +56,45 @@ def pixel_metric_loss(features, salient, c_fg, c_bg):
 def hard_mining_mask(pixel_loss, salient):
     """1:1 mining: all minority-class pixels plus the hardest majority-class pixels, as many. (N, P) bool.
 
-    The background is the mined class when it is not smaller than the salient class (the usual case).
+    The background is the mined class when it is not smaller than the salient class (the usual case). The kept
+    candidates are those above the quota-th largest (loss, index) pair, found by bisection rather than by sorting
+    every pixel (an argsort of the paper batch took 50 ms of the CPU step).
     """
     n_fg = salient.sum(axis=1)
     n_bg = salient.shape[1] - n_fg
     quota = jnp.minimum(n_fg, n_bg)
     mine_background = n_fg <= n_bg
     candidate = jnp.where(mine_background[:, None], ~salient, salient)
-    score = jnp.where(candidate, pixel_loss, -jnp.inf)
-    # A stable ascending sort, reversed, orders by descending loss and, among ties, descending index.
-    order = jnp.flip(jnp.argsort(score, axis=1, stable=True), axis=1)
-    positions = jnp.broadcast_to(jnp.arange(score.shape[1]), score.shape)
-    rank = jnp.zeros_like(order).at[jnp.arange(score.shape[0])[:, None], order].set(positions)
-    return jnp.where(candidate, rank < quota[:, None], True) & (quota[:, None] > 0)
+    key = _order_keys(jnp.where(candidate, pixel_loss, -jnp.inf))
+    # The quota-th largest loss, then, among the pixels tied with it, the smallest index still kept (ties go to the
+    # larger index, as in the authors' descending sort of (loss, index) pairs).
+    threshold = _kth_largest(key, quota, 32)
+    tied = key == threshold[:, None]
+    index = jnp.broadcast_to(jnp.arange(key.shape[1], dtype=jnp.uint32), key.shape)
+    still_needed = quota - jnp.sum(key > threshold[:, None], axis=1)
+    first_index = _kth_largest(jnp.where(tied, index, 0), still_needed, max(1, (key.shape[1] - 1).bit_length()))
+    kept = (key > threshold[:, None]) | (tied & (index >= first_index[:, None]))
+    return jnp.where(candidate, kept, True) & (quota[:, None] > 0)
+
+
+def _order_keys(x):
+    """uint32 keys in the order of the float32 values (-0.0 equal to 0.0, -inf lowest)."""
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x).astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _kth_largest(values, k, bits: int):
+    """Per row, the largest t with #(values >= t) >= k: the k-th largest of the unsigned `values` (< 2**bits) when
+    k >= 1. Bisection over the value range: `bits` passes of a compare and a count instead of a sort."""
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2 + (lo < hi).astype(lo.dtype)       # lo < mid <= hi, or mid == lo == hi
+        enough = jnp.sum(values >= mid[:, None], axis=1) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+    lo = jnp.zeros(values.shape[0], jnp.uint32)
+    hi = jnp.full(values.shape[0], (1 << bits) - 1, jnp.uint32)
+    return jax.lax.fori_loop(0, bits, halve, (lo, hi))[0]
 
 
 def cross_entropy(logits, salient):

@@ -35,6 +35,15 @@ def test_mining_matches_brute_force(seed):
     np.testing.assert_array_equal(got, brute_force_mining(loss, salient))
 
 
+def test_mining_treats_signed_zeros_as_ties_on_long_rows():
+    """-0.0 and 0.0 tie (broken by index, as in the authors' sort), and rows longer than 2**16 pixels."""
+    rng = np.random.default_rng(7)
+    loss = rng.choice(np.array([-1.0, -0.0, 0.0, 1.0, 2.5], np.float32), size=(2, 70_000))
+    salient = rng.random((2, 70_000)) < np.array([0.3, 0.6])[:, None]
+    got = np.asarray(hard_mining_mask(jnp.asarray(loss), jnp.asarray(salient)))
+    np.testing.assert_array_equal(got, brute_force_mining(loss, salient))
+
+
 def test_mining_keeps_one_to_one():
     rng = np.random.default_rng(0)
     salient = rng.random((3, 100)) < np.array([0.1, 0.5, 0.9])[:, None]
