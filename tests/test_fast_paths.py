@@ -113,8 +113,9 @@ def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
 
 
 def test_mixed_uses_the_fast_forms_where_they_pay_off():
-    """mixed: a matrix product for 1 x 1 and input-covering kernels; XLA's own k x k convolutions otherwise (with
-    `compiler_options` their gradients are the fastest), also inside the phases of a transposed convolution."""
+    """mixed: a matrix product for 1 x 1 and input-covering kernels and for deep maps of at most 7 x 7 outputs; XLA's
+    own k x k convolutions otherwise (with `compiler_options` their gradients are the fastest), also inside the phases
+    of a transposed convolution."""
     def kernel_grad_convs(h, cin, cout, k=3, pad=1, op=conv2d, stride=1):
         x, w = jnp.ones((1, h, h, cin)), jnp.ones((k, k, cin, cout))
         grad = jax.grad(lambda w: jnp.sum(op(x, w, stride=stride, padding=pad, impl="mixed") ** 2))
@@ -126,6 +127,10 @@ def test_mixed_uses_the_fast_forms_where_they_pay_off():
     assert kernel_grad_convs(6, 3, 4, k=1, pad=0) == []    # 1 x 1
     assert len(kernel_grad_convs(6, 3, 4, k=5, pad=1)) == 1
     assert len(kernel_grad_convs(224, 32, 32)) == 1        # the paper's largest maps too
+    assert kernel_grad_convs(7, 256, 256) == []            # deep maps of at most 7 x 7 outputs: the patch product
+    assert kernel_grad_convs(14, 256, 512, stride=2) == []
+    assert len(kernel_grad_convs(14, 256, 256)) == 1       # 14 x 14 outputs: XLA's convolution
+    assert len(kernel_grad_convs(7, 128, 128)) == 1        # too few channels
     # k4 s2 transposed: four 2 x 2 phase convolutions, plain lax each, so four weight-gradient convolutions
     assert kernel_grad_convs(6, 3, 4, k=4, pad=1, op=conv_transpose2d, stride=2) == [(2, 2, 3, 4)] * 4
 
