@@ -104,24 +104,25 @@ def build(size: int, width: int, batch: int, dtype: str):
 
 def compile_step(step, state, batch):
     started = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.compile(state, batch)
     return compiled, time.perf_counter() - started
 
 
-def xla_peak_bytes(compiled):
-    """Peak of XLA's buffers for one call: arguments + outputs - donated aliases + temporaries (None if unknown)."""
+def xla_peak_bytes(step):
+    """Peak of XLA's buffers in a compiled `TrainStep`, the larger of its two programs: arguments + outputs - donated
+    aliases + temporaries (None if unknown)."""
     try:
-        m = compiled.memory_analysis()
-        return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+        return max(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+                   for m in (step.gradients.memory_analysis(), step.update.memory_analysis()))
     except Exception:   # not every backend implements it
         return None
 
 
-def step_flops(compiled):
+def step_flops(step):
+    """FLOPs of a compiled `TrainStep` (both programs) from XLA's cost analysis (None if unknown)."""
     try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost["flops"])
+        costs = [program.cost_analysis() for program in (step.gradients, step.update)]
+        return sum(float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) for cost in costs)
     except Exception:
         return None
 
@@ -203,15 +204,15 @@ def train_and_inference(args):
 
     from menet_jax.compilation import compile_programs
     from menet_jax.layers import compiler_options, conv_impl
-    from menet_jax.trainer import train_step_for
+    from menet_jax.trainer import TrainStep, train_step_jobs
 
     peer = None if args.no_peer else load_peer()
     config = paper_config(args.size, args.width, args.batch, args.dtype)
     _, state, batch, _ = build(args.size, args.width, args.batch, args.dtype)
     # As `trainer.train` does: compiled in a child process on CPU (menet_jax/compilation.py; MENET_COMPILE=here
     # compiles in this process), the train step alone first for its compile time, then the forward passes.
-    step_program = compile_programs([(train_step_for, (config,), (state, batch))])
-    compiled, compile_s = step_program.programs[0], step_program.seconds
+    step_program = compile_programs(train_step_jobs(config, state, batch))
+    compiled, compile_s = TrainStep(*step_program.programs), step_program.seconds
     xla_peak = xla_peak_bytes(compiled)
     if not args.no_inference:
         variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -104,15 +104,41 @@ def replicate(tree, mesh):
 
 
 # ---------------------------------------------------------------------------------------------------- train step
-def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Config, mesh):
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """One SGD step, called like a function: `state, metrics = step(state, batch)` (the state is donated).
+
+    It runs as two programs, the gradient of the loss (the network's forward and backward pass) and the optimizer
+    update, because on CPU each is fastest with different XLA options (`layers.compiler_options`): the paper step
+    took 5.06 s against 5.20 s as one program (`python benchmarks/train_step.py`, BENCHMARKS.md).
+    """
+    gradients: Any   # (state, batch) -> (gradients, new batch statistics, metrics)
+    update: Any      # (state, gradients, batch statistics) -> new state; the state is donated
+
+    def __call__(self, state, batch):
+        grads, batch_stats, metrics = self.gradients(state, batch)
+        return self.update(state, grads, batch_stats), metrics
+
+    def compile(self, state, batch) -> "TrainStep":
+        """Both programs compiled here for these arguments (arrays or ShapeDtypeStructs)."""
+        grads, batch_stats, _ = self.gradients.eval_shape(state, batch)
+        return TrainStep(self.gradients.lower(state, batch).compile(),
+                         self.update.lower(state, grads, batch_stats).compile())
+
+
+def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Config, mesh) -> TrainStep:
     """One jitted SGD step on a batch {"image": uint8 (B,S,S,3), "mask": (B,S,S) in {0,1}}, state donated.
 
     The batch is sharded over the mesh and the state replicated, so BatchNorm statistics and the loss are
     computed over the whole batch exactly as on one device.
     """
+    return TrainStep(_gradients_program(model, config, mesh), _update_program(tx, mesh))
+
+
+def _gradients_program(model: MEnet, config: Config, mesh):
     schedule = learning_rate_schedule(config)
 
-    def step(state: TrainState, batch):
+    def gradients(state: TrainState, batch):
         def loss_fn(params):
             outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                            train=True, mutable=["batch_stats"])
@@ -121,20 +147,39 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
             return loss, (terms, updates["batch_stats"])
 
         (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                               batch_stats=batch_stats, opt_state=opt_state)
         metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
-        return new_state, metrics
+        return grads, batch_stats, metrics
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+    return jax.jit(gradients, in_shardings=(replicated, sharded), out_shardings=replicated,
                    compiler_options=compiler_options(training=True))
 
 
-def train_step_for(config: Config):
-    """`make_train_step` from the config alone (a factory for `compilation.compile_programs`)."""
-    return make_train_step(MEnet.from_config(config), make_optimizer(config), config, data_mesh())
+def _update_program(tx: optax.GradientTransformation, mesh):
+    def update(state: TrainState, grads, batch_stats):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(update, donate_argnums=0, in_shardings=replicated, out_shardings=replicated,
+                   compiler_options=compiler_options())
+
+
+def gradients_program_for(config: Config):
+    """The train step's gradient program from the config alone (a factory for `compilation.compile_programs`)."""
+    return _gradients_program(MEnet.from_config(config), config, data_mesh())
+
+
+def update_program_for(config: Config):
+    """The train step's update program from the config alone (a factory for `compilation.compile_programs`)."""
+    return _update_program(make_optimizer(config), data_mesh())
+
+
+def train_step_jobs(config: Config, state: TrainState, batch) -> list:
+    """`compilation.compile_programs` jobs for the two programs of a `TrainStep`: `TrainStep(*programs[:2])`."""
+    return [(gradients_program_for, (config,), (state, batch)),
+            (update_program_for, (config,), (state, state.params, state.batch_stats))]
 
 
 def train_batch_spec(config: Config) -> dict:
@@ -235,10 +280,10 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: O
     state = replicate(state, mesh)
     # Compiled before the first step, in a child process on CPU (see `compilation`): the heap stays unfragmented.
     eval_images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3), np.uint8)
-    train_step, predict = compile_programs([
-        (train_step_for, (config,), (state, train_batch_spec(config))),
+    gradients, update, predict = compile_programs(train_step_jobs(config, state, train_batch_spec(config)) + [
         (predict_fn_for, (config,), ({"params": state.params, "batch_stats": state.batch_stats}, eval_images)),
     ]).programs
+    train_step = TrainStep(gradients, update)
 
     def run_validation(step, baseline=False):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
