@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -107,4 +108,8 @@ def _child_main(jobs, path):
     # An executable that went into (or came from) the persistent cache serializes without its kernels here
     # ("Function ... not found" when called), so the child always compiles.
     jax.config.update("jax_enable_compilation_cache", False)
-    Path(path).write_bytes(pickle.dumps([serialize(_compile(*job)) for job in jobs]))
+    # The jobs compile side by side: XLA compiles without the GIL, so a small program (the train step's optimizer
+    # update, 2 s) overlaps a large one.
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        compiled = list(pool.map(lambda job: _compile(*job), jobs))
+    Path(path).write_bytes(pickle.dumps([serialize(program) for program in compiled]))
