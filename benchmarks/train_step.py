@@ -233,7 +233,8 @@ def train_and_inference(args):
     name = f"{args.size}px w{args.width} b{args.batch} {args.dtype}"
     ratio = ours_s / peer_s if peer_s else None
     print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
-          f"convolutions: {conv_impl()}, XLA options (train step): {compiler_options(training=True) or 'default'}, jax {jax.__version__}, "
+          f"convolutions: {conv_impl()}, XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
+          f"jax {jax.__version__}, "
           f"compiled {'in a child process' if step_program.where == 'child' else 'in this process'}")
     print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
           f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
