@@ -22,8 +22,8 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 def conv_impl(impl: str | None = None) -> str:
     """The formulation to use: "plain" (the lax convolutions as written), "fast" (every convolution in the CPU fast
     forms below) or "mixed" (the fast forms only where they pay off once XLA runs convolutions on its own CPU kernels
-    (`compiler_options`): transposed convolutions, 1 x 1 convolutions and kernels covering their whole input; see
-    `_fast_pays_off`).
+    (`compiler_options`): transposed convolutions, 1 x 1 convolutions, kernels covering their whole input and deep
+    maps of at most 7 x 7 outputs; see `_fast_pays_off`).
 
     `impl` None reads MENET_CONV (auto, mixed, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time.
     "auto" is mixed on CPU and plain on accelerators. "fast" also rewrites the k x k convolutions (a per-tap weight
@@ -45,8 +45,8 @@ def conv_impl(impl: str | None = None) -> str:
 # XLA's CPU backend hands convolutions to YNNPACK by default ("individual convolution" library fusions). Here those
 # ran on one thread, with a weight gradient 6-9x slower than XLA's Eigen convolution kernels, which use every core
 # (`python benchmarks/conv_layers.py`, BENCHMARKS.md). The other YNNPACK fusion kinds are kept per kind of program:
-# - elementwise fusions (ELTWISE) only in training programs. There they also take XLA's transposing copies out of
-#   the BatchNorm backward fusions (the paper step: 5.4 s with them, 5.85 s without). In evaluation mode BatchNorm is
+# - elementwise fusions (ELTWISE) only for the gradient of a train step. There they take XLA's transposing copies
+#   out of the BatchNorm backward fusions (paper gradient: 4.9 s with them, 5.2 s without). In evaluation mode BN is
 #   elementwise, so they swallow whole chains of BN -> ReLU -> conv into one YNNPACK call: the paper forward pass
 #   took 1.55 s with them and 1.34 s without, its gradient with respect to the image 3.05 s and 2.77 s.
 # - matrix products and reductions in every program.
