@@ -86,7 +86,7 @@ def trace_step(args):
 
     _, state, batch, step = build(args.size, args.width, args.batch, "float32")
     started = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.compile(state, batch)       # a TrainStep: the gradient and the update program
     print(f"compile {time.perf_counter() - started:.1f} s", flush=True)
     for _ in range(2):   # the first call also touches fresh memory
         state, metrics = compiled(state, batch)
@@ -108,7 +108,7 @@ def trace_step(args):
             for event in line.events:
                 if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
                     ops[event.name] += event.duration_ns
-    return ops, wall, op_sources(compiled.as_text())
+    return ops, wall, op_sources(compiled.gradients.as_text() + "\n" + compiled.update.as_text())
 
 
 def table(title, counter, total):
