@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --size 128 --width 8 --batch 5
     python benchmarks/train_step.py --size 224 --width 32 --batch 5            # the paper configuration
     python benchmarks/train_step.py --size 224 --width 32 --batch 5 --memory   # + largest batch in 24 GiB
+    python benchmarks/train_step.py --size 128 --width 8 --batch 5 --dtype bfloat16   # bf16, f32 and the peer
     python benchmarks/train_step.py --gpu-report                               # batch 5..64, f32 and bf16
 
 The peer is ../shared/bench/torch_menet.py (MEnet in eager PyTorch), imported and stepped in this process,
@@ -175,23 +176,20 @@ class PeerTrainer:
         return float(feat[0, 0, 0, 0])
 
 
-def alternate(ours, theirs, steps, warmup=2):
-    """Median seconds of `ours` and `theirs` (None: not timed), run alternately after `warmup` calls each (the first
-    steps of each side still grow the shared heap: page faults that later steps do not pay)."""
+def alternate(sides, steps, warmup=2):
+    """Median seconds of each callable in `sides` (None: not timed), run in turn after `warmup` calls each (the
+    first steps of each side still grow the shared heap: page faults that later steps do not pay)."""
+    timed = [side for side in sides if side is not None]
     for _ in range(warmup):
-        ours()
-        if theirs:
-            theirs()
-    a, b = [], []
+        for side in timed:
+            side()
+    seconds = {id(side): [] for side in timed}
     for _ in range(steps):
-        started = time.perf_counter()
-        ours()
-        a.append(time.perf_counter() - started)
-        if theirs:
+        for side in timed:
             started = time.perf_counter()
-            theirs()
-            b.append(time.perf_counter() - started)
-    return statistics.median(a), (statistics.median(b) if b else None)
+            side()
+            seconds[id(side)].append(time.perf_counter() - started)
+    return [statistics.median(seconds[id(side)]) if side is not None else None for side in sides]
 
 
 def fmt(value, spec):
@@ -200,6 +198,8 @@ def fmt(value, spec):
 
 # -------------------------------------------------------------------------------------------------------- modes
 def train_and_inference(args):
+    """Our train step and inference against the peer's; with --dtype bfloat16 our float32 step too, all three
+    alternating in one run."""
     import jax
 
     from menet_jax.compilation import compile_programs
@@ -207,53 +207,66 @@ def train_and_inference(args):
     from menet_jax.trainer import TrainStep, train_step_jobs
 
     peer = None if args.no_peer else load_peer()
-    config = paper_config(args.size, args.width, args.batch, args.dtype)
-    _, state, batch, _ = build(args.size, args.width, args.batch, args.dtype)
-    # As `trainer.train` does: compiled in a child process on CPU (menet_jax/compilation.py; MENET_COMPILE=here
-    # compiles in this process), the train step alone first for its compile time, then the forward passes.
-    step_program = compile_programs(train_step_jobs(config, state, batch))
-    compiled, compile_s = TrainStep(*step_program.programs), step_program.seconds
-    xla_peak = xla_peak_bytes(compiled)
-    if not args.no_inference:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        forwards = dict(zip((args.batch, 1), compile_programs(
-            [(eval_forward_for, (config,), (variables, batch["image"][:b])) for b in (args.batch, 1)]).programs))
+    dtypes = [args.dtype] + (["float32"] if args.dtype != "float32" else [])
+    ours = {}
+    for dtype in dtypes:
+        config = paper_config(args.size, args.width, args.batch, dtype)
+        _, state, batch, _ = build(args.size, args.width, args.batch, dtype)
+        # As `trainer.train` does: compiled in a child process on CPU (menet_jax/compilation.py; MENET_COMPILE=here
+        # compiles in this process), the train step alone first for its compile time, then the forward passes.
+        step_program = compile_programs(train_step_jobs(config, state, batch))
+        side = {"state": state, "batch": batch, "step": TrainStep(*step_program.programs),
+                "compile_s": step_program.seconds, "where": step_program.where}
+        side["xla_peak"] = xla_peak_bytes(side["step"])
+        if not args.no_inference:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            side["forwards"] = dict(zip((args.batch, 1), compile_programs(
+                [(eval_forward_for, (config,), (variables, batch["image"][:b])) for b in (args.batch, 1)]).programs))
 
-    holder = {"state": state}
+        def run(side=side):
+            side["state"], metrics = side["step"](side["state"], side["batch"])
+            return float(metrics["loss"])
 
-    def ours():
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return float(metrics["loss"])
-
-    ours()
+        side["run"] = run
+        run()
+        ours[dtype] = side
     rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # before the peer allocates anything
     peer_trainer = PeerTrainer(peer, args.size, args.width, args.batch) if peer else None
-    ours_s, peer_s = alternate(ours, peer_trainer.step if peer_trainer else None, args.steps)
+    *ours_s, peer_s = alternate([ours[d]["run"] for d in dtypes] + [peer_trainer and peer_trainer.step], args.steps)
 
-    name = f"{args.size}px w{args.width} b{args.batch} {args.dtype}"
-    ratio = ours_s / peer_s if peer_s else None
+    first = ours[dtypes[0]]
     print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
           f"convolutions: {conv_impl()}, XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
           f"jax {jax.__version__}, "
-          f"compiled {'in a child process' if step_program.where == 'child' else 'in this process'}")
+          f"compiled {'in a child process' if first['where'] == 'child' else 'in this process'}")
     print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
           f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
-    print(f"{name:30s} {ours_s:8.3f} {fmt(peer_s, '8.3f'):>8s} {fmt(ratio, '6.2f'):>6s} {args.batch / ours_s:7.2f} "
-          f"{compile_s:9.1f} {fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s} {rss_ours / GIB:8.2f}")
+    for dtype, seconds in zip(dtypes, ours_s):
+        side = ours[dtype]
+        print(f"{f'{args.size}px w{args.width} b{args.batch} {dtype}':30s} {seconds:8.3f} {fmt(peer_s, '8.3f'):>8s} "
+              f"{fmt(peer_s and seconds / peer_s, '6.2f'):>6s} {args.batch / seconds:7.2f} {side['compile_s']:9.1f} "
+              f"{fmt(side['xla_peak'] and side['xla_peak'] / GIB, '12.2f'):>12s} {rss_ours / GIB:8.2f}")
 
     if not args.no_inference:
-        variables = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
         print(f"{'inference (eval forward)':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s}")
         for b in (args.batch, 1):
-            images = batch["image"][:b]
-            run = lambda: float(forwards[b](variables, images)["logits"][0, 0, 0, 0])  # noqa: E731
-            f_ours, f_peer = alternate(run, (lambda: peer_trainer.forward(b)) if peer_trainer else None, args.steps)
-            print(f"{f'{args.size}px w{args.width} b{b} {args.dtype}':30s} {f_ours:8.3f} {fmt(f_peer, '8.3f'):>8s} "
-                  f"{fmt(f_peer and f_ours / f_peer, '6.2f'):>6s} {b / f_ours:7.2f}")
+            runs = []
+            for dtype in dtypes:
+                side = ours[dtype]
+                variables = {"params": side["state"].params, "batch_stats": side["state"].batch_stats}
+                images = side["batch"]["image"][:b]
+                runs.append(lambda f=side["forwards"][b], v=variables, x=images: float(f(v, x)["logits"][0, 0, 0, 0]))
+            *f_ours, f_peer = alternate(runs + [peer_trainer and (lambda: peer_trainer.forward(b))], args.steps)
+            for dtype, seconds in zip(dtypes, f_ours):
+                print(f"{f'{args.size}px w{args.width} b{b} {dtype}':30s} {seconds:8.3f} {fmt(f_peer, '8.3f'):>8s} "
+                      f"{fmt(f_peer and seconds / f_peer, '6.2f'):>6s} {b / seconds:7.2f}")
 
     if args.memory:
-        memory_report(args, xla_peak)
-    print(f"train step ratio (ours / peer): {fmt(ratio, '.2f')}")
+        memory_report(args, first["xla_peak"])
+    for dtype, seconds in zip(dtypes, ours_s):
+        print(f"train step ratio (ours {dtype} / peer): {fmt(peer_s and seconds / peer_s, '.2f')}")
+    if len(dtypes) > 1:
+        print(f"train step ratio ({dtypes[0]} / float32): {ours_s[0] / ours_s[1]:.2f}")
 
 
 def memory_report(args, peak_at_batch):
@@ -299,7 +312,7 @@ def gpu_report(args):
                     holder["state"], metrics = compiled(holder["state"], batch)
                     return float(metrics["loss"])
 
-                seconds, _ = alternate(run, None, args.steps)
+                seconds, = alternate([run], args.steps)
             except Exception as error:   # out of memory at the larger batches: report and go on
                 print(f"{name:30s} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
                 jax.clear_caches()

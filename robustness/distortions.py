@@ -86,6 +86,21 @@ def random_level(kind: str, rng: np.random.Generator) -> float:
     return float(rng.integers(lo, hi + 1))
 
 
+def is_random(kind: str, level) -> bool:
+    """Whether `level` draws random numbers (noise or a random strength): only those need several seeds."""
+    _check_kind(kind)
+    return level == "random" or (kind == "awgn" and float(level) > 0)
+
+
+def to_input_size(image, size: int) -> np.ndarray:
+    """The image as a network of input `size` sees it (square, bilinear, as `menet_jax.inference.Predictor`
+    resizes): distorting this instead of the original puts the noise at the network's own resolution."""
+    image = np.asarray(image, np.uint8)
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
 def distort(image, kind: str, level, rng: np.random.Generator):
     """One image at `level` (AWGN variance on 0..255 / JPEG quality; "random" draws one from `rng` first).
 

@@ -156,7 +156,9 @@ def format_table(name, summary, label) -> str:
                      f"{s['mean_ci_high']:.4e})")
     for kind, e in summary.get("eq12", {}).items():
         fd = ", ".join(f"t={t}: {v:.4e}" for t, v in e["finite_differences"].items())
-        lines.append(f"Eq. 12 {kind:8s} E||J n||^2 = {e['limit']:.4e}  (finite differences {fd})")
+        note = "  (= ||J||_F^2 / d for uniform unit directions, d = input size)" if kind == "gaussian" else ""
+        lines.append(f"Eq. 12 {kind:8s} E||J n||^2 over unit directions n = {e['limit']:.4e}{note}  "
+                     f"(finite differences {fd})")
     return "\n".join(lines)
 
 

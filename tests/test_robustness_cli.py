@@ -28,33 +28,49 @@ def brightness(images):
 '''
 
 
-def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_path, monkeypatch, capsys):
+def _hand_scores(source, distort, prepare=lambda im: im):
+    """The predictor hook's raw scores computed by hand: `distort(image, index, name)` per image, scored as
+    8-bit maps without min-max."""
     from menet_jax.inference import resize_to
     from menet_jax.metrics import SODMetrics, to_8bit
+    meter = SODMetrics(normalize=False)
+    for i in range(len(source)):
+        e = source[i]
+        noisy = distort(prepare(e["image"]), i, e["name"])
+        m = noisy.astype(np.float32).mean(-1)[::2, ::2] / 255.0
+        meter.step(to_8bit(resize_to(m, *e["mask"].shape)), e["mask"])
+    return meter.results()
+
+
+def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_path, monkeypatch, capsys):
     from robustness import distortions
     from robustness.evaluate import main
     (tmp_path / "peer_model.py").write_text(PREDICTOR)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
     assert main(["--predictor", "peer_model:brightness", "--data-dir", str(ecssd6), "--distortion", "awgn",
-                 "--levels", "0", "900", "random", "--output", str(out), "--seed", "3", "--no-progress"]) == 0
+                 "--levels", "0", "900", "random", "--output", str(out), "--seed", "3", "--seeds", "2",
+                 "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "F-beta map" in printed and "random" in printed
+    assert "F-beta map" in printed and "random" in printed and " ± " in printed
     results = json.loads((out / "robustness.json").read_text())["datasets"]["ECSSD6"]
     assert list(results) == ["0.0", "900.0", "random"]
-    # The same numbers by hand: the images distorted with the same per-image generators, scored as 8-bit maps
-    # without min-max.
+    # The same numbers by hand: the images distorted with the same per-image generators, one run per seed, and
+    # the mean and the Student-t interval of the two seeds' scores.
     source = FolderSource(ecssd6)
-    meter = SODMetrics(normalize=False)
-    for i in range(len(source)):
-        e = source[i]
-        noisy = distortions.awgn(e["image"], distortions.image_rng(3, i, e["name"]), variance=900.0)
-        m = noisy.astype(np.float32).mean(-1)[::2, ::2] / 255.0
-        meter.step(to_8bit(resize_to(m, *e["mask"].shape)), e["mask"])
-    expected = meter.results()
+    per_seed = [_hand_scores(source, lambda im, i, name, s=s: distortions.awgn(
+        im, distortions.image_rng(s, i, name), variance=900.0)) for s in (3, 4)]
+    r = results["900.0"]
+    assert r["seeds"] == [3, 4] and results["0.0"]["seeds"] == [3]      # no noise: nothing to repeat
     for key in ("adp_f", "max_f", "mae"):
-        assert results["900.0"]["raw"]["map"][key] == pytest.approx(expected[key], abs=1e-6)
-    assert results["0.0"]["raw"]["map"]["mae"] != results["900.0"]["raw"]["map"]["mae"]
+        values = [scores[key] for scores in per_seed]
+        assert r["per_seed"]["raw"]["map"][key] == pytest.approx(values, abs=1e-6)
+        assert r["raw"]["map"][key] == pytest.approx(np.mean(values), abs=1e-6)
+        lo, hi = r["interval"]["raw"]["map"][key]
+        half = 12.706 * np.std(values, ddof=1) / np.sqrt(2)               # t(0.975, 1 degree of freedom)
+        assert (lo, hi) == pytest.approx((np.mean(values) - half, np.mean(values) + half), abs=1e-6)
+    assert per_seed[0]["mae"] != per_seed[1]["mae"]
+    assert results["0.0"]["interval"]["raw"]["map"]["mae"] is None
     lo, hi = distortions.RANDOM_RANGES["awgn"]
     used = results["random"]["levels_used"]
     assert (lo * 255) ** 2 <= used["min"] < used["max"] <= (hi * 255) ** 2
@@ -62,6 +78,40 @@ def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_
     assert main(["--predictor", "peer_model:nothing", "--data-dir", str(ecssd6), "--distortion", "jpeg",
                  "--output", str(out)]) == 2
     assert "no callable 'nothing'" in capsys.readouterr().err
+
+
+def test_noise_at_the_input_size_distorts_the_resized_image(ecssd6, tmp_path, monkeypatch, capsys):
+    from robustness import distortions
+    from robustness.evaluate import main
+    (tmp_path / "peer_model.py").write_text(PREDICTOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--predictor", "peer_model:brightness", "--data-dir", str(ecssd6), "--distortion", "awgn",
+              "--levels", "2500", "--seeds", "1", "--no-progress"]
+    assert main(common + ["--noise-at", "input", "--output", str(tmp_path / "out")]) == 2
+    assert "--input-size" in capsys.readouterr().err
+    results = {}
+    for where in ("input", "original"):
+        assert main(common + ["--noise-at", where, "--input-size", "64", "--output", str(tmp_path / where)]) == 0
+        results[where] = json.loads((tmp_path / where / "robustness.json").read_text())
+    assert results["input"]["noise_at"] == "input" and results["input"]["input_size"] == 64
+    expected = _hand_scores(FolderSource(ecssd6), lambda im, i, name: distortions.awgn(
+        im, distortions.image_rng(0, i, name), variance=2500.0), lambda im: distortions.to_input_size(im, 64))
+    got = results["input"]["datasets"]["ECSSD6"]["2500.0"]["raw"]["map"]
+    assert got == pytest.approx({k: expected[k] for k in got}, abs=1e-6)
+    assert got["mae"] != results["original"]["datasets"]["ECSSD6"]["2500.0"]["raw"]["map"]["mae"]
+
+
+def test_raw_maps_are_scored_without_min_max(ecssd6, tmp_path, monkeypatch):
+    """A map in [0.2, 0.7] scores differently raw and normalised (the normalised one is stretched to [0, 1])."""
+    from robustness.evaluate import main
+    (tmp_path / "squeezed.py").write_text(PREDICTOR + "\ndef squeezed(images):\n"
+                                          "    return [0.2 + 0.5 * m for m in brightness(images)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--predictor", "squeezed:squeezed", "--data-dir", str(ecssd6), "--distortion", "jpeg",
+                 "--levels", "100", "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    r = json.loads((tmp_path / "out" / "robustness.json").read_text())["datasets"]["ECSSD6"]["100.0"]
+    raw, normalised = r["raw"]["map"], r["normalised"]["map"]
+    assert abs(raw["mae"] - normalised["mae"]) > 0.05
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +139,8 @@ def test_evaluate_checkpoint_jpeg(ecssd6, tiny_checkpoint, tmp_path):
     assert set(r["90.0"]["normalised"]) == {"metric", "ce"} and set(r["10.0"]["raw"]) == {"metric", "ce"}
     assert all(0 <= r[lv][mode][m]["adp_f"] <= 1 for lv in ("90.0", "10.0") for mode in ("raw", "normalised")
                for m in ("metric", "ce"))
+    # An untrained network's CE probabilities lie in a narrow band: raw, they are not its normalised map.
+    assert r["90.0"]["raw"]["ce"]["mae"] != pytest.approx(r["90.0"]["normalised"]["ce"]["mae"], abs=1e-3)
 
 
 def test_jacobian_cli_table_json_and_histogram(ecssd6, tiny_checkpoint, tmp_path, capsys, monkeypatch):

@@ -67,3 +67,19 @@ def test_presets_and_random_strengths():
     assert qualities == set(float(q) for q in range(7, 26))
     with pytest.raises(ValueError):
         d.distort(np.zeros((4, 4, 3), np.uint8), "blur", 1, rng)
+
+
+def test_only_levels_that_draw_random_numbers_need_seeds():
+    from robustness.distortions import is_random
+    assert is_random("awgn", 416.0) and is_random("awgn", "random") and is_random("jpeg", "random")
+    assert not is_random("awgn", 0.0) and not is_random("jpeg", 10.0)
+
+
+def test_to_input_size_is_the_predictors_resize():
+    from PIL import Image
+    from robustness.distortions import to_input_size
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3)).astype(np.uint8)
+    resized = to_input_size(image, 32)
+    assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized, np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR)))
+    assert to_input_size(resized, 32) is not None and np.array_equal(to_input_size(resized, 32), resized)
