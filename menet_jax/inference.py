@@ -5,6 +5,7 @@ back to each image's original size; batches are padded to one shape, so the netw
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,16 +54,23 @@ def workdir_config(workdir) -> Config:
 
 # The --checkpoint option of every CLI that runs a trained network.
 CHECKPOINT_HELP = "training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights)"
+# The robustness commands' version: Jacobians, bounds and distortion scores are computed in float32.
+CHECKPOINT_HELP_FLOAT32 = CHECKPOINT_HELP + "; run in float32 whatever dtype it was trained with"
 
 
 class Predictor:
     """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
 
-    def __init__(self, variables, config: Config, *, batch_size: int = 8, background: str = "eq5"):
+    def __init__(self, variables, config: Config, *, batch_size: int = 8, background: str = "eq5",
+                 normalize: bool = True, dtype: str | None = None):
+        """`normalize=False` gives the raw maps (`saliency.saliency_maps`); `dtype` ("float32" or "bfloat16")
+        replaces the compute dtype the network was trained with."""
         from menet_jax.trainer import make_predict_fn
+        if dtype is not None:
+            config = dataclasses.replace(config, dtype=dtype)
         self.config, self.batch_size = config, batch_size
         self.variables = jax.device_put(variables)
-        self._predict = make_predict_fn(MEnet.from_config(config), background=background)
+        self._predict = make_predict_fn(MEnet.from_config(config), background=background, normalize=normalize)
 
     @classmethod
     def from_checkpoint(cls, workdir, step: int | None = None, **kwargs) -> "Predictor":

@@ -86,10 +86,17 @@ def metric_distance(features, probability, *, background: str = "eq5", key=None,
     raise ValueError(f"unknown background estimate {background!r} (eq5 or border)")
 
 
-def saliency_maps(outputs, *, background: str = "eq5", key=None):
-    """Both maps in [0, 1] at the network's resolution: {"metric": (N, H, W), "ce": (N, H, W)}."""
+def saliency_maps(outputs, *, background: str = "eq5", key=None, normalize: bool = True):
+    """Both maps in [0, 1] at the network's resolution: {"metric": (N, H, W), "ce": (N, H, W)}.
+
+    Normalised (the field's convention): each map min-max stretched per image. Raw (`normalize=False`): the CE map
+    is the salient probability as the network gives it, the metric map the distance divided by 2, the largest
+    distance between two unit vectors; a constant normalised map is its raw map.
+    """
     p = salient_probability(outputs["logits"])
     distance = metric_distance(outputs["features"], p, background=background, key=key)
+    if not normalize:
+        return {"metric": jnp.clip(distance / 2.0, 0.0, 1.0), "ce": p}
     return {"metric": scale_to_unit(distance, 4.0 if background == "border" else 2.0), "ce": scale_to_unit(p)}
 
 

@@ -190,11 +190,12 @@ def train_batch_spec(config: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def make_predict_fn(model: MEnet, background: str = "eq5"):
-    """Jitted images -> {"metric", "ce"} saliency maps in [0, 1] at the network's resolution (eval-mode BN)."""
+def make_predict_fn(model: MEnet, background: str = "eq5", normalize: bool = True):
+    """Jitted images -> {"metric", "ce"} saliency maps in [0, 1] at the network's resolution (eval-mode BN),
+    normalised or raw (`saliency.saliency_maps`)."""
     def predict(variables, images, key=None):
         outputs = model.apply(variables, images, train=False)
-        return saliency_maps(outputs, background=background, key=key)
+        return saliency_maps(outputs, background=background, key=key, normalize=normalize)
     return jax.jit(predict, compiler_options=compiler_options())
 
 

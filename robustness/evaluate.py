@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
-from menet_jax.inference import CHECKPOINT_HELP, resize_to
+from menet_jax.inference import CHECKPOINT_HELP_FLOAT32, resize_to
 from robustness import distortions
 
 KEYS = ("adp_f", "max_f", "mae")
@@ -223,7 +223,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    model.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
     model.add_argument("--predictor", help="MODULE:FUNCTION, images -> maps (see above)")
     parser.add_argument("--distortion", choices=distortions.KINDS, required=True)
     parser.add_argument("--levels", nargs="+", help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'")
@@ -261,7 +261,8 @@ def main(argv=None) -> int:
             from menet_jax.inference import Predictor
             # Raw maps (the CE probability and the Eq. 5 distance / 2 as the network gives them); the normalised
             # scores min-max them here, as the network's normalised maps are.
-            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False)
+            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False,
+                                       dtype="float32")
             input_size = predictor.config.image_size
             names = ("metric", "ce") if args.map == "both" else (args.map,)
             predict = lambda images: [{n: m[n] for n in names} for m in predictor(images)]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import datasets
 from datasets.cli import add_source_arguments, sources_from_args
-from menet_jax.inference import CHECKPOINT_HELP
+from menet_jax.inference import CHECKPOINT_HELP_FLOAT32
 from menet_jax.config import ConfigError
 from menet_jax.layers import compiler_options
 from robustness import distortions, norms
@@ -183,7 +183,7 @@ def load_network(args):
     from menet_jax.model import MEnet, init_variables
     if args.config is None:
         from menet_jax.inference import Predictor
-        predictor = Predictor.load(args.checkpoint)
+        predictor = Predictor.load(args.checkpoint, dtype="float32")   # Jacobians and bounds need float32
         config, variables = predictor.config, predictor.variables
     else:
         config = get_config(args.config)
@@ -195,7 +195,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.jacobian", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
     which.add_argument("--config", help="a preset with freshly initialised weights (e.g. tiny)")
     parser.add_argument("--output", choices=OUTPUTS, default="salient_prob")
     parser.add_argument("--authors-objective", action="store_true",

@@ -669,11 +669,11 @@ def _print_table(layers):
 
 
 def parse_args(argv=None):
-    from menet_jax.inference import CHECKPOINT_HELP
+    from menet_jax.inference import CHECKPOINT_HELP_FLOAT32
     parser = argparse.ArgumentParser(prog="python -m robustness.lipschitz", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
     which.add_argument("--config", help="a preset (e.g. tiny) with freshly initialised weights")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed with --config")
     parser.add_argument("--output", choices=[*MENET_OUTPUTS, "all"], default="all")
@@ -690,7 +690,7 @@ def main(argv=None) -> int:
     try:
         if args.config is None:
             from menet_jax.inference import Predictor
-            predictor = Predictor.load(args.checkpoint)
+            predictor = Predictor.load(args.checkpoint, dtype="float32")   # bounds need float32
             config, variables = predictor.config, jax.device_get(predictor.variables)
         else:
             config = get_config(args.config)

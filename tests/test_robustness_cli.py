@@ -139,8 +139,6 @@ def test_evaluate_checkpoint_jpeg(ecssd6, tiny_checkpoint, tmp_path):
     assert set(r["90.0"]["normalised"]) == {"metric", "ce"} and set(r["10.0"]["raw"]) == {"metric", "ce"}
     assert all(0 <= r[lv][mode][m]["adp_f"] <= 1 for lv in ("90.0", "10.0") for mode in ("raw", "normalised")
                for m in ("metric", "ce"))
-    # An untrained network's CE probabilities lie in a narrow band: raw, they are not its normalised map.
-    assert r["90.0"]["raw"]["ce"]["mae"] != pytest.approx(r["90.0"]["normalised"]["ce"]["mae"], abs=1e-3)
 
 
 def test_jacobian_cli_table_json_and_histogram(ecssd6, tiny_checkpoint, tmp_path, capsys, monkeypatch):

@@ -85,3 +85,21 @@ def test_resize_map_back_to_original_size():
     assert out.shape == (300, 400)
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     np.testing.assert_allclose(float(out.mean()), float(saliency.mean()), atol=0.02)
+
+
+def test_raw_maps_are_the_probability_and_half_the_distance_and_normalise_to_the_maps():
+    from robustness.evaluate import normalise
+    rng = np.random.default_rng(1)
+    outputs = {"features": jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32),
+               "logits": jnp.asarray(rng.normal(size=(2, 8, 8, 2)) * 0.3, jnp.float32)}
+    raw = saliency_maps(outputs, normalize=False)
+    p = np.asarray(salient_probability(outputs["logits"]))
+    np.testing.assert_array_equal(np.asarray(raw["ce"]), p)
+    np.testing.assert_allclose(np.asarray(raw["metric"]),
+                               np.asarray(metric_distance(outputs["features"], jnp.asarray(p))) / 2, rtol=1e-6)
+    assert 0.2 < p.min() and p.max() < 0.8          # a narrow band: the raw map is not its normalised map
+    normalised = saliency_maps(outputs)
+    for name in ("metric", "ce"):
+        assert np.abs(np.asarray(raw[name]) - np.asarray(normalised[name])).max() > 0.1
+        for n in range(2):
+            np.testing.assert_allclose(normalise(np.asarray(raw[name][n])), normalised[name][n], atol=1e-5)
