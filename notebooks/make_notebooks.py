@@ -395,12 +395,16 @@ from menet_jax import get_config
 from menet_jax.train import dry_run
 from menet_jax.trainer import train
 
-if SMOKE:
+# Compute dtype: "bfloat16" runs convolutions and activations in bfloat16 (parameters, optimizer state, BatchNorm
+# statistics, loss and metrics stay float32), the usual choice on a GPU; float32 is the default.
+DTYPE = "float32"
+if SMOKE:   # the smoke run exercises bfloat16 compute
     RUN = WORK / "smoke-train"
-    config = get_config("tiny", ["steps=6", "checkpoint_every=2", "log_every=1", "eval_every=4", "val_size=4"])
+    config = get_config("tiny", ["steps=6", "checkpoint_every=2", "log_every=1", "eval_every=4", "val_size=4",
+                                 "dtype=bfloat16"])
 else:
     RUN = WORK / "paper"
-    config = get_config("paper", ["checkpoint_every=1000"])
+    config = get_config("paper", ["checkpoint_every=1000", f"dtype={DTYPE}"])
 dry_run(config)'''),
     code('''\
 if SMOKE:   # a stand-in for a disconnect: stop after 4 steps; the next call resumes from that checkpoint
