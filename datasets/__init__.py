@@ -4,7 +4,17 @@
 deterministic, threaded input pipeline producing fixed-shape numpy batches."""
 
 from .errors import DataError
-from .folder import IMAGE_EXTS, FolderSource, find_pairs, load_image, load_mask, load_pair
+from .folder import (
+    IMAGE_EXTS,
+    READ_ERRORS,
+    FolderSource,
+    find_pairs,
+    list_images,
+    load_image,
+    load_mask,
+    load_pair,
+    open_image,
+)
 from .pipeline import (
     BatchLoader,
     CachedSource,
@@ -25,6 +35,7 @@ __all__ = [
     "DataError",
     "FolderSource",
     "IMAGE_EXTS",
+    "READ_ERRORS",
     "Subset",
     "SyntheticSource",
     "TFDSSource",
@@ -32,11 +43,13 @@ __all__ = [
     "batch_indices",
     "eval_batches",
     "find_pairs",
+    "list_images",
     "load_image",
     "load_mask",
     "load_pair",
     "load_source",
     "make_batch",
+    "open_image",
     "resize_pair",
     "split",
 ]

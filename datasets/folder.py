@@ -29,7 +29,9 @@ from PIL import Image, ImageOps
 from .errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
+#: What Pillow raises on a file it cannot decode: unreadable, corrupt, truncated, or over its decompression-bomb
+#: limit (``Image.MAX_IMAGE_PIXELS``; between one and two times the limit it only warns).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,9 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-def _list_files(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> dict[str, Path]:
+def list_images(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> dict[str, Path]:
     """Visible files of ``folder`` with one of ``exts``, keyed by stem (no recursion); the other visible files
-    are appended to ``ignored``."""
+    are appended to ``ignored``. Two files of one stem (x.jpg, x.png) are a :class:`DataError`: one would be lost."""
     files: dict[str, Path] = {}
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -127,8 +129,8 @@ def scan(root, layouts=LAYOUTS) -> Scan:
     layout, image_dir, mask_dir = find_layout(root, layouts)
     ignored: list = []
     same = image_dir == mask_dir
-    images = _list_files(image_dir, layout.image_exts, ignored)
-    masks = _list_files(mask_dir, layout.mask_exts, None if same else ignored)
+    images = list_images(image_dir, layout.image_exts, ignored)
+    masks = list_images(mask_dir, layout.mask_exts, None if same else ignored)
     if not images:
         raise DataError(f"no images found in {image_dir}")
     orphans = [(path, f"{path}: no mask with the same stem in {mask_dir}")
@@ -154,11 +156,12 @@ def find_pairs(root, layouts=LAYOUTS) -> list[tuple[Path, Path]]:
     return found.pairs
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """The decoded image; any failure to read it is a one-line :class:`DataError` naming the file as `what`."""
     try:
         img = Image.open(path)
         img.load()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except READ_ERRORS as exc:
         reason = _one_line(exc) or type(exc).__name__
         raise DataError(f"{path}: cannot read {what} ({reason})") from exc
     return img
@@ -187,7 +190,7 @@ def load_image(path) -> np.ndarray:
     """Read an image as a uint8 ``(H, W, 3)`` RGB array (raw pixel order, no EXIF rotation: see
     :func:`load_pair`)."""
     path = Path(path)
-    return _image_array(_open(path, "image"), path)
+    return _image_array(open_image(path, "image"), path)
 
 
 def _image_array(img: Image.Image, path: Path) -> np.ndarray:
@@ -229,7 +232,7 @@ def _mask_grey(img: Image.Image, path: Path) -> np.ndarray:
 def load_mask_grey(path) -> np.ndarray:
     """Read a mask as it is, in 8 bit: uint8 ``(H, W)`` (soft masks keep their grey levels)."""
     path = Path(path)
-    return _mask_grey(_open(path, "mask"), path)
+    return _mask_grey(open_image(path, "mask"), path)
 
 
 def binarise(grey: np.ndarray) -> np.ndarray:
@@ -291,7 +294,7 @@ class Pair:
 def load_pair(image_path, mask_path) -> Pair:
     """Read an image and its mask, resolving EXIF orientation against the mask and checking their sizes."""
     image_path, mask_path = Path(image_path), Path(mask_path)
-    img = _open(image_path, "image")
+    img = open_image(image_path, "image")
     mask_grey = load_mask_grey(mask_path)
     mask_size = (mask_grey.shape[1], mask_grey.shape[0])
     rotated = _use_exif_rotation(_orientation(img), img.size, mask_size)
@@ -342,7 +345,7 @@ class FolderSource:
                         sizes.append(img.size)
                         if what == "image":
                             orientation = _orientation(img)
-                except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+                except READ_ERRORS as exc:
                     raise DataError(f"{path}: cannot read {what} ({_one_line(exc) or type(exc).__name__})") from exc
             if sizes[0] != sizes[1] and not _use_exif_rotation(orientation, *sizes):
                 raise _size_mismatch(image_path, mask_path, *sizes)

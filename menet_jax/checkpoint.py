@@ -1,31 +1,64 @@
 """Orbax checkpoints of the train state, in WORKDIR/checkpoints/<step>.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run killed mid-save leaves
-no checkpoint that a restart could pick up. The run's config is kept in WORKDIR/config.json; resuming with a
-different network shape is refused with a one-line error instead of a failed restore.
+no checkpoint that a restart could pick up; such leftovers are removed when the next run starts. A checkpoint that
+fails to restore or holds non-finite values is skipped with a warning for the newest intact one (Orbax keeps no
+checksums, so a restore error or a non-finite value is how damage shows). Non-finite states are never saved. The
+run's config is kept in WORKDIR/config.json; resuming with a different network shape is refused with a one-line
+error instead of a failed restore. WORKDIR/.lock keeps a second run off a workdir in use.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from menet_jax.config import Config, ConfigError
 
 # Keys that change the shapes of the saved arrays: a checkpoint cannot be resumed under other values.
 SHAPE_KEYS = ("image_size", "width")
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class WorkdirError(RuntimeError):
+    """A workdir that cannot be used as asked (in use by another run, no intact checkpoint): one-line message."""
 
 
 def step_dir(workdir, step: int) -> Path:
     return Path(workdir).resolve() / "checkpoints" / str(step)
 
 
-def open_manager(workdir, config: Config) -> ocp.CheckpointManager:
+def lock_workdir(workdir):
+    """An exclusive lock on WORKDIR/.lock for a run's life: close the returned file to release it; the kernel
+    releases it when the process dies, so a killed run never leaves a stale lock."""
+    import fcntl
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    f = open(workdir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip()
+        f.close()
+        raise WorkdirError(f"{workdir} is in use by another training run{f' (pid {owner})' if owner else ''}: "
+                           "wait for it to end or use another --workdir") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def check_config(workdir, config: Config) -> None:
+    """Refuse a config whose array shapes differ from those of the workdir's checkpoints."""
+    workdir = Path(workdir).resolve()
     config_file = workdir / "config.json"
     if config_file.exists() and (workdir / "checkpoints").exists():
         saved = json.loads(config_file.read_text())
@@ -33,28 +66,112 @@ def open_manager(workdir, config: Config) -> ocp.CheckpointManager:
             if key in saved and saved[key] != getattr(config, key):
                 raise ConfigError(f"{workdir} holds checkpoints of a model with {key}={saved[key]}, not "
                                   f"{getattr(config, key)}: use another --workdir")
-    config_file.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def write_config(workdir, config: Config) -> None:
+    (Path(workdir).resolve() / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def remove_unfinished_writes(workdir) -> list:
+    """Delete the temporary folders of checkpoint writes that a killed run left (call only under the lock)."""
+    stale = sorted(p for p in (Path(workdir).resolve() / "checkpoints").glob(f"*{TMP_MARKER}*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        print(f"note: removed {len(stale)} unfinished checkpoint write(s) of an interrupted run: "
+              + ", ".join(p.name for p in stale), file=sys.stderr)
+    return stale
+
+
+def open_manager(workdir, config: Config, *, write: bool = True) -> ocp.CheckpointManager:
+    """The workdir's checkpoint manager after the shape check; `write` also writes config.json."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_config(workdir, config)
+    if write:
+        write_config(workdir, config)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                            save_interval_steps=config.checkpoint_every, create=True)
     return ocp.CheckpointManager(workdir / "checkpoints", options=options)
 
 
+@jax.jit
+def _all_finite(tree):
+    flags = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(flags).all() if flags else jnp.bool_(True)
+
+
+def all_finite(tree) -> bool:
+    """Whether every float array of `tree` is finite (one jitted reduction, one device sync)."""
+    return bool(_all_finite(tree))
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].split(" See full TensorStore")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _restore_intact(manager: ocp.CheckpointManager, steps, restore, on_damaged):
+    """(restored, step) of the newest of `steps` that restores with finite values, calling `on_damaged(step,
+    reason)` for each newer one that does not; (None, None) when none does."""
+    for step in sorted(steps, reverse=True):
+        try:
+            restored = restore(step)
+            reason = None if all_finite(restored) else "non-finite values"
+        except Exception as error:   # TensorStore, JSON, missing files: all mean a damaged checkpoint here
+            reason = _one_line(error)
+        if reason is None:
+            return restored, int(step)
+        on_damaged(step, reason)
+    return None, None
+
+
 def restore_latest(manager: ocp.CheckpointManager, state):
-    """(state, step) from the latest complete checkpoint, or (state, 0) when there is none."""
-    latest = manager.latest_step()
-    if latest is None:
+    """(state, step) from the newest intact checkpoint, or (state, 0) when there is none.
+
+    Damaged checkpoints are moved to WORKDIR/damaged/<step> (one warning line each), so that the run can save
+    that step again; a workdir whose checkpoints are all damaged is refused.
+    """
+    directory = Path(manager.directory)
+    damaged = []
+
+    def quarantine(step, reason):
+        target = directory.parent / "damaged" / str(step)
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = directory.parent / "damaged" / f"{step}.{suffix}"
+        target.parent.mkdir(exist_ok=True)
+        os.replace(directory / str(step), target)
+        damaged.append(step)
+        print(f"warning: checkpoint {directory / str(step)} is damaged ({reason}); moved to {target}",
+              file=sys.stderr)
+
+    steps = manager.all_steps()
+    if not steps:
         return state, 0
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    return manager.restore(latest, args=ocp.args.StandardRestore(abstract)), int(latest)
+    restored, step = _restore_intact(
+        manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine)
+    manager.reload()
+    if restored is None:
+        raise WorkdirError(f"no intact checkpoint in {directory} (damaged steps {', '.join(map(str, damaged))} "
+                           f"moved to {directory.parent / 'damaged'}): use another --workdir to start afresh")
+    return restored, step
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
-    """Save if `step` is on the save interval (or `force`); returns whether a save was started."""
-    return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    """Save if `step` is on the save interval (or `force`); returns whether a save was started. A state with a
+    non-finite value is refused (FloatingPointError): it would push good checkpoints out of the kept ones."""
+    if not force and not manager.should_save(step):
+        return False
+    if not all_finite(state):
+        raise FloatingPointError(f"the train state of step {step} is not finite; not saved")
+    return manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def latest_step(workdir) -> int:
-    """The step of a workdir's latest complete checkpoint."""
+    """The step of a workdir's latest complete checkpoint (not checked for damage: see `load_variables`)."""
     manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints")
     step = manager.latest_step()
     manager.close()
@@ -64,23 +181,45 @@ def latest_step(workdir) -> int:
 
 
 def load_variables(workdir, step: int | None = None):
-    """{"params", "batch_stats"} of a checkpoint (the latest by default), e.g. for evaluation in a notebook."""
-    step = latest_step(workdir) if step is None else step
-    manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints")
-    kept = sorted(manager.all_steps())
-    if step not in kept:   # orbax would fail with an unrelated message about composite arguments
+    """{"params", "batch_stats"} of a checkpoint, e.g. for evaluation in a notebook: the given step, or the newest
+    intact one (a damaged newer one is skipped with a warning line on stderr)."""
+    directory = Path(workdir).resolve() / "checkpoints"
+    manager = ocp.CheckpointManager(directory)
+    try:
+        kept = sorted(manager.all_steps())
+        if step is None and not kept:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        if step is not None and step not in kept:   # orbax would fail with an unrelated message
+            raise FileNotFoundError(f"no checkpoint of step {step} in {directory} "
+                                    f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)")
+
+        def restore(s):
+            restored = manager.restore(s, args=ocp.args.StandardRestore())
+            return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+
+        def warn(s, reason):
+            print(f"warning: checkpoint {directory / str(s)} is damaged ({reason}); skipped", file=sys.stderr)
+
+        variables, found = _restore_intact(manager, [step] if step is not None else kept, restore, warn)
+        if variables is None:   # FileNotFoundError, as for a missing checkpoint: no usable one is there
+            raise FileNotFoundError(f"no intact checkpoint in {directory}" if step is None else
+                                    f"checkpoint {directory / str(step)} is damaged")
+        return variables
+    finally:
         manager.close()
-        raise FileNotFoundError(f"no checkpoint of step {step} in {Path(workdir).resolve() / 'checkpoints'} "
-                                f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
-    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
 
 def trim_log(log_file: Path, step: int) -> None:
-    """Drop log records past `step` (written by a run killed before its next checkpoint) so resumes stay clean."""
+    """Drop log records past `step` (written by a run killed before its next checkpoint) so resumes stay clean,
+    and a last line cut short by a kill."""
     if not log_file.exists():
         return
-    kept = [line for line in log_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+
+    def keep(line):
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except ValueError:
+            return False
+
+    kept = [line for line in log_file.read_text().splitlines() if line.strip() and keep(line)]
     log_file.write_text("".join(line + "\n" for line in kept))

@@ -7,6 +7,10 @@ Protocol (the field's, as PySODMetrics): each map is resized to its ground truth
 scored as the 8-bit image saving it gives (`metrics.to_8bit`), the ground truth is binarised at 128 and never
 resized, and maps are min-max normalised per image (--no-normalize to score them as they are).
 
+Saved maps are read as: 8-bit images / 255 (colour ones by luminance), 16-bit ones / 65535, float TIFFs (mode F)
+with values in [0, 1] as they are and float maps of any other range min-max rescaled to [0, 1]; a map with NaN or
+inf, or two maps of one stem (x.png and x.jpg), is an error.
+
 Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png; with --save-maps also the maps,
 as DIR/maps/<dataset>/<map>/<stem>.png.
 """
@@ -26,6 +30,7 @@ import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
 from menet_jax.inference import CHECKPOINT_HELP, MAPS, resize_to
+from menet_jax.outputs import OutputError, check_folder, save_image
 
 DATASET_KEYS = ("n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f")
 IMAGE_KEYS = ("mae", "adp_f", "s_measure", "adp_e", "w_f")
@@ -36,22 +41,33 @@ def prediction_folder(predictions: Path, dataset: str) -> Path:
     return predictions / dataset if (predictions / dataset).is_dir() else predictions
 
 
+def map_values(img: Image.Image, path) -> np.ndarray:
+    """A map image's values in [0, 1], by mode (see the module docstring): a float or 16-bit map must not be cut
+    to 8 bit by `convert("L")`, which clips a [0, 1] float map to black."""
+    if img.mode not in ("F", "I") and not img.mode.startswith("I;16"):
+        return np.asarray(img.convert("L"), np.float64) / 255
+    values = np.asarray(img, np.float64)
+    if not np.isfinite(values).all():
+        raise datasets.DataError(f"{path}: the map has NaN or infinite values")
+    if img.mode != "F":                       # I;16, or I: 16-bit data when any value exceeds 8 bit
+        values = values / (255 if img.mode == "I" and values.max(initial=0) <= 255 else 65535)
+    low, high = values.min(), values.max()
+    if low < 0 or high > 1:
+        values = (values - low) / (high - low) if high > low else np.clip(values, 0, 1)
+    return values
+
+
 def load_prediction(path: Path, height: int, width: int) -> np.ndarray:
     """A saved saliency map (any size, any mode) as float in [0, 1] at the ground truth's size."""
-    try:
-        with Image.open(path) as img:
-            grey = np.asarray(img.convert("L"), np.float32) / 255.0
-    except (OSError, ValueError, SyntaxError) as error:
-        raise datasets.DataError(f"{path}: cannot read prediction ({error})") from None
-    return resize_to(grey, height, width)
+    values = map_values(datasets.open_image(path, "prediction"), path)
+    return resize_to(values.astype(np.float32), height, width)
 
 
 def match_predictions(name: str, stems, predictions: Path):
     """Prediction paths in the order of the ground truth's `stems`; every stem must be on both sides."""
     if not predictions.is_dir():
         raise datasets.DataError(f"prediction folder not found: {predictions}")
-    found = {p.stem: p for p in predictions.iterdir()
-             if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith(".")}
+    found = datasets.list_images(predictions)           # two maps of one stem: an error, not one scored
     for stem in stems:
         if stem not in found:
             raise datasets.DataError(f"{name}/{stem}: no prediction with the same stem in {predictions}")
@@ -83,9 +99,7 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
                 rows.append({"dataset": name, "map": map_name, "name": example["name"],
                              **{key: float(image_scores[key]) for key in IMAGE_KEYS}})
                 if save_dir is not None:
-                    out = Path(save_dir) / name / map_name / f"{example['name']}.png"
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(pred).save(out)
+                    save_image(Image.fromarray(pred), Path(save_dir) / name / map_name / f"{example['name']}.png")
         bar.update(len(examples))
     bar.close()
     return {map_name: meter.results() for map_name, meter in meters.items()}, rows
@@ -132,14 +146,18 @@ def plot_curves(results, output: Path) -> None:
 
 
 def write_outputs(results, rows, output: Path) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    summary = {"datasets": {key: {k: r[k] for k in DATASET_KEYS} for key, r in results.items()}}
-    (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(output / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", "map", "name", *IMAGE_KEYS])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curves(results, output)
+    """results.json, per_image.csv and the curves; a failed write (disk full, ...) is one line."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        summary = {"datasets": {key: {k: r[k] for k in DATASET_KEYS} for key, r in results.items()}}
+        (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with open(output / "per_image.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["dataset", "map", "name", *IMAGE_KEYS])
+            writer.writeheader()
+            writer.writerows(rows)
+        plot_curves(results, output)
+    except OSError as error:
+        raise OutputError(f"{output}: cannot write the results ({error.strerror or error})") from None
 
 
 def parse_args(argv=None):
@@ -148,6 +166,8 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     source.add_argument("--predictions", type=Path, help="folder of saliency maps (PNG per stem, any size)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype (default: the one the weights were trained with)")
     parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
     parser.add_argument("--output", type=Path, default=Path("eval"), help="results folder (default: eval)")
     parser.add_argument("--save-maps", action="store_true", help="also write the maps as PNGs")
@@ -163,10 +183,11 @@ def main(argv=None) -> int:
     from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
     try:
+        check_folder(args.output)                          # before the data is read and the network loaded
         sources = sources_from_args(args)
         if args.predictions is None:
             from menet_jax.inference import Predictor
-            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
+            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
             map_names = MAPS if args.map == "both" else (args.map,)
             maps_for = lambda indices, examples: predictor([e["image"] for e in examples])
         else:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import traverse_util
 from PIL import Image, ImageOps
 
 from menet_jax import checkpoint as ckpt
 from menet_jax.config import Config, ConfigError
-from menet_jax.model import MEnet
+from menet_jax.model import MEnet, parameter_shapes
 
 MAPS = ("metric", "ce")
 
@@ -29,7 +30,7 @@ def load_photo(path) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
             return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as error:
+    except datasets.READ_ERRORS as error:
         raise datasets.DataError(f"{path}: cannot read image ({error})") from None
 
 
@@ -47,9 +48,12 @@ def workdir_config(workdir) -> Config:
     if not config_file.exists():
         raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
                           f"python -m menet_jax.train --workdir {workdir}")
-    saved = json.loads(config_file.read_text())
-    saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
-    return Config(**saved)
+    try:
+        saved = json.loads(config_file.read_text())
+        saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
+        return Config(**saved)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{config_file}: not a config written by train ({' '.join(str(error).split())})") from None
 
 
 # The --checkpoint option of every CLI that runs a trained network.
@@ -58,14 +62,36 @@ CHECKPOINT_HELP = "training workdir (latest checkpoint) or exported weights .npz
 CHECKPOINT_HELP_FLOAT32 = CHECKPOINT_HELP + "; run in float32 whatever dtype it was trained with"
 
 
+def check_variables(variables, config: Config, source) -> None:
+    """Refuse weights that do not fit `config`'s network or hold NaN / inf (a diverged run): the network would
+    fail deep inside flax, or write black maps and exit 0."""
+    expected = traverse_util.flatten_dict(parameter_shapes(MEnet.from_config(config)), sep="/")
+    got = traverse_util.flatten_dict(dict(variables), sep="/")
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or extra:
+        name, problem = (missing[0], "missing") if missing else (extra[0], "not in the network")
+        raise ConfigError(f"{source}: the weights do not fit the config's network ({name} {problem}; "
+                          f"{len(missing)} missing, {len(extra)} extra)")
+    for name, value in got.items():
+        if tuple(np.shape(value)) != tuple(expected[name].shape):
+            raise ConfigError(f"{source}: {name} has shape {tuple(np.shape(value))}, the network's is "
+                              f"{tuple(expected[name].shape)}")
+        bad = np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value)))
+        if bad:
+            raise ConfigError(f"{source}: {name} has {bad} NaN or infinite values (a diverged run?); "
+                              "use an earlier checkpoint")
+
+
 class Predictor:
     """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
 
     def __init__(self, variables, config: Config, *, batch_size: int = 8, background: str = "eq5",
-                 normalize: bool = True, dtype: str | None = None):
+                 normalize: bool = True, dtype: str | None = None, source="the weights"):
         """`normalize=False` gives the raw maps (`saliency.saliency_maps`); `dtype` ("float32" or "bfloat16")
-        replaces the compute dtype the network was trained with."""
+        replaces the compute dtype the network was trained with. The weights are checked first
+        (`check_variables`, naming them as `source`)."""
         from menet_jax.trainer import make_predict_fn
+        check_variables(variables, config, source)
         if dtype is not None:
             config = dataclasses.replace(config, dtype=dtype)
         self.config, self.batch_size = config, batch_size
@@ -80,7 +106,7 @@ class Predictor:
             variables = ckpt.load_variables(workdir, step)
         except FileNotFoundError as error:
             raise ConfigError(str(error)) from None
-        return cls(variables, config, **kwargs)
+        return cls(variables, config, source=workdir, **kwargs)
 
     @classmethod
     def load(cls, checkpoint=None, **kwargs) -> "Predictor":
@@ -89,7 +115,7 @@ class Predictor:
             return cls.from_checkpoint(checkpoint, **kwargs)
         from menet_jax import pretrained
         variables, config, _ = pretrained.load(checkpoint)
-        return cls(variables, config, **kwargs)
+        return cls(variables, config, source=checkpoint or pretrained.WEIGHTS_DIR / pretrained.DEFAULT, **kwargs)
 
     def __call__(self, images):
         """images: a list of uint8 (H, W, 3) arrays of any sizes."""

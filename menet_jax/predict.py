@@ -5,7 +5,11 @@
     python -m menet_jax.predict i photo.jpg mask.png --threshold 0.5      # binary mask (0/255)
     python -m menet_jax.predict i photo.jpg cutout.png --cutout           # RGBA, background removed
 
-Outputs are PNGs at each image's original size. Without --checkpoint the weights shipped in the package are used
+Outputs are at each image's original size: in mode i in the format of OUT's extension (.png, .jpg, .jpeg, .webp,
+.tif, .tiff, .bmp; a --cutout needs alpha, so not .jpg / .jpeg: use .png or .webp), in mode p PNGs named after the
+inputs' stems. Output paths are checked before the network is loaded: a folder where a file is needed, a file where
+a folder is needed, an output that would overwrite an input, two inputs with the same stem (x.jpg, x.png) and an
+unwritable destination are one-line errors. Without --checkpoint the weights shipped in the package are used
 (menet_jax/weights, checksum verified on load).
 """
 from __future__ import annotations
@@ -18,6 +22,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from menet_jax.outputs import check_distinct, check_file, check_folder, save_image
+
+
 def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None = None, cutout: bool = False):
     """The output picture: the map as 8-bit grey, a 0/255 mask with `threshold`, or an RGBA cut-out."""
     alpha = (saliency >= threshold) if threshold is not None else saliency
@@ -27,17 +34,28 @@ def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None =
     return Image.fromarray(alpha, mode="L")
 
 
+def check_outputs(inputs, outputs, *, cutout=False) -> list[str]:
+    """The outputs' Pillow formats, after refusing any output that cannot be written, would overwrite an input or
+    would be written twice."""
+    formats = [check_file(out, "RGBA" if cutout else "L") for out in outputs]
+    check_distinct(inputs, outputs)
+    return formats
+
+
 def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=None, cutout=False,
                   progress=True) -> int:
-    """Predict each input file and write the matching output PNG; returns the number written."""
+    """Predict each input file and write the matching output (format from its extension); returns the number
+    written. The outputs are checked first (`menet_jax.outputs`), so a bad path fails before any prediction."""
     from menet_jax.inference import load_photo
+    formats = check_outputs(inputs, outputs, cutout=cutout)
     bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(inputs), predictor.batch_size):
         paths = inputs[start:start + predictor.batch_size]
         images = [load_photo(p) for p in paths]
-        for image, maps, out in zip(images, predictor(images), outputs[start:start + predictor.batch_size]):
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            render(image, maps[map_name], threshold=threshold, cutout=cutout).save(out)
+        chunk = zip(images, predictor(images), outputs[start:start + predictor.batch_size],
+                    formats[start:start + predictor.batch_size])
+        for image, maps, out, fmt in chunk:
+            save_image(render(image, maps[map_name], threshold=threshold, cutout=cutout), out, fmt)
         bar.update(len(paths))
     bar.close()
     return len(inputs)
@@ -51,10 +69,13 @@ def parse_args(argv=None):
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype (default: the one the weights were trained with)")
     parser.add_argument("--map", default="metric", choices=["metric", "ce"], help="metric (Eq. 5) or CE map")
     parser.add_argument("-om", "--only-mask", action="store_true", help="write the map only (the default)")
     parser.add_argument("--threshold", type=float, help="write a binary 0/255 mask: map >= THRESHOLD")
-    parser.add_argument("--cutout", action="store_true", help="write RGBA: the image with the map as alpha")
+    parser.add_argument("--cutout", action="store_true",
+                        help="write RGBA: the image with the map as alpha (not to .jpg: JPEG has no alpha)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -79,11 +100,13 @@ def main(argv=None) -> int:
             if not source.is_dir():
                 raise datasets.DataError(f"folder not found: {source}")
             inputs = sorted(p for p in source.iterdir()
-                            if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith("."))
+                            if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
             if not inputs:
                 raise datasets.DataError(f"no images found in {source}")
+            check_folder(target)
             outputs = [target / f"{p.stem}.png" for p in inputs]
-        predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size)
+        check_outputs(inputs, outputs, cutout=args.cutout)        # before the network loads
+        predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
         count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
                               cutout=args.cutout, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:

@@ -1,7 +1,7 @@
 """Trained weights as one small file: float16 parameters, float32 BatchNorm statistics and the config, checksummed.
 
-    python -m menet_jax.pretrained export runs/duts128 menet_jax/weights/menet-duts128-w8.npz
-    python -m menet_jax.pretrained verify menet_jax/weights/menet-duts128-w8.npz
+    python -m menet_jax.pretrained export runs/duts192_160w8 menet_jax/weights/menet-duts192-160w8.npz --step 6500
+    python -m menet_jax.pretrained verify menet_jax/weights/menet-duts192-160w8.npz
 
 A training workdir (Orbax, float32, optimiser state) is the format to resume from; this one is the format to ship
 and to load anywhere with numpy alone. The SHA-256 of the shipped file is recorded in this module, so a truncated
@@ -15,6 +15,7 @@ import hashlib
 import json
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,9 @@ from flax import traverse_util
 from menet_jax.config import Config, ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# The weights shipped in the repository (issue 8): file name -> SHA-256 of the file.
-SHIPPED = {"menet-duts128-w8.npz": "eba4bd44566dc3c972d92c25a59b9fd4fe500b78bde531064372bf1c94779189"}
-DEFAULT = "menet-duts128-w8.npz"
+# The weights shipped in the repository (issue 21: all of DUTS-TR at 160 px, width 8): file name -> SHA-256.
+SHIPPED = {"menet-duts192-160w8.npz": "6af85c4c94b00811ec6df49528b576a9779056c9a647222b1c1e69cc3b98c8f5"}
+DEFAULT = "menet-duts192-160w8.npz"
 
 
 def sha256(path: Path) -> str:
@@ -60,7 +61,9 @@ def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
 def load(path=None, *, expected_sha256: str | None = None):
     """(variables in float32, config, meta) from an exported file; the shipped default when `path` is None.
 
-    The checksum is checked against `expected_sha256`, or against the recorded one for a shipped file."""
+    The checksum is checked against `expected_sha256`, or against the recorded one for a shipped file; a file that
+    is not such an archive is a one-line ConfigError. Whether the arrays fit the network and are finite is checked
+    where they are used (`inference.Predictor`)."""
     if path is None:
         if DEFAULT is None:
             raise ConfigError("this copy of menet-jax ships no trained weights: give --checkpoint "
@@ -75,15 +78,20 @@ def load(path=None, *, expected_sha256: str | None = None):
         if actual != expected:
             raise ConfigError(f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., expected {expected[:12]}...): "
                               "the file is damaged or not the shipped one; restore it with git checkout")
-    try:
+    try:                                      # whatever a damaged or foreign file raises, one line naming it
+        if not zipfile.is_zipfile(path):
+            raise zipfile.BadZipFile("not a .npz archive")
         with np.load(path) as data:
             header = json.loads(bytes(data["__header__"]).decode())
             flat = {key: np.asarray(data[key], np.float32) for key in data.files if key != "__header__"}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ConfigError(f"{path}: not an exported menet-jax weights file ({error})") from None
-    saved = dict(header["config"])
-    saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
-    config = Config(**saved)
+        saved = dict(header["config"])
+        saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
+        config = Config(**saved)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
+            zlib.error) as error:
+        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise ConfigError(f"{path}: not an exported menet-jax weights file "
+                          f"({reason or type(error).__name__})") from None
     variables = {}
     for collection in ("params", "batch_stats"):
         prefix = collection + "/"

@@ -6,11 +6,14 @@
     python -m menet_jax.train --config tiny --dataset ecssd --manual-dir ../shared/data/ECSSD --steps 5
     python -m menet_jax.train --config paper --data-dir DIR --set batch_size=10 --set shuffle=true
 
-A rerun with the same --workdir resumes from its latest checkpoint.
+A rerun with the same --workdir resumes from its latest intact checkpoint. Ctrl-C or SIGTERM saves the current
+step first (exit 130 or 143); a data error saves it too (exit 2); a diverged run saves nothing past its last
+finite state (exit 2).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -45,7 +48,8 @@ def dry_run(config) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import datasets
-    from menet_jax.trainer import enable_compilation_cache
+    from menet_jax.checkpoint import WorkdirError
+    from menet_jax.trainer import TrainingDiverged, enable_compilation_cache
     enable_compilation_cache()
     workdir = args.workdir or f"runs/{args.config}"
     try:
@@ -61,12 +65,16 @@ def main(argv=None) -> int:
         result = train(config, workdir, data_dir=args.data_dir[0] if args.data_dir else None,
                        dataset=args.dataset[0] if args.dataset else None, split=args.split,
                        manual_dir=args.manual_dir, tfds_dir=args.tfds_dir, progress=not args.no_progress)
-    except (ConfigError, datasets.DataError) as error:
+    except (ConfigError, datasets.DataError, WorkdirError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to resume from {workdir}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:   # trainer.Interrupted carries the signal and the saved step
+        signum, step = getattr(interrupt, "signum", signal.SIGINT), getattr(interrupt, "step", None)
+        saved = f" at step {step}, checkpoint saved" if step is not None else ""
+        print(f"interrupted{saved}: rerun the same command to resume from {workdir}", file=sys.stderr)
+        return 128 + signum
+    if not result.validation:   # nothing to train: the library said why
+        return 0
     print(summary(result, config, time.perf_counter() - started))
     from menet_jax.curves import plot_training
     print(f"curves: {plot_training(workdir)}")

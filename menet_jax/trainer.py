@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -259,15 +261,70 @@ class TrainResult:
     state: TrainState
     start_step: int
     final_step: int
-    validation: dict
+    validation: dict          # empty when there was nothing to train
     checkpoint: Optional[Path]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the train state became non-finite; nothing past the last good checkpoint was saved."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training; `step` is the step of the checkpoint saved on the way out (None: a
+    second signal stopped it before that save, the latest checkpoint stands)."""
+
+    def __init__(self, signum: int, step: Optional[int]):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+class _StopOnSignals:
+    """SIGINT / SIGTERM while inside: set `signum` so that the loop stops between steps with a consistent state
+    to save (the state is donated to each update); a second signal raises `Interrupted` at once."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(signum, None)
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+@jax.jit
+def _and_finite(ok, loss):
+    return ok & jnp.isfinite(loss)
 
 
 def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: Optional[str] = None,
           split: Optional[str] = None, manual_dir=None, tfds_dir=None, progress: bool = True) -> TrainResult:
-    """Train `config.steps` steps in `workdir`, resuming from its latest checkpoint if there is one; the data:
-    see `make_sources`."""
-    workdir = Path(workdir)
+    """Train `config.steps` steps in `workdir`, resuming from its newest intact checkpoint if there is one; the
+    data: see `make_sources`.
+
+    Every way out waits for the checkpoint writes in flight. A data error, SIGINT or SIGTERM first saves the
+    current step (then raises DataError or `Interrupted`); a non-finite loss or state raises `TrainingDiverged`
+    without saving. A second run on the same workdir is refused (`checkpoint.WorkdirError`).
+    """
+    workdir = Path(workdir).resolve()
+    lock = ckpt.lock_workdir(workdir)
+    try:
+        return _train_locked(config, workdir, data_dir=data_dir, dataset=dataset, split=split,
+                             manual_dir=manual_dir, tfds_dir=tfds_dir, progress=progress)
+    finally:
+        lock.close()
+
+
+def _train_locked(config: Config, workdir: Path, *, data_dir, dataset, split, manual_dir, tfds_dir, progress):
     train_source, val_source = make_sources(config, data_dir, dataset=dataset, split=split, manual_dir=manual_dir,
                                             tfds_dir=tfds_dir)
     mesh = data_mesh()
@@ -275,71 +332,113 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: O
     tx = make_optimizer(config)
     state = create_state(model, tx, config.seed)
 
-    manager = ckpt.open_manager(workdir, config)
-    state, start_step = ckpt.restore_latest(manager, state)
-    ckpt.trim_log(workdir / "metrics.jsonl", start_step)
-    state = replicate(state, mesh)
-    # Compiled before the first step, in a child process on CPU (see `compilation`): the heap stays unfragmented.
-    eval_images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3), np.uint8)
-    gradients, update, predict = compile_programs(train_step_jobs(config, state, train_batch_spec(config)) + [
-        (predict_fn_for, (config,), ({"params": state.params, "batch_stats": state.batch_stats}, eval_images)),
-    ]).programs
-    train_step = TrainStep(gradients, update)
+    manager = ckpt.open_manager(workdir, config, write=False)
+    try:
+        ckpt.remove_unfinished_writes(workdir)
+        state, start_step = ckpt.restore_latest(manager, state)
+        if start_step and config.steps <= start_step:
+            print(f"note: {workdir} is at step {start_step}, past steps={config.steps}: nothing trained, its "
+                  f"config.json kept (give --steps {start_step + 1} or more to go on)" if config.steps < start_step
+                  else f"note: {workdir} is already trained to step {start_step}: nothing to do", file=sys.stderr)
+            return TrainResult(state=state, start_step=start_step, final_step=start_step, validation={},
+                               checkpoint=ckpt.step_dir(workdir, start_step))
+        ckpt.write_config(workdir, config)
+        ckpt.trim_log(workdir / "metrics.jsonl", start_step)
+        state = replicate(state, mesh)
+        with _StopOnSignals() as stop:
+            # Compiled before the first step, in a child process on CPU (see `compilation`): the heap stays
+            # unfragmented.
+            eval_images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3),
+                                               np.uint8)
+            gradients, update, predict = compile_programs(
+                train_step_jobs(config, state, train_batch_spec(config)) + [
+                    (predict_fn_for, (config,),
+                     ({"params": state.params, "batch_stats": state.batch_stats}, eval_images))]).programs
+            state = _loop(config, workdir, manager, state, start_step, TrainStep(gradients, update), predict,
+                          mesh, train_source, val_source, stop, progress)
+        latest = manager.latest_step()
+    finally:
+        manager.close()   # waits for the writes in flight, whatever stopped the run
+    final_step = int(jax.device_get(state.step))
+    scores = _validation(config, workdir, predict, state, val_source, final_step, baseline=True)
+    return TrainResult(state=state, start_step=start_step, final_step=final_step, validation=scores,
+                       checkpoint=ckpt.step_dir(workdir, latest) if latest is not None else None)
 
-    def run_validation(step, baseline=False):
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        scores = validate(predict, variables, val_source, batch_size=config.batch_size, size=config.image_size,
-                          baseline=baseline)
-        _append_log(workdir, {"step": step, "split": "validation", **scores})
-        return scores
 
-    scores = {}
-    remaining = max(config.steps - start_step, 0)
+def _validation(config, workdir, predict, state, source, step, baseline=False):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    scores = validate(predict, variables, source, batch_size=config.batch_size, size=config.image_size,
+                      baseline=baseline)
+    _append_log(workdir, {"step": step, "split": "validation", **scores})
+    return scores
+
+
+def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh, train_source, val_source, stop,
+          progress):
+    """Steps start_step..config.steps; returns the final state. The loss is checked on the device each step
+    (no sync); the check and the state's finiteness are read only where a checkpoint is saved or a log written."""
+    saved = start_step if start_step else None      # the newest checkpoint known to be good
+    done, finite = start_step, jnp.asarray(True)
+
+    def save(step):
+        nonlocal saved
+        try:
+            if not bool(finite):
+                raise FloatingPointError
+            ckpt.save(manager, step, state, force=True)
+        except FloatingPointError:
+            last = f"step {saved}" if saved else "none"
+            raise TrainingDiverged(f"training diverged: the loss or the parameters are not finite at step {step}; "
+                                   f"last good checkpoint: {last} (lower learning_rate to go on from it)") from None
+        saved = step
+
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
-    loader = datasets.BatchLoader(train_source, start_step, remaining, batch_size=config.batch_size,
+    loader = datasets.BatchLoader(train_source, start_step, config.steps - start_step, batch_size=config.batch_size,
                                   size=config.image_size, seed=config.seed, shuffle=config.shuffle,
                                   augment=config.augment, crop_min=config.crop_min)
     tick, tick_step = time.perf_counter(), start_step
     try:
         for step, batch in loader:
+            if stop.signum:
+                break
             state, metrics = train_step(state, shard_batch(batch, mesh))
             done = step + 1
+            finite = _and_finite(finite, metrics["loss"])
             bar.update(1)
             if done % config.log_every == 0 or done == config.steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 metrics["images_per_s"] = (done - tick_step) * config.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, done
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {done}; lower learning_rate")
+                if not bool(finite):
+                    last = f"step {saved}" if saved else "none"
+                    raise TrainingDiverged(f"training diverged: the loss is {metrics['loss']} at step {done}; last "
+                                           f"good checkpoint: {last} (lower learning_rate to go on from it)")
                 _append_log(workdir, {"step": done, "split": "train", **metrics})
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", metric=f"{metrics['metric']:.4f}",
                                 ce=f"{metrics['ce']:.4f}", lr=f"{metrics['lr']:.3g}",
                                 img_s=f"{metrics['images_per_s']:.1f}")
             if done % config.eval_every == 0 and done != config.steps:
-                scores = run_validation(done)
-                bar.write(f"step {done}: " + _format_scores(scores))
-            ckpt.save(manager, done, state, force=done == config.steps)
-    except KeyboardInterrupt:
-        try:   # the state may have been donated to a step that never ran: then the last checkpoint stands
-            done = int(jax.device_get(state.step))
-            if manager.latest_step() != done:
-                ckpt.save(manager, done, state, force=True)
-        except RuntimeError:
-            pass
-        manager.wait_until_finished()
-        raise
+                bar.write(f"step {done}: " + _format_scores(
+                    _validation(config, workdir, predict, state, val_source, done)))
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                save(done)
+            if stop.signum:
+                break
+        if stop.signum:
+            if saved != done:
+                save(done)
+            raise Interrupted(stop.signum, done)
+    except datasets.DataError as error:   # met between steps: the state is consistent, keep it
+        if saved != done:
+            save(done)
+        raise datasets.DataError(f"{error}; stopped at step {done} with a checkpoint of it: fix the data and "
+                                 "rerun to resume") from error
     finally:
         loader.close()
         bar.close()
-    final_step = int(jax.device_get(state.step))
-    scores = run_validation(final_step, baseline=True)
-    manager.wait_until_finished()
-    latest = manager.latest_step()
-    manager.close()
-    return TrainResult(state=state, start_step=start_step, final_step=final_step, validation=scores,
-                       checkpoint=ckpt.step_dir(workdir, latest) if latest is not None else None)
+    return state
 
 
 def _format_scores(scores) -> str:

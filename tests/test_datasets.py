@@ -255,6 +255,17 @@ def test_truncated_image_and_corrupt_mask_raise_data_error(tmp_path):
     assert "cannot read mask" in _assert_data_error(ei, bad_mask)
 
 
+def test_image_over_the_decompression_bomb_limit_raises_data_error(tmp_path, monkeypatch):
+    root = _make_folder(tmp_path / "ds", stems=("a",), h=20, w=30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)       # 600 pixels: over twice the limit, Pillow raises
+    for read, path in ((FolderSource(root).verify, root / "images" / "a.png"),
+                       (lambda: load_mask(root / "masks" / "a.png"), root / "masks" / "a.png"),
+                       (lambda: load_image(root / "images" / "a.png"), root / "images" / "a.png")):
+        with pytest.raises(DataError) as ei:
+            read()
+        assert "decompression bomb" in _assert_data_error(ei, path)
+
+
 def test_mask_of_another_size_raises(tmp_path):
     root = _make_folder(tmp_path / "ds", stems=("a",), h=20, w=30)
     _write_mask(root / "masks" / "a.png", 21, 30)

@@ -100,3 +100,80 @@ def test_checkpoint_scores_both_maps_and_saves_them(small_ecssd, tmp_path, capsy
         again = json.loads((rescored / "results.json").read_text())["datasets"]["ECSSD12"]
         for key in ("mae", "adp_f", "max_f", "s_measure", "adp_e", "w_f"):
             assert again[key] == pytest.approx(results[f"ECSSD12/{map_name}"][key], abs=1e-12), (map_name, key)
+
+
+def _one_line_error(capsys, *fragments) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for fragment in fragments:
+        assert str(fragment) in err, err
+    return err
+
+
+def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me")
+    for output, problem in ((afile, "is a file, not a folder"), (afile / "eval", f"{afile} is a file, not a folder"),
+                            ("/proc/menet-eval", "cannot write in /proc")):
+        # The data folder does not exist: the output is checked first.
+        assert main(["--predictions", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"), "--output", str(output),
+                     "--no-progress"]) == 2
+        _one_line_error(capsys, f"error: {output}: {problem}")
+    assert afile.read_text() == "keep me"
+
+
+def test_two_maps_of_one_stem_are_refused(small_ecssd, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    _write_predictions(small_ecssd, preds)
+    first = sorted(preds.iterdir())[0]
+    Image.open(first).save(preds / f"{first.stem}.jpg")
+    assert main(["--predictions", str(preds), "--data-dir", str(small_ecssd), "--no-progress",
+                 "--output", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, first.stem, "another file with the same stem")
+    assert not (tmp_path / "o").exists()
+
+
+def test_float_and_16_bit_maps_score_as_their_8_bit_png(small_ecssd, tmp_path):
+    """A float TIFF in [0, 1] is used as it is, a 16-bit PNG scaled by 65535, a float map of another range
+    min-max rescaled: each scores as the 8-bit PNG of the same map (to 1/255), not as `convert("L")`'s black."""
+    folders = {kind: tmp_path / kind for kind in ("png", "float", "uint16", "float_range")}
+    for folder in folders.values():
+        folder.mkdir()
+    for mask in sorted((small_ecssd / "masks").glob("*.png")):
+        img = Image.open(mask).convert("L").filter(ImageFilter.GaussianBlur(4))
+        soft = np.asarray(img.resize((img.width // 2, img.height // 2), Image.BILINEAR), np.float32) / 255
+        soft = np.clip(soft + np.linspace(0, 0.3 / 255, soft.shape[1]), 0, 1).astype(np.float32)  # off 8-bit grid
+        soft[0, 0], soft[0, 1] = 0, 1               # the range exactly [0, 1]: min-max rescaling gives it back
+        Image.fromarray(np.round(soft * 255).astype(np.uint8)).save(folders["png"] / mask.name)
+        Image.fromarray(soft, mode="F").save(folders["float"] / f"{mask.stem}.tif")
+        Image.fromarray(np.round(soft * 65535).astype(np.uint16)).save(folders["uint16"] / mask.name)
+        Image.fromarray(soft * 40 - 7, mode="F").save(folders["float_range"] / f"{mask.stem}.tif")
+    scores = {}
+    for kind, folder in folders.items():
+        out = tmp_path / f"eval_{kind}"
+        assert main(["--predictions", str(folder), "--data-dir", str(small_ecssd), "--output", str(out),
+                     "--no-normalize", "--no-progress"]) == 0
+        scores[kind] = json.loads((out / "results.json").read_text())["datasets"]["ECSSD12"]
+    assert scores["png"]["max_f"] > 0.8
+    for kind in ("float", "uint16", "float_range"):
+        assert scores[kind]["mae"] == pytest.approx(scores["png"]["mae"], abs=1 / 255), kind
+        for key in ("adp_f", "max_f", "s_measure", "w_f"):
+            assert scores[kind][key] == pytest.approx(scores["png"][key], abs=0.01), (kind, key)
+
+
+def test_unreadable_maps_are_one_line_errors(small_ecssd, tmp_path, capsys, monkeypatch):
+    preds = tmp_path / "preds"
+    _write_predictions(small_ecssd, preds)
+    first = sorted(preds.iterdir())[0]
+    argv = ["--predictions", str(preds), "--data-dir", str(small_ecssd), "--no-progress",
+            "--output", str(tmp_path / "o")]
+    nan_map = np.full((10, 10), np.nan, np.float32)
+    first.unlink()
+    Image.fromarray(nan_map, mode="F").save(preds / f"{first.stem}.tif")
+    assert main(argv) == 2
+    _one_line_error(capsys, f"error: {preds / first.stem}.tif: the map has NaN or infinite values")
+    (preds / f"{first.stem}.tif").unlink()
+    Image.fromarray(np.zeros((700, 700), np.uint8)).save(first)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)      # the map over twice the limit, the photos under it
+    assert main(argv) == 2
+    _one_line_error(capsys, f"error: {first}: cannot read", "decompression bomb")

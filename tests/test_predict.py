@@ -178,3 +178,106 @@ def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsy
     assert main(["i", str(photo), str(tmp_path / "map.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "checksum mismatch" in err and pretrained.DEFAULT in err and "\n" not in err
+
+
+
+def _tiny_export(path, collection=None, value=None):
+    """Fresh tiny weights exported to `path`, with `value` in the first array of `collection` when given (a
+    diverged run's NaN or inf)."""
+    from menet_jax import pretrained
+    config = get_config("tiny")
+    variables = init_variables(MEnet.from_config(config), 0)
+    if collection is not None:
+        node = variables[collection]
+        while isinstance(node[sorted(node)[0]], dict):
+            node = node[sorted(node)[0]]
+        key = sorted(node)[0]
+        node[key] = np.array(node[key])
+        node[key].flat[0] = value
+    pretrained.export(variables, config, path)
+    return variables, config
+
+
+@pytest.mark.parametrize("collection, value", [("params", np.nan), ("batch_stats", np.inf)])
+def test_non_finite_weights_are_refused(tmp_path, capsys, monkeypatch, collection, value):
+    """NaN / inf weights (a diverged run) give black maps; predict and evaluate refuse them, from a weights file
+    or a training workdir, before writing anything."""
+    import dataclasses
+    import json
+    from menet_jax import inference
+    from menet_jax.config import ConfigError
+    from menet_jax.evaluate import main as evaluate_main
+    weights = tmp_path / "diverged.npz"
+    variables, config = _tiny_export(weights, collection, value)
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(data / "masks" / "a.png")
+    for run, argv in ((main, ["i", str(data / "images" / "a.png"), str(tmp_path / "map.png")]),
+                      (evaluate_main, ["--data-dir", str(data), "--output", str(tmp_path / "eval")])):
+        assert run(argv + ["--checkpoint", str(weights), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {weights}: {collection}/") and "NaN or infinite" in err and "\n" not in err
+    assert not (tmp_path / "map.png").exists() and not (tmp_path / "eval").exists()
+    # A training workdir goes through the same check (the checkpoint reader stubbed with the diverged weights).
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    monkeypatch.setattr(inference.ckpt, "load_variables", lambda workdir, step=None: variables)
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'run'}: {collection}/.*NaN or infinite"):
+        Predictor.load(tmp_path / "run")
+
+
+def test_damaged_weights_files_are_one_line_errors(tmp_path, capsys):
+    """Whatever is wrong with a --checkpoint file, one line naming it, not a traceback."""
+    import io
+    import zipfile
+    good = tmp_path / "good.npz"
+    _tiny_export(good)
+    data = good.read_bytes()
+    middle = bytearray(data)
+    middle[len(data) // 2:len(data) // 2 + 200] = bytes(200)          # corrupt compressed data (zlib.error)
+    no_params = io.BytesIO()
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(no_params, "w") as zout:
+        for name in zin.namelist():
+            if not name.startswith("params/"):
+                zout.writestr(name, zin.read(name))
+    no_header = io.BytesIO()
+    np.savez(no_header, x=np.zeros(3))
+    damaged = {"truncated": data[:len(data) // 2], "empty": b"", "random": np.random.default_rng(0).bytes(4096),
+               "middle": bytes(middle), "no_params": no_params.getvalue(), "no_header": no_header.getvalue()}
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
+    for name, content in damaged.items():
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(content)
+        assert main(["i", str(photo), str(tmp_path / "map.png"), "--checkpoint", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {path}: ") and "\n" not in err, (name, err)
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_a_photo_over_the_decompression_bomb_limit_is_one_line(tmp_path, capsys, monkeypatch):
+    photo = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)              # 600 pixels: over twice the limit
+    with pytest.raises(Exception, match=f"^{photo}: cannot read image .*decompression bomb"):
+        load_photo(photo)
+    weights = tmp_path / "w.npz"
+    _tiny_export(weights)
+    assert main(["i", str(photo), str(tmp_path / "map.png"), "--checkpoint", str(weights), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {photo}: cannot read image") and "\n" not in err
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_dtype_flag_runs_the_shipped_network_in_bfloat16(shared_data, tmp_path):
+    """`predict --dtype bfloat16` computes in bfloat16 (maps close to float32's, not equal to them)."""
+    photo = shared_data / "ECSSD" / "images" / "0002.jpg"
+    maps = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.png"
+        assert main(["i", str(photo), str(out), "--dtype", dtype, "--no-progress"]) == 0
+        maps[dtype] = np.asarray(Image.open(out), np.float32) / 255
+    difference = np.abs(maps["bfloat16"] - maps["float32"])
+    assert 0 < difference.mean() < 0.01, difference.mean()

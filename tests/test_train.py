@@ -4,8 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,25 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from menet_jax import checkpoint as ckpt
 from menet_jax.config import get_config
 from menet_jax.model import MEnet
 from menet_jax.train import main
 from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "menet_jax.train", "--no-progress", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def finish(process, timeout=600):
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, out
-    return out
+from training_runs import REPO, finish, params, run_cli, steps, wait_for
 
 
 def test_optimizer_is_caffe_sgd_with_bias_multiplier():
@@ -129,10 +113,6 @@ def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
         assert difference < tolerance, (key, difference)
 
 
-def _params(workdir):
-    return jax.tree_util.tree_leaves(ckpt.load_variables(workdir))
-
-
 def test_sigkill_and_restart_ends_with_the_uninterrupted_parameters(tmp_path, shared_data):
     args = ["--config", "tiny", "--data-dir", str(shared_data / "DUTS-TR-subset"), "--steps", "30",
             "--set", "checkpoint_every=3", "--set", "eval_every=1000"]
@@ -140,26 +120,23 @@ def test_sigkill_and_restart_ends_with_the_uninterrupted_parameters(tmp_path, sh
 
     killed = tmp_path / "killed"
     process = run_cli(*args, "--workdir", str(killed))
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= 6:
-            break
-        time.sleep(0.01)
+    wait_for(lambda: steps(killed) and max(steps(killed)) >= 6, process, timeout=600)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    interrupted_at = max(int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit())
+    interrupted_at = max(steps(killed))
     assert interrupted_at < 30, "the run finished before it could be killed"
-    # A half-written checkpoint (orbax's temporary folder) must never be picked up.
+    # A half-written checkpoint (orbax's temporary folder) must never be picked up, and is removed.
     (killed / "checkpoints" / "29.orbax-checkpoint-tmp-1").mkdir()
     out = finish(run_cli(*args, "--workdir", str(killed)))
-    assert f"resumed at step {interrupted_at}" in out or "resumed at step" in out
+    assert f"resumed at step {interrupted_at}" in out
+    assert "note: removed" in out and "29.orbax-checkpoint-tmp-1" in out
+    assert not list((killed / "checkpoints").glob("*tmp*"))
     assert "trained to step 30" in out
-    for a, b in zip(_params(tmp_path / "straight"), _params(killed)):
+    for a, b in zip(params(tmp_path / "straight"), params(killed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
-    assert steps == sorted(set(steps))                   # no duplicated records after the resume
+    steps_logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["split"] == "train"]
+    assert steps_logged == sorted(set(steps_logged))     # no duplicated records after the resume
 
 
 def test_cli_resumes_on_real_data(tmp_path, shared_data):

@@ -1,0 +1,110 @@
+"""Where the CLIs write: output paths checked before any work starts, and writes that fail with one line.
+
+A run that loads a network and predicts a folder for minutes must not then fail on a path it could have refused at
+the start, nor overwrite the photos it read, nor end in a traceback when the disk is full.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from menet_jax.config import ConfigError
+
+# The extensions the CLIs write: the ones the data loaders and `evaluate --predictions` read back.
+WRITABLE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+class OutputError(ConfigError):
+    """An output path that cannot be written (one line, naming the path)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _can_save(suffix: str, mode: str) -> bool:
+    """Pillow writes `mode` in the format of `suffix` (tried on a 1x1 image: JPEG has no alpha, ...)."""
+    try:
+        Image.new(mode, (1, 1)).save(io.BytesIO(), format=Image.registered_extensions()[suffix])
+    except (KeyError, OSError, ValueError):
+        return False
+    return True
+
+
+def image_format(path: Path, mode: str) -> str:
+    """The Pillow format that writes `path`, or an OutputError listing the extensions that can hold `mode`."""
+    suffix = path.suffix.lower()
+    if suffix in WRITABLE_EXTS and _can_save(suffix, mode):
+        return Image.registered_extensions()[suffix]
+    usable = ", ".join(ext for ext in WRITABLE_EXTS if _can_save(ext, mode))
+    problem = (f"{suffix} cannot hold {mode} images" if suffix in WRITABLE_EXTS
+               else f"unknown image extension {suffix!r}" if suffix else "no image extension")
+    raise OutputError(f"{path}: {problem}; use one of {usable}")
+
+
+def _start_folder(path: Path) -> Path:
+    """The existing folder that `path` (and any missing parents) would be created in."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: {ancestor} is a file, not a folder")
+    return ancestor
+
+
+def _probe(folder: Path, path: Path) -> None:
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def check_file(path, mode: str = "L") -> str:
+    """Refuse now an image output that cannot be written; returns its Pillow format."""
+    path = Path(path)
+    fmt = image_format(path, mode)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name such as {path / 'map.png'}")
+    if path.exists():
+        try:
+            open(path, "ab").close()            # opened for writing, not changed
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
+    else:
+        _probe(_start_folder(path), path)
+    return fmt
+
+
+def check_folder(path) -> None:
+    """Refuse now an output folder that is a file, sits under a file or cannot be written in."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file, not a folder")
+    _probe(path if path.is_dir() else _start_folder(path), path)
+
+
+def check_distinct(inputs, outputs) -> None:
+    """Refuse outputs that would overwrite an input, or two inputs that would write the same output."""
+    sources = {Path(p).resolve(): p for p in inputs}
+    written = {}
+    for source, out in zip(inputs, outputs):
+        key = Path(out).resolve()
+        if key in sources:
+            raise OutputError(f"{out}: is the input image {sources[key]}; it would be overwritten")
+        if key in written:
+            raise OutputError(f"{out}: both {written[key]} and {source} would be written there "
+                              "(same stem); rename one")
+        written[key] = source
+
+
+def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
+    """`image.save` with missing parents created; a failed write (disk full, ...) is one line, no partial file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format=fmt)
+    except OSError as error:
+        if path.is_file():
+            path.unlink()
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
