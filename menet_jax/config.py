@@ -27,7 +27,8 @@ class Config:
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
     # loss
-    loss: str = "official"          # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written
+    loss: str = "official"          # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written;
+                                    # ce: cross entropy only (the CE-only ablation of Table IV)
     ce_weight: float = 1.0          # lambda of Eq. 4 (the official variant has fixed weights, see loss.py)
     # optimiser (Caffe SGD)
     batch_size: int = 5
@@ -57,7 +58,7 @@ class Config:
         if self.width < 1:
             raise ConfigError(f"width must be >= 1, got {self.width}")
         for key, allowed in (("dtype", ("float32", "bfloat16")), ("input_scale", ("raw", "normalized")),
-                             ("loss", ("official", "paper"))):
+                             ("loss", ("official", "paper", "ce"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.batch_size < 1 or self.steps < 1:

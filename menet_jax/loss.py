@@ -115,14 +115,16 @@ def menet_loss(features, logits, labels, *, variant: str = "official", ce_weight
     salient = labels.reshape(n, h * w) > 0
     ce_pixels = cross_entropy(z, salient)
 
-    if variant == "official":
+    if variant in ("official", "ce"):   # ce: the CE-only ablation (Table IV); its metric term is only logged
         f_hat = f + sg(l2_normalize(f) - f)         # value: normalised; gradient: identity (straight through)
+        if variant == "ce":
+            f_hat = sg(f_hat)
         c_fg, c_bg = class_centroids(sg(f_hat), salient)
         pixel_loss = pixel_metric_loss(f_hat, salient, c_fg, c_bg)
         keep = hard_mining_mask(sg(pixel_loss), salient)
         metric = jnp.sum(jnp.where(keep, pixel_loss, 0.0)) / (32.0 * h * w)
         ce = jnp.sum(ce_pixels) / (2.0 * h * w)
-        total = metric + ce
+        total = metric + ce if variant == "official" else ce
     elif variant == "paper":
         f_hat = l2_normalize(f)
         c_fg, c_bg = class_centroids(f_hat, salient)
@@ -132,5 +134,5 @@ def menet_loss(features, logits, labels, *, variant: str = "official", ce_weight
         ce = jnp.mean(ce_pixels)
         total = metric + ce_weight * ce
     else:
-        raise ValueError(f"unknown loss variant {variant!r} (official or paper)")
+        raise ValueError(f"unknown loss variant {variant!r} (official, paper or ce)")
     return total, {"metric": metric, "ce": ce, "kept": jnp.mean(keep)}

@@ -148,3 +148,17 @@ def test_unknown_variant_is_an_error():
     features, logits, labels = _random_problem(5)
     with pytest.raises(ValueError, match="unknown loss variant"):
         menet_loss(features, logits, labels, variant="nope")
+
+
+def test_ce_only_ablation_trains_the_classifier_alone():
+    """variant="ce": the loss is the official CE term, the features get no gradient, the logits the same one as
+    under the full loss, and the metric term is still reported (the same value) for the log."""
+    features, logits, labels = _random_problem(5)
+    grad = lambda variant: jax.value_and_grad(lambda f, z: menet_loss(f, z, labels, variant=variant),
+                                              argnums=(0, 1), has_aux=True)(features, logits)
+    (full, full_terms), (full_df, full_dz) = grad("official")
+    (ce_only, ce_terms), (ce_df, ce_dz) = grad("ce")
+    assert float(ce_only) == float(ce_terms["ce"]) == float(full_terms["ce"])
+    assert float(ce_terms["metric"]) == float(full_terms["metric"]) != 0.0
+    assert np.all(np.asarray(ce_df) == 0.0) and np.abs(np.asarray(full_df)).max() > 0
+    np.testing.assert_allclose(np.asarray(ce_dz), np.asarray(full_dz), rtol=1e-6, atol=1e-9)
