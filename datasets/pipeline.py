@@ -213,21 +213,28 @@ def make_batch(
     shuffle: bool = True,
     augment: bool = True,
     crop_min: float = 0.9,
+    rows: tuple[int, int] | None = None,
 ) -> dict:
     """The training batch of ``step``: ``{"image": uint8 (B, size, size, 3),
     "mask": uint8 (B, size, size) in {0, 1}}``. Deterministic in
     ``(source, step, batch_size, size, seed, shuffle, augment, crop_min)``.
+
+    ``rows=(start, stop)`` builds only those rows of the batch (one process's share in a multi-process run),
+    equal to ``make_batch(...)[key][start:stop]``; the other examples are not read.
     """
     idx = batch_indices(step, batch_size, len(source), seed, shuffle)
-    images = np.empty((batch_size, size, size, 3), np.uint8)
-    masks = np.empty((batch_size, size, size), np.uint8)
-    for j, k in enumerate(idx):
-        ex = source[int(k)]
+    start, stop = (0, batch_size) if rows is None else (operator.index(rows[0]), operator.index(rows[1]))
+    if not 0 <= start < stop <= batch_size:
+        raise ValueError(f"rows must satisfy 0 <= start < stop <= batch_size={batch_size}, got {rows}")
+    images = np.empty((stop - start, size, size, 3), np.uint8)
+    masks = np.empty((stop - start, size, size), np.uint8)
+    for j in range(start, stop):
+        ex = source[int(idx[j])]
         if augment:
             rng = np.random.default_rng([seed, AUGMENT_STREAM, step, j])
-            images[j], masks[j] = _augment(ex["image"], ex["mask"], size, rng, crop_min)
+            images[j - start], masks[j - start] = _augment(ex["image"], ex["mask"], size, rng, crop_min)
         else:
-            images[j], masks[j] = resize_pair(ex["image"], ex["mask"], size)
+            images[j - start], masks[j - start] = resize_pair(ex["image"], ex["mask"], size)
     return {"image": images, "mask": masks}
 
 
@@ -237,7 +244,7 @@ _augment = augment  # make_batch's ``augment`` flag shadows the function
 class BatchLoader:
     """Iterate ``(step, make_batch(source, step, ...))`` for ``num_steps`` steps
     from ``start_step``, building up to ``prefetch`` batches ahead on
-    ``workers`` threads.
+    ``workers`` threads (only the batches' ``rows``, when given: see :func:`make_batch`).
 
     Errors raised while building a batch are re-raised by ``next()``. Use as a
     context manager (or call :meth:`close`) to stop the threads early.
@@ -257,6 +264,7 @@ class BatchLoader:
         crop_min: float = 0.9,
         workers: int = 2,
         prefetch: int = 4,
+        rows: tuple[int, int] | None = None,
     ):
         if num_steps < 0 or start_step < 0:
             raise ValueError(f"need start_step >= 0 and num_steps >= 0 (got {start_step}, {num_steps})")
@@ -273,6 +281,7 @@ class BatchLoader:
             shuffle=shuffle,
             augment=augment,
             crop_min=crop_min,
+            rows=rows,
         )
         self.start_step = start_step
         self.num_steps = num_steps

@@ -6,6 +6,10 @@ fails to restore or holds non-finite values is skipped with a warning for the ne
 checksums, so a restore error or a non-finite value is how damage shows). Non-finite states are never saved. The
 run's config is kept in WORKDIR/config.json; resuming with a different network shape is refused with a one-line
 error instead of a failed restore. WORKDIR/.lock keeps a second run off a workdir in use.
+
+In a run of several processes, all of them save and restore together (Orbax writes each replicated array once,
+from process 0, and coordinates the commit); process 0 alone moves damaged checkpoints aside. A checkpoint is read
+back by `load_variables` on any number of devices, whatever the run that wrote it.
 """
 from __future__ import annotations
 
@@ -136,6 +140,8 @@ def restore_latest(manager: ocp.CheckpointManager, state):
     damaged = []
 
     def quarantine(step, reason):
+        if jax.process_index() != 0:   # the same verdict on every process: process 0 moves it and tells
+            return
         target = directory.parent / "damaged" / str(step)
         suffix = 0
         while target.exists():
@@ -153,6 +159,9 @@ def restore_latest(manager: ocp.CheckpointManager, state):
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     restored, step = _restore_intact(
         manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine)
+    if jax.process_count() > 1:   # every damaged step moved before any process lists the steps again
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("menet_jax.checkpoint.restore_latest")
     manager.reload()
     if restored is None:
         raise WorkdirError(f"no intact checkpoint in {directory} (damaged steps {', '.join(map(str, damaged))} "
@@ -184,7 +193,7 @@ def load_variables(workdir, step: int | None = None):
     """{"params", "batch_stats"} of a checkpoint, e.g. for evaluation in a notebook: the given step, or the newest
     intact one (a damaged newer one is skipped with a warning line on stderr)."""
     directory = Path(workdir).resolve() / "checkpoints"
-    manager = ocp.CheckpointManager(directory)
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     try:
         kept = sorted(manager.all_steps())
         if step is None and not kept:
@@ -194,7 +203,13 @@ def load_variables(workdir, step: int | None = None):
                                     f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)")
 
         def restore(s):
-            restored = manager.restore(s, args=ocp.args.StandardRestore())
+            # Onto this process's first device: the saved shardings may name devices that are not here (a run
+            # of several devices or processes).
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            metadata = manager.item_metadata(s)
+            target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                            getattr(metadata, "tree", metadata))
+            restored = manager.restore(s, args=ocp.args.StandardRestore(target))
             return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
         def warn(s, reason):

@@ -9,6 +9,13 @@
 A rerun with the same --workdir resumes from its latest intact checkpoint. Ctrl-C or SIGTERM saves the current
 step first (exit 130 or 143); a data error saves it too (exit 2); a diverged run saves nothing past its last
 finite state (exit 2).
+
+Several processes (machines) train one run: start the same command on each, with --coordinator HOST:PORT (process
+0's address, the same everywhere), --num-processes N and its own --process-id I, or the environment variables
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. --workdir must be one folder that all of them see.
+
+    python -m menet_jax.train --config tiny --coordinator 127.0.0.1:12355 --num-processes 2 --process-id 0 &
+    python -m menet_jax.train --config tiny --coordinator 127.0.0.1:12355 --num-processes 2 --process-id 1
 """
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ def parse_args(argv=None):
     add_source_arguments(parser, split=None)  # with neither --data-dir nor --dataset: a generated dataset
     parser.add_argument("--dry-run", action="store_true", help="print parameters and FLOPs, then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("several processes (jax.distributed; each defaults to its JAX_* variable)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address and a free port, the same for every process "
+                            "(JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes (JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (JAX_PROCESS_ID)")
     return parser.parse_args(argv)
 
 
@@ -49,23 +62,26 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import datasets
     from menet_jax.checkpoint import WorkdirError
-    from menet_jax.trainer import TrainingDiverged, enable_compilation_cache
-    enable_compilation_cache()
+    from menet_jax.trainer import DistributedError, TrainingDiverged, enable_compilation_cache, initialize_distributed
     workdir = args.workdir or f"runs/{args.config}"
     try:
         overrides = list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else [])
         config = get_config(args.config, overrides)
         if args.dry_run:
+            enable_compilation_cache()
             dry_run(config)
             return 0
-        from menet_jax.trainer import train
+        # Before any other use of JAX: the backend is created with the other processes' devices.
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        enable_compilation_cache()
+        from menet_jax.trainer import is_main_process, train
         started = time.perf_counter()
         if len(args.data_dir) + len(args.dataset) > 1:
             raise datasets.DataError("training uses one data source: give one --data-dir or one --dataset")
         result = train(config, workdir, data_dir=args.data_dir[0] if args.data_dir else None,
                        dataset=args.dataset[0] if args.dataset else None, split=args.split,
                        manual_dir=args.manual_dir, tfds_dir=args.tfds_dir, progress=not args.no_progress)
-    except (ConfigError, datasets.DataError, WorkdirError, TrainingDiverged) as error:
+    except (ConfigError, datasets.DataError, WorkdirError, TrainingDiverged, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:   # trainer.Interrupted carries the signal and the saved step
@@ -73,8 +89,8 @@ def main(argv=None) -> int:
         saved = f" at step {step}, checkpoint saved" if step is not None else ""
         print(f"interrupted{saved}: rerun the same command to resume from {workdir}", file=sys.stderr)
         return 128 + signum
-    if not result.validation:   # nothing to train: the library said why
-        return 0
+    if not result.validation or not is_main_process():   # nothing to train (the library said why), or process
+        return 0                                            # 0 reports
     print(summary(result, config, time.perf_counter() - started))
     from menet_jax.curves import plot_training
     print(f"curves: {plot_training(workdir)}")

@@ -2,6 +2,12 @@
 
 `train(config, workdir, ...)` is what `python -m menet_jax.train` runs; a notebook can call it, or use the
 pieces (`create_state`, `make_train_step`, `make_predict_fn`, `validate`) directly.
+
+Several processes (machines) train one run together after `initialize_distributed`: the "data" mesh spans every
+process's devices, each process builds only its rows of every global batch (`process_rows`), and the global batch,
+hence every step, is the one a single process with as many devices computes. Process 0 alone takes the workdir
+lock and writes config.json and metrics.jsonl; all processes save and restore the checkpoints together (Orbax
+coordinates them) and agree each step on stopping (a signal or a data error met by any process).
 """
 from __future__ import annotations
 
@@ -86,14 +92,99 @@ def create_state(model: MEnet, tx: optax.GradientTransformation, seed: int = 0) 
                       batch_stats=variables["batch_stats"], opt_state=jax.jit(tx.init)(variables["params"]))
 
 
+# --------------------------------------------------------------------------------------------------- distributed
+class DistributedError(RuntimeError):
+    """A multi-process run that cannot start as asked (bad flags, no coordinator): one-line message."""
+
+
+DISTRIBUTED_ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, *, environ=None, timeout: int = 300) -> bool:
+    """Join a multi-process run (`jax.distributed.initialize`) when asked; call it before any other JAX use.
+
+    Each argument left None is read from JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0, which hosts the
+    coordinator), JAX_NUM_PROCESSES and JAX_PROCESS_ID. Nothing is done (False) when none of the three is given or
+    there is one process; with a coordinator but no process count or id, JAX's cluster detection (SLURM, Open
+    MPI, ...) fills them in. On CPU the processes' collectives go over TCP with gloo (unless
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise). `timeout`: seconds to wait for every process to join.
+    """
+    environ = os.environ if environ is None else environ
+
+    def number(value, name):
+        if value is None or value == "":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise DistributedError(f"{name} must be an integer, got {value!r}") from None
+
+    coordinator = coordinator or environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = number(num_processes if num_processes is not None else environ.get("JAX_NUM_PROCESSES"),
+                           "the number of processes")
+    process_id = number(process_id if process_id is not None else environ.get("JAX_PROCESS_ID"), "the process id")
+    if coordinator is None and num_processes is None and process_id is None:
+        return False
+    if num_processes == 1 and process_id in (None, 0):
+        return False
+    if coordinator is None:
+        raise DistributedError("a multi-process run needs the coordinator's address: --coordinator HOST:PORT "
+                               "(or JAX_COORDINATOR_ADDRESS), the same for every process")
+    if num_processes is not None and (num_processes < 1 or process_id is not None
+                                      and not 0 <= process_id < num_processes):
+        raise DistributedError(f"the process id must be in 0..{num_processes - 1} and the number of processes "
+                               f"positive, got process id {process_id} of {num_processes}")
+    if not environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout)
+    except Exception as error:   # a timeout, an unreachable coordinator, a port in use: one line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DistributedError(f"could not join the run coordinated at {coordinator} as process {process_id} of "
+                               f"{num_processes}: {first[:300]}") from None
+    return True
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files and log lines (process 0; always, with one process)."""
+    return jax.process_index() == 0
+
+
+def _any_process(values) -> np.ndarray:
+    """The element-wise maximum of each process's int `values` (a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32))).max(axis=0)
+
+
 # ------------------------------------------------------------------------------------------------------ sharding
 def data_mesh(devices=None) -> jax.sharding.Mesh:
-    """A one-axis mesh over all local devices: the batch is split along it, the state replicated."""
-    devices = np.asarray(devices if devices is not None else jax.local_devices())
+    """A one-axis mesh over all devices (every process's, in a multi-process run): the batch is split along it,
+    the state replicated."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
     return jax.sharding.Mesh(devices, ("data",))
 
 
-def shard_batch(batch, mesh):
+def process_rows(batch_size: int, mesh) -> tuple[int, int]:
+    """(start, stop): the rows of a global batch of `batch_size` that this process's devices hold, what it reads
+    (all of them with one process)."""
+    n = len(mesh.devices.flat)
+    if batch_size % n:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {n} devices")
+    indices = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,))
+    starts = sorted(index[0].indices(batch_size)[:2] for index in indices.values())
+    if any(a[1] != b[0] for a, b in zip(starts, starts[1:])):
+        raise ValueError(f"this process's devices hold rows {starts} of the batch, not one contiguous block")
+    return starts[0][0], starts[-1][1]
+
+
+def shard_batch(batch, mesh, batch_size: Optional[int] = None):
+    """The batch split along the mesh's "data" axis. With several processes `batch` is this process's rows
+    (`process_rows`) of a global batch of `batch_size`, and the result is the global array."""
+    if jax.process_count() > 1:
+        sharding = NamedSharding(mesh, P("data"))
+        return {key: jax.make_array_from_process_local_data(sharding, value, (batch_size, *value.shape[1:]))
+                for key, value in batch.items()}
     n = len(mesh.devices.flat)
     first = next(iter(batch.values())).shape[0]
     if first % n:
@@ -102,7 +193,19 @@ def shard_batch(batch, mesh):
 
 
 def replicate(tree, mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() > 1:   # from host values, the same on every process (a jax.Array on one device cannot
+        return jax.tree_util.tree_map(   # be put on other processes' devices)
+            lambda x: x if getattr(x, "sharding", None) == sharding else jax.device_put(np.asarray(x), sharding),
+            tree)
+    return jax.device_put(tree, sharding)
+
+
+def local_copy(tree):
+    """This process's copy of a replicated tree, on its first device (what a single-device program takes)."""
+    if jax.device_count() == 1:
+        return tree
+    return jax.tree_util.tree_map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
 # ---------------------------------------------------------------------------------------------------- train step
@@ -280,15 +383,20 @@ class Interrupted(KeyboardInterrupt):
 
 class _StopOnSignals:
     """SIGINT / SIGTERM while inside: set `signum` so that the loop stops between steps with a consistent state
-    to save (the state is donated to each update); a second signal raises `Interrupted` at once."""
+    to save (the state is donated to each update); a second signal raises `Interrupted` at once.
 
-    def __init__(self):
-        self.signum, self._previous = None, {}
+    With `agree` (several processes) a signal only sets `received`; `signum` is set where all processes agree
+    to stop (`_agreed_batches`), so that they all stop after the same step."""
+
+    def __init__(self, agree: bool = False):
+        self.signum, self.received, self._agree, self._previous = None, None, agree, {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
+        if self.received is not None:
             raise Interrupted(signum, None)
-        self.signum = signum
+        self.received = signum
+        if not self._agree:
+            self.signum = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():   # handlers can only be set there
@@ -316,44 +424,72 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None, dataset: O
     without saving. A second run on the same workdir is refused (`checkpoint.WorkdirError`).
     """
     workdir = Path(workdir).resolve()
-    lock = ckpt.lock_workdir(workdir)
+    lock = ckpt.lock_workdir(workdir) if jax.process_count() == 1 else _lock_on_process_zero(workdir)
     try:
         return _train_locked(config, workdir, data_dir=data_dir, dataset=dataset, split=split,
                              manual_dir=manual_dir, tfds_dir=tfds_dir, progress=progress)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
+
+
+def _lock_on_process_zero(workdir: Path):
+    """Several processes: process 0 takes the lock (the others share its workdir, often on another machine's
+    view of the same folder) and tells the others whether it could; all raise WorkdirError if not."""
+    lock, refused = None, None
+    if is_main_process():
+        try:
+            lock = ckpt.lock_workdir(workdir)
+        except ckpt.WorkdirError as error:
+            refused = error
+    if _any_process([refused is not None])[0]:
+        if lock is not None:
+            lock.close()
+        raise refused or ckpt.WorkdirError(f"{workdir} is in use by another training run (process 0 could not "
+                                           "lock it): wait for it to end or use another --workdir")
+    return lock
 
 
 def _train_locked(config: Config, workdir: Path, *, data_dir, dataset, split, manual_dir, tfds_dir, progress):
     train_source, val_source = make_sources(config, data_dir, dataset=dataset, split=split, manual_dir=manual_dir,
                                             tfds_dir=tfds_dir)
     mesh = data_mesh()
+    multi, main = jax.process_count() > 1, is_main_process()
     model = MEnet.from_config(config)
     tx = make_optimizer(config)
     state = create_state(model, tx, config.seed)
+    if multi:
+        process_rows(config.batch_size, mesh)   # a batch that the devices cannot share: refused before any work
+        state = replicate(state, mesh)          # restored onto the global mesh
 
     manager = ckpt.open_manager(workdir, config, write=False)
     try:
-        ckpt.remove_unfinished_writes(workdir)
+        if main:
+            ckpt.remove_unfinished_writes(workdir)
         state, start_step = ckpt.restore_latest(manager, state)
         if start_step and config.steps <= start_step:
-            print(f"note: {workdir} is at step {start_step}, past steps={config.steps}: nothing trained, its "
-                  f"config.json kept (give --steps {start_step + 1} or more to go on)" if config.steps < start_step
-                  else f"note: {workdir} is already trained to step {start_step}: nothing to do", file=sys.stderr)
+            if main:
+                print(f"note: {workdir} is at step {start_step}, past steps={config.steps}: nothing trained, its "
+                      f"config.json kept (give --steps {start_step + 1} or more to go on)"
+                      if config.steps < start_step
+                      else f"note: {workdir} is already trained to step {start_step}: nothing to do",
+                      file=sys.stderr)
             return TrainResult(state=state, start_step=start_step, final_step=start_step, validation={},
                                checkpoint=ckpt.step_dir(workdir, start_step))
-        ckpt.write_config(workdir, config)
-        ckpt.trim_log(workdir / "metrics.jsonl", start_step)
+        if main:
+            ckpt.write_config(workdir, config)
+            ckpt.trim_log(workdir / "metrics.jsonl", start_step)
         state = replicate(state, mesh)
-        with _StopOnSignals() as stop:
+        with _StopOnSignals(agree=multi) as stop:
             # Compiled before the first step, in a child process on CPU (see `compilation`): the heap stays
-            # unfragmented.
+            # unfragmented. Several processes compile here: the child would see only one device.
             eval_images = jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3),
                                                np.uint8)
             gradients, update, predict = compile_programs(
                 train_step_jobs(config, state, train_batch_spec(config)) + [
                     (predict_fn_for, (config,),
-                     ({"params": state.params, "batch_stats": state.batch_stats}, eval_images))]).programs
+                     ({"params": state.params, "batch_stats": state.batch_stats}, eval_images))],
+                place="here" if multi else None).programs
             state = _loop(config, workdir, manager, state, start_step, TrainStep(gradients, update), predict,
                           mesh, train_source, val_source, stop, progress)
         latest = manager.latest_step()
@@ -366,11 +502,36 @@ def _train_locked(config: Config, workdir: Path, *, data_dir, dataset, split, ma
 
 
 def _validation(config, workdir, predict, state, source, step, baseline=False):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    """Every process scores the whole source with its copy of the state (the same numbers); process 0 logs."""
+    variables = local_copy({"params": state.params, "batch_stats": state.batch_stats})
     scores = validate(predict, variables, source, batch_size=config.batch_size, size=config.image_size,
                       baseline=baseline)
-    _append_log(workdir, {"step": step, "split": "validation", **scores})
+    if is_main_process():
+        _append_log(workdir, {"step": step, "split": "validation", **scores})
     return scores
+
+
+def _agreed_batches(loader, stop):
+    """`loader`'s (step, batch) pairs, for several processes: before each step (and once after the last) they
+    exchange whether any has received a signal or met a data error, so that all stop after the same step: a
+    signal anywhere sets `stop.signum` everywhere, a data error anywhere raises DataError everywhere."""
+    batches = iter(loader)
+    while True:
+        item, error = None, None
+        try:
+            item = next(batches)
+        except StopIteration:
+            pass
+        except datasets.DataError as raised:
+            error = raised
+        signum, failed = _any_process([stop.received or 0, error is not None])
+        if failed:
+            raise error or datasets.DataError("another process of this run met a data error (see its output)")
+        if signum and stop.signum is None:
+            stop.signum = int(signum)
+        if item is None:
+            return
+        yield item
 
 
 def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh, train_source, val_source, stop,
@@ -392,17 +553,19 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
                                    f"last good checkpoint: {last} (lower learning_rate to go on from it)") from None
         saved = step
 
-    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress,
+    multi, main = jax.process_count() > 1, is_main_process()
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress or not main,
                dynamic_ncols=True)
     loader = datasets.BatchLoader(train_source, start_step, config.steps - start_step, batch_size=config.batch_size,
                                   size=config.image_size, seed=config.seed, shuffle=config.shuffle,
-                                  augment=config.augment, crop_min=config.crop_min)
+                                  augment=config.augment, crop_min=config.crop_min,
+                                  rows=process_rows(config.batch_size, mesh) if multi else None)
     tick, tick_step = time.perf_counter(), start_step
     try:
-        for step, batch in loader:
+        for step, batch in (_agreed_batches(loader, stop) if multi else loader):
             if stop.signum:
                 break
-            state, metrics = train_step(state, shard_batch(batch, mesh))
+            state, metrics = train_step(state, shard_batch(batch, mesh, config.batch_size))
             done = step + 1
             finite = _and_finite(finite, metrics["loss"])
             bar.update(1)
@@ -415,13 +578,15 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
                     last = f"step {saved}" if saved else "none"
                     raise TrainingDiverged(f"training diverged: the loss is {metrics['loss']} at step {done}; last "
                                            f"good checkpoint: {last} (lower learning_rate to go on from it)")
-                _append_log(workdir, {"step": done, "split": "train", **metrics})
+                if main:
+                    _append_log(workdir, {"step": done, "split": "train", **metrics})
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", metric=f"{metrics['metric']:.4f}",
                                 ce=f"{metrics['ce']:.4f}", lr=f"{metrics['lr']:.3g}",
                                 img_s=f"{metrics['images_per_s']:.1f}")
             if done % config.eval_every == 0 and done != config.steps:
-                bar.write(f"step {done}: " + _format_scores(
-                    _validation(config, workdir, predict, state, val_source, done)))
+                scores = _validation(config, workdir, predict, state, val_source, done)
+                if main:
+                    bar.write(f"step {done}: " + _format_scores(scores))
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save(done)
             if stop.signum:

@@ -15,20 +15,33 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-REPOSITORY = "https://github.com/menet-jax/menet-jax"
 
-INSTALL = f'''\
-# Install menet-jax: from this checkout when the notebook runs inside it (nothing happens if the package is
-# already importable, as in CI), else from GitHub (Colab); with a GPU, the CUDA build of JAX comes with it.
+INSTALL = '''\
+# Where menet-jax is installed from: the one setting of this cell.
+#   ".."                                  this checkout, when the notebook runs inside a clone (the default)
+#   "/path/to/menet-jax"                  any local clone (installed editable)
+#   "/content/menet_jax-0.1.0-py3-none-any.whl"   a wheel file, e.g. uploaded to Colab; build it in a clone with
+#                                         `pip wheel --no-deps -w dist .`
+#   "git+https://HOST/PATH/menet-jax.git"   a git repository you can reach (pip's git+ URL syntax)
+# Nothing is installed when menet_jax is already importable (as in CI); with a GPU, the CUDA build of JAX comes too.
+MENET_SOURCE = ".."
+
 import importlib, importlib.util, os, shutil, subprocess, sys
 if importlib.util.find_spec("menet_jax") is None:
-    if os.path.isfile("../setup.cfg") and os.path.isdir("../menet_jax"):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", ".."], check=True)
-        sys.path.insert(0, os.path.abspath(".."))   # an editable install is seen by new interpreters only
+    extra = "[gpu]" if shutil.which("nvidia-smi") else ""
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    if os.path.isdir(MENET_SOURCE):
+        if not os.path.isfile(os.path.join(MENET_SOURCE, "setup.cfg")):
+            raise FileNotFoundError(f"{os.path.abspath(MENET_SOURCE)} is not a menet-jax checkout: set MENET_SOURCE")
+        subprocess.run(pip + ["-e", MENET_SOURCE + extra], check=True)
+        sys.path.insert(0, os.path.abspath(MENET_SOURCE))   # an editable install is seen by new interpreters only
+    elif os.path.isfile(MENET_SOURCE):
+        subprocess.run(pip + [f"menet-jax{extra} @ file://{os.path.abspath(MENET_SOURCE)}"], check=True)
+    elif "://" in MENET_SOURCE:
+        subprocess.run(pip + [f"menet-jax{extra} @ {MENET_SOURCE}"], check=True)
     else:
-        extra = "[gpu]" if shutil.which("nvidia-smi") else ""
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"menet-jax{{extra}} @ git+{REPOSITORY}"],
-                       check=True)
+        raise FileNotFoundError(f"MENET_SOURCE={MENET_SOURCE!r} is neither a folder, a file nor a URL: set it to a "
+                                "clone of menet-jax, a wheel file or a git+ URL (see the comments above)")
     importlib.invalidate_caches()'''
 
 SETTINGS = '''\
@@ -82,8 +95,14 @@ def code(text):
     return new_code_cell(text)
 
 
+INSTALL_NOTE = """\
+The first code cell installs menet-jax from `MENET_SOURCE`, set at its top: by default `..`, the checkout this
+notebook sits in; else the path of a clone, a wheel file (on Colab: upload it, then give its path) or a `git+` URL
+of a repository you can reach."""
+
+
 def opening(title, intro):
-    return [md(f"# {title}\n\n{intro}"), code(INSTALL), code(SETTINGS)]
+    return [md(f"# {title}\n\n{intro}\n\n{INSTALL_NOTE}"), code(INSTALL), code(SETTINGS)]
 
 
 # ------------------------------------------------------------------------------------------------- quickstart

@@ -1,4 +1,5 @@
-"""Robustness toolkit: distortions and the distorted-evaluation protocol (Table II, Fig. 9), Jacobian statistics
+"""Robustness toolkit: distortions and the distorted-evaluation protocol (Table II, Fig. 9), the ImageNet-C
+corruptions and PGD attacks, Jacobian statistics
 and local norms (Table III, Eq. 12), certified Lipschitz bounds (Eq. 13). The norm estimators and bounds take
 any JAX function of an image; see docs/robustness.md.
 
@@ -7,6 +8,8 @@ Names are imported lazily, so `python -m robustness.lipschitz` (and the other CL
 import importlib
 
 _EXPORTS = {
+    "attacks": ("pgd", "random_start"),
+    "corruptions": ("corrupt",),
     "distortions": ("awgn", "distort", "distort_batch", "image_rng", "jpeg", "severity_levels"),
     "lipschitz": ("LipschitzError", "conv_fft_bound", "elementwise_bound", "layerwise_bound"),
     "norms": ("directional_estimates", "exact_norms", "frobenius_hutchinson", "jacobian_matrix", "power_iteration",

@@ -1,7 +1,12 @@
-"""`python -m robustness.evaluate`: saliency quality under AWGN or JPEG (the paper's Table II and Fig. 9).
+"""`python -m robustness.evaluate`: saliency quality under AWGN, JPEG, ImageNet-C corruptions or PGD attacks.
+
+AWGN and JPEG give the paper's Table II and Fig. 9.
 
     python -m robustness.evaluate --checkpoint runs/duts --data-dir ../shared/data/ECSSD --distortion awgn
     python -m robustness.evaluate --predictor mypkg.models:predict --data-dir DIR --distortion jpeg --levels 90 50 10
+    python -m robustness.evaluate --checkpoint runs/duts --data-dir DIR --distortion imagenet-c \\
+        --corruptions noise,fog --levels 1 3 5 --reference eval/other_model/robustness.json
+    python -m robustness.evaluate --checkpoint runs/duts --data-dir DIR --distortion pgd-linf --levels 0 1 2 4 8
 
 Every image is distorted with its own seeded generator (robustness.distortions), given to the model, and the maps
 are scored against the untouched ground truth with the project's metrics (maps resized to the GT size and scored
@@ -30,6 +35,22 @@ Writes DIR/robustness.json (means, intervals and every seed's scores), DIR/table
 mean +- 95 % half-width, the share of the first level's F-beta kept, MAE), and the Fig. 9 curves DIR/curves.png
 (F-beta and MAE against the level, normalised and raw, interval bands).
 
+ImageNet-C (--distortion imagenet-c, robustness.corruptions): the 15 corruptions (--corruptions a,b or families
+noise, blur, weather, digital) at severities --levels (default 1..5) with the published parameters, each image at
+--noise-at's size with its own generator (the same one for every corruption and severity); random corruptions
+run once per seed. Frost uses a seeded procedural texture, not ImageNet-C's photos. Writes table.md (adaptive
+F-beta and MAE per corruption and severity, their means over severities, the clean scores), robustness.json and
+curves.png (F-beta against severity per family). --reference PATH (a previous imagenet-c robustness.json of
+another model) adds CE = sum_s (1 - F_s) / the reference's sum and mCE, their mean; without it there is no CE.
+
+PGD (--distortion pgd-linf | pgd-l2, robustness.attacks; --checkpoint only, a --predictor has no gradients):
+projected gradient ascent of the per-image binary cross entropy (--pgd-loss mae: MAE) of the attacked map (--map:
+ce, the salient probability, default; metric, the normalised Eq. 5 map; both: each attacked on its own) against
+the ground truth, in the network's input space (image and mask resized to its input size; the perturbed image
+is a float, not re-quantised), clipped to 0..255. Budgets --levels in /255 units (pixel levels; default L-inf 0 1
+2 4 8, L2 0 32 64 128 255), --pgd-steps (10), --pgd-step-size (a multiple of the budget, default 2.5 / steps),
+--random-start. The table adds the attacked loss at each budget.
+
 Robustness commands run in float32 (the checkpoint's compute dtype is not changed here).
 """
 from __future__ import annotations
@@ -47,9 +68,12 @@ import datasets
 from datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
 from menet_jax.inference import CHECKPOINT_HELP_FLOAT32, resize_to
-from robustness import distortions
+from robustness import corruptions, distortions
 
 KEYS = ("adp_f", "max_f", "mae")
+ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2"}
+KINDS = (*distortions.KINDS, "imagenet-c", *ATTACKS)
+UNITS = {"awgn": "variance", "jpeg": "quality", "pgd-linf": "L-inf budget (/255)", "pgd-l2": "L2 budget (/255)"}
 
 
 def load_predictor(spec: str):
@@ -91,6 +115,72 @@ def interval95(values) -> list | None:
     return [float(values.mean() - half), float(values.mean() + half)]
 
 
+def _score_maps(meters, example, maps):
+    """Adds one image's maps to the meters: resized to the GT size, 8-bit, raw and min-max normalised."""
+    from menet_jax.metrics import SODMetrics, to_8bit
+    h, w = example["mask"].shape
+    for name, m in maps.items():
+        m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
+        for mode, scored in (("raw", m), ("normalised", normalise(m))):
+            meter = meters.setdefault(mode, {}).setdefault(name, SODMetrics(normalize=False))
+            meter.step(to_8bit(resize_to(scored, h, w)), example["mask"])
+
+
+def _add_seed(per_seed, meters):
+    for mode, by_map in meters.items():
+        for name, meter in by_map.items():
+            scores = meter.results()
+            for k in KEYS:
+                per_seed.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(float(scores[k]))
+
+
+def _summarise(per_seed, level_seeds, used) -> dict:
+    """Mean over seeds, the 95 % interval, every seed's scores and the strengths used, for one level."""
+    r = {mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
+         for mode, by_map in per_seed.items()}
+    r["interval"] = {mode: {name: {k: interval95(v) for k, v in by_key.items()} for name, by_key in by_map.items()}
+                     for mode, by_map in per_seed.items()}
+    r["per_seed"], r["seeds"] = per_seed, level_seeds
+    r["levels_used"] = {"mean": float(np.mean(used)), "min": float(np.min(used)), "max": float(np.max(used))}
+    return r
+
+
+def _evaluate_levels(source, predict, levels, distort_batch, is_random, *, seeds, prepare, batch_size, progress,
+                     desc, label):
+    """The protocol's loop for any distortion: `distort_batch(images, level, seed, indices, names)` ->
+    (images, strengths), `is_random(level)` says whether the level needs every seed."""
+    results = {}
+    for level in levels:
+        level_seeds = list(seeds) if is_random(level) else list(seeds)[:1]
+        per_seed, used = {}, []
+        for seed in level_seeds:
+            meters = {}
+            bar = tqdm(total=len(source), desc=f"{desc} {label} {level} seed {seed}", unit="img",
+                       disable=not progress)
+            for start in range(0, len(source), batch_size):
+                indices = list(range(start, min(start + batch_size, len(source))))
+                examples = [source[i] for i in indices]
+                clean = [prepare(e["image"]) for e in examples]
+                images, strengths = distort_batch(clean, level, seed, indices, [e["name"] for e in examples])
+                used += strengths
+                for example, maps in zip(examples, as_map_dicts(predict(images), len(images))):
+                    _score_maps(meters, example, maps)
+                bar.update(len(examples))
+            bar.close()
+            _add_seed(per_seed, meters)
+        results[str(level)] = _summarise(per_seed, level_seeds, used)
+    return results
+
+
+def _preparation(noise_at, input_size):
+    if noise_at not in ("original", "input"):
+        raise ConfigError(f"noise_at must be original or input, got {noise_at!r}")
+    if noise_at == "input" and not input_size:
+        raise ConfigError("distorting at the input size needs the model's input size (--input-size)")
+    return (lambda image: image) if noise_at == "original" else \
+        (lambda image: distortions.to_input_size(image, input_size))
+
+
 def evaluate_distorted(source, predict, kind, levels, *, seeds=(0,), noise_at="original", input_size=None,
                        batch_size=8, progress=True, desc=""):
     """Scores of `predict` on `source` at each level, as the mean over `seeds` with a 95 % interval.
@@ -101,49 +191,221 @@ def evaluate_distorted(source, predict, kind, levels, *, seeds=(0,), noise_at="o
     to the square `input_size` before distorting it. "raw" scores the maps as `predict` returns them,
     "normalised" after a per-image min-max (the field's convention).
     """
-    from menet_jax.metrics import SODMetrics, to_8bit
-    if noise_at not in ("original", "input"):
-        raise ConfigError(f"noise_at must be original or input, got {noise_at!r}")
-    if noise_at == "input" and not input_size:
-        raise ConfigError("distorting at the input size needs the model's input size (--input-size)")
+    prepare = _preparation(noise_at, input_size)
+    return _evaluate_levels(
+        source, predict, levels,
+        lambda images, level, seed, indices, names: distortions.distort_batch(images, kind, level, seed=seed,
+                                                                              indices=indices, names=names),
+        lambda level: distortions.is_random(kind, level), seeds=seeds, prepare=prepare, batch_size=batch_size,
+        progress=progress, desc=desc, label=kind)
+
+
+# ------------------------------------------------------------------------------------------------ ImageNet-C
+def evaluate_corruptions(source, predict, names, severities, *, seeds=(0,), noise_at="original", input_size=None,
+                         batch_size=8, progress=True, desc=""):
+    """The ImageNet-C suite: {"clean": level result, corruption: {severity: level result}} (level results as
+    `evaluate_distorted`'s). Image i uses `distortions.image_rng(seed, i, name)` for every corruption and
+    severity (common random numbers); deterministic corruptions run once, random ones once per seed."""
+    prepare = _preparation(noise_at, input_size)
+    common = dict(seeds=seeds, prepare=prepare, batch_size=batch_size, progress=progress, desc=desc)
+    results = {"clean": _evaluate_levels(source, predict, ["clean"], lambda images, level, seed, indices, n:
+                                         (images, [0.0] * len(images)), lambda level: False, label="imagenet-c",
+                                         **common)["clean"]}
+    for name in names:
+        def distort_batch(images, severity, seed, indices, image_names, name=name):
+            out = [corruptions.corrupt(image, name, severity, distortions.image_rng(seed, index, image_name))
+                   for image, index, image_name in zip(images, indices, image_names)]
+            return out, [float(severity)] * len(out)
+        results[name] = _evaluate_levels(source, predict, severities, distort_batch,
+                                         lambda level, name=name: name in corruptions.RANDOM, label=name, **common)
+    return results
+
+
+def _reference_map(ref_levels, mode, name):
+    """The reference's map matching `name`: the same name, else its only map (a --predictor's "map")."""
+    maps = ref_levels[mode]
+    if name in maps:
+        return name
+    return next(iter(maps)) if len(maps) == 1 else None
+
+
+def corruption_errors(results, reference, mode, name):
+    """CE_c = sum_s (1 - F_s,c) / sum_s (1 - F^ref_s,c) over the severities both evaluated (adaptive F-beta),
+    and their mean (mCE); None where the reference lacks the corruption, a severity or a matching map."""
+    errors = {}
+    for corruption, levels in results.items():
+        if corruption == "clean":
+            continue
+        ref = (reference or {}).get(corruption)
+        if not ref or any(s not in ref for s in levels):
+            errors[corruption] = None
+            continue
+        ref_name = _reference_map(next(iter(ref.values())), mode, name)
+        if ref_name is None:
+            errors[corruption] = None
+            continue
+        ours = sum(1.0 - levels[s][mode][name]["adp_f"] for s in levels)
+        theirs = sum(1.0 - ref[s][mode][ref_name]["adp_f"] for s in levels)
+        errors[corruption] = ours / theirs if theirs > 0 else None
+    known = [v for v in errors.values() if v is not None]
+    errors["mCE"] = float(np.mean(known)) if known and len(known) == len(errors) else None
+    return errors
+
+
+def format_corruption_table(dataset, results, mode, name, errors=None, reference_label=None) -> str:
+    """One row per corruption: adaptive F-beta and MAE per severity and their mean over severities, and CE."""
+    corruptions_done = [c for c in results if c != "clean"]
+    severities = list(results[corruptions_done[0]]) if corruptions_done else []
+    with_ce = errors is not None
+    head = (f"| {dataset} ({mode} maps, {name}) | family | " + " | ".join(f"F s{s}" for s in severities) +
+            " | F mean | " + " | ".join(f"MAE s{s}" for s in severities) + " | MAE mean |" + (" CE |" if with_ce
+                                                                                               else ""))
+    lines = [head, "|---|---|" + "---|" * (2 * len(severities) + 2) + ("---|" if with_ce else "")]
+    clean = results["clean"][mode][name]
+    blank = " | ".join("" for _ in severities)
+    lines.append(f"| clean | | {blank} | {clean['adp_f']:.4f} | {blank} | {clean['mae']:.4f} |" +
+                 (" |" if with_ce else ""))
+    f_means, mae_means = [], []
+    for c in corruptions_done:
+        f = [results[c][s][mode][name]["adp_f"] for s in severities]
+        mae = [results[c][s][mode][name]["mae"] for s in severities]
+        f_means.append(np.mean(f))
+        mae_means.append(np.mean(mae))
+        ce = ""
+        if with_ce:
+            ce = " - |" if errors.get(c) is None else f" {errors[c]:.3f} |"
+        lines.append(f"| {c} | {corruptions.FAMILY_OF[c]} | " + " | ".join(f"{v:.4f}" for v in f) +
+                     f" | {f_means[-1]:.4f} | " + " | ".join(f"{v:.4f}" for v in mae) + f" | {mae_means[-1]:.4f} |"
+                     + ce)
+    if corruptions_done:
+        mce = ""
+        if with_ce:
+            mce = " - |" if errors.get("mCE") is None else f" mCE {errors['mCE']:.3f} |"
+        lines.append(f"| mean | | {blank} | {np.mean(f_means):.4f} | {blank} | {np.mean(mae_means):.4f} |" + mce)
+    seeds = max((len(results[c][s]["seeds"]) for c in corruptions_done for s in results[c]), default=1)
+    note = (f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s), intervals in "
+            f"robustness.json. ")
+    note += (f"CE = sum over severities of (1 - F) / the same for {reference_label}." if with_ce else
+             "No CE column: no --reference given (CE needs a reference model's robustness.json).")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def plot_corruptions(all_results, output: Path) -> None:
+    """Adaptive F-beta (normalised maps) against severity, one panel per corruption family, the clean score as
+    a dotted line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = {c for results in all_results.values() for c in results}
+    families = {f: names for f, names in corruptions.FAMILIES.items() if done & set(names)}
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), dpi=120, sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (family, names) in zip(axes, families.items()):
+        for dataset, results in all_results.items():
+            for m in sorted(results["clean"]["normalised"]):
+                ax.axhline(results["clean"]["normalised"][m]["adp_f"], ls=":", lw=1, color="grey")
+                for c in names:
+                    if c in results:
+                        sev = list(results[c])
+                        ax.plot([int(s) for s in sev], [results[c][s]["normalised"][m]["adp_f"] for s in sev],
+                                "-o", ms=3, label=f"{dataset}/{m}: {c}")
+        ax.set(title=family, xlabel="severity", xticks=list(corruptions.SEVERITIES))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    axes[0].set_ylabel("adaptive F-beta (normalised maps)")
+    fig.tight_layout()
+    fig.savefig(output / "curves.png")
+    plt.close(fig)
+
+
+def load_reference(path):
+    """A previous `--distortion imagenet-c` robustness.json: (its datasets' results, its model's name)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--reference {path}: cannot read it ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict) or data.get("distortion") != "imagenet-c" or "datasets" not in data:
+        raise ConfigError(f"--reference {path}: not a robustness.json of --distortion imagenet-c")
+    return data["datasets"], data.get("model") or str(path)
+
+
+# ---------------------------------------------------------------------------------------------- PGD attacks
+def attack_function(model, which: str):
+    """f(variables, x) -> the attacked map (N, S, S) in [0, 1]: "ce" the salient probability (smooth), "metric"
+    the min-max normalised Eq. 5 distance (the scored form; differentiable almost everywhere, through the
+    minimum, the maximum and the distance)."""
+    from menet_jax.saliency import metric_distance, salient_probability, scale_to_unit
+
+    def f(variables, x):
+        out = model.apply(variables, x, train=False)
+        p = salient_probability(out["logits"])
+        return p if which == "ce" else scale_to_unit(metric_distance(out["features"], p), 2.0)
+    return f
+
+
+def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,), random_start=False, steps=10,
+                    step_size=None, loss="bce", batch_size=8, progress=True, desc=""):
+    """PGD on each map of `maps` (each attacked separately, scored on the attacked map), at every budget (pixel
+    levels, 0..255 scale), in the network's input space. Level results as `evaluate_distorted`'s, plus
+    "attack_loss" {map: mean loss over the images at the returned point}; `step_size` a multiple of eps per
+    step (default 2.5 / steps)."""
+    from menet_jax.model import MEnet
+    import jax
+    import jax.numpy as jnp
+    from menet_jax.saliency import scale_to_unit
+    from robustness import attacks
+    size, variables = predictor.config.image_size, predictor.variables
+    model = MEnet.from_config(predictor.config)
+    functions = {m: attack_function(model, m) for m in maps}
     results = {}
-    for level in levels:
-        level_seeds = list(seeds) if distortions.is_random(kind, level) else list(seeds)[:1]
-        per_seed, used = {}, []
+    for eps in budgets:
+        level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
+        per_seed, losses = {}, {m: [] for m in maps}
         for seed in level_seeds:
             meters = {}
-            bar = tqdm(total=len(source), desc=f"{desc} {kind} {level} seed {seed}", unit="img",
+            bar = tqdm(total=len(source), desc=f"{desc} pgd-{norm} {eps} seed {seed}", unit="img",
                        disable=not progress)
             for start in range(0, len(source), batch_size):
                 indices = list(range(start, min(start + batch_size, len(source))))
                 examples = [source[i] for i in indices]
-                clean = [e["image"] if noise_at == "original" else distortions.to_input_size(e["image"], input_size)
-                         for e in examples]
-                images, strengths = distortions.distort_batch(clean, kind, level, seed=seed, indices=indices,
-                                                              names=[e["name"] for e in examples])
-                used += strengths
-                for example, maps in zip(examples, as_map_dicts(predict(images), len(images))):
-                    h, w = example["mask"].shape
-                    for name, m in maps.items():
-                        m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
-                        for mode, scored in (("raw", m), ("normalised", normalise(m))):
-                            meter = meters.setdefault(mode, {}).setdefault(name, SODMetrics(normalize=False))
-                            meter.step(to_8bit(resize_to(scored, h, w)), example["mask"])
+                pairs = [datasets.resize_pair(e["image"], e["mask"], size) for e in examples]
+                pad = [pairs[-1]] * (batch_size - len(pairs))            # one shape: the attack compiles once
+                x = np.stack([p[0] for p in pairs + pad]).astype(np.float32)
+                y = np.stack([p[1] for p in pairs + pad]).astype(np.float32)
+                init = None
+                if random_start and eps > 0:
+                    init = np.concatenate([attacks.random_start((1, *x.shape[1:]), eps, norm, distortions.image_rng(
+                        seed, i, e["name"])) for i, e in zip(indices, examples)] +
+                        [np.zeros((len(pad), *x.shape[1:]), np.float32)])
+                for m in maps:
+                    adv = x if eps == 0 else attacks.pgd(
+                        functions[m], variables, x, y, eps=float(eps), norm=norm, steps=steps,
+                        step_size=None if step_size is None else step_size * eps, loss=loss, start=init)[0]
+                    raw = jax.device_get(predictor._predict(variables, adv))[m]
+                    # The loss of the map the attack saw (the metric map in its normalised form), from the maps
+                    # already computed: no extra network pass.
+                    attacked = raw if m == "ce" else np.asarray(scale_to_unit(jnp.asarray(raw) * 2.0, 2.0))
+                    loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), loss))
+                    losses[m] += [float(v) for v in loss_values[:len(examples)]]
+                    for j, example in enumerate(examples):
+                        _score_maps(meters, example, {m: raw[j]})
                 bar.update(len(examples))
             bar.close()
-            for mode, by_map in meters.items():
-                for name, meter in by_map.items():
-                    scores = meter.results()
-                    for k in KEYS:
-                        per_seed.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(float(scores[k]))
-        r = {mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
-             for mode, by_map in per_seed.items()}
-        r["interval"] = {mode: {name: {k: interval95(v) for k, v in by_key.items()} for name, by_key in by_map.items()}
-                         for mode, by_map in per_seed.items()}
-        r["per_seed"], r["seeds"] = per_seed, level_seeds
-        r["levels_used"] = {"mean": float(np.mean(used)), "min": float(np.min(used)), "max": float(np.max(used))}
-        results[str(level)] = r
+            _add_seed(per_seed, meters)
+        r = _summarise(per_seed, level_seeds, [float(eps)])
+        r["attack_loss"] = {m: float(np.mean(v)) for m, v in losses.items()}
+        results[str(float(eps))] = r
     return results
+
+
+def format_attack_losses(name, results, loss) -> str:
+    maps = sorted(next(iter(results.values()))["attack_loss"])
+    lines = [f"| {name}: attacked loss ({loss}, mean per image) | budget (/255) | " + " | ".join(maps) + " |",
+             "|---|---|" + "---|" * len(maps)]
+    for level, r in results.items():
+        lines.append(f"| | {float(level):.6g} | " + " | ".join(f"{r['attack_loss'][m]:.4f}" for m in maps) + " |")
+    return "\n".join(lines)
 
 
 def _cell(r, mode, m, key) -> str:
@@ -157,7 +419,7 @@ def format_table(name, kind, results, mode="normalised") -> str:
     of the first level's F-beta it keeps, and MAE, per map."""
     first = next(iter(results.values()))
     maps = sorted(first[mode])
-    unit = "variance" if kind == "awgn" else "quality"
+    unit = UNITS[kind]
     lines = [f"| {name} ({mode} maps) | {kind} {unit} | seeds | " +
              " | ".join(f"F-beta {m} | kept {m}" for m in maps) + " | " + " | ".join(f"MAE {m}" for m in maps) + " |",
              "|---|---|---|" + "---|" * (3 * len(maps))]
@@ -188,7 +450,7 @@ def plot_curves(all_results, kind, output: Path) -> None:
                     line, = ax.plot(x, y, style, ms=3, label=f"{name}/{m} ({mode})")
                     ci = [results[lv]["interval"][mode][m][key] or (v, v) for lv, v in zip(levels, y)]
                     ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.2)
-    xlabel = "noise variance (0..255 scale)" if kind == "awgn" else "JPEG quality"
+    xlabel = {"awgn": "noise variance (0..255 scale)", "jpeg": "JPEG quality"}.get(kind, UNITS.get(kind, kind))
     for ax, ylabel in zip(axes, ("adaptive F-beta (beta^2 = 0.3)", "MAE")):
         ax.set(xlabel=xlabel, ylabel=ylabel)
         if kind == "jpeg":
@@ -201,6 +463,10 @@ def plot_curves(all_results, kind, output: Path) -> None:
 
 
 def parse_levels(kind, items):
+    if kind == "imagenet-c":
+        return parse_severities(items)
+    if kind in ATTACKS:
+        return parse_budgets(kind, items)
     if not items:
         return [0.0, *distortions.severity_levels("awgn"), "random"] if kind == "awgn" else \
             [100.0, *distortions.severity_levels("jpeg"), "random"]
@@ -219,15 +485,63 @@ def parse_levels(kind, items):
     return levels
 
 
+def parse_severities(items):
+    if not items:
+        return list(corruptions.SEVERITIES)
+    severities = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            value = None
+        if value not in corruptions.SEVERITIES:
+            raise ConfigError(f"bad imagenet-c severity {item!r}: an integer 1..5")
+        if value not in severities:
+            severities.append(value)
+    return severities
+
+
+def parse_budgets(kind, items):
+    from robustness.attacks import DEFAULT_BUDGETS
+    if not items:
+        return list(DEFAULT_BUDGETS[ATTACKS[kind]])
+    budgets = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 255 * 1000 or not np.isfinite(value):
+            raise ConfigError(f"bad {kind} budget {item!r}: a number >= 0, in /255 units (pixel levels)")
+        budgets.append(value)
+    return budgets
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
     model.add_argument("--predictor", help="MODULE:FUNCTION, images -> maps (see above)")
-    parser.add_argument("--distortion", choices=distortions.KINDS, required=True)
-    parser.add_argument("--levels", nargs="+", help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'")
-    parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
+    parser.add_argument("--distortion", choices=KINDS, required=True)
+    parser.add_argument("--levels", nargs="+",
+                        help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'; imagenet-c: severities "
+                             "1..5 (default all); pgd-*: budgets in /255 units (default linf 0 1 2 4 8, l2 0 32 64 "
+                             "128 255)")
+    parser.add_argument("--map", choices=["metric", "ce", "both"],
+                        help="with --checkpoint: the maps scored (default both); pgd-*: the map attacked, each "
+                             "separately with both (default ce, the salient probability)")
+    parser.add_argument("--corruptions", help="imagenet-c: comma-separated corruptions or families (noise, blur, "
+                                              "weather, digital); default all 15")
+    parser.add_argument("--reference", type=Path,
+                        help="imagenet-c: a reference model's robustness.json (from --distortion imagenet-c) for "
+                             "the corruption error CE; without it the CE column is left out")
+    parser.add_argument("--pgd-steps", type=int, help="pgd-*: iterations (default 10)")
+    parser.add_argument("--pgd-step-size", type=float,
+                        help="pgd-*: step as a multiple of the budget (default 2.5 / steps)")
+    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="pgd-*: loss maximised (default bce)")
+    parser.add_argument("--random-start", action="store_true",
+                        help="pgd-*: start at a uniform point of the ball (per-image generator; then --seeds apply)")
     parser.add_argument("--output", type=Path, default=Path("robustness_eval"))
     parser.add_argument("--seed", type=int, default=0, help="first base seed of the per-image generators")
     parser.add_argument("--seeds", type=int, default=3,
@@ -245,18 +559,54 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_flags(args):
+    """One-line errors for options that do not belong to the chosen --distortion."""
+    kind = args.distortion
+    if kind != "imagenet-c":
+        for flag, value in (("--corruptions", args.corruptions), ("--reference", args.reference)):
+            if value is not None:
+                raise ConfigError(f"{flag} is for --distortion imagenet-c, not {kind}")
+    if kind not in ATTACKS:
+        for flag, value in (("--pgd-steps", args.pgd_steps), ("--pgd-step-size", args.pgd_step_size),
+                            ("--pgd-loss", args.pgd_loss), ("--random-start", args.random_start or None)):
+            if value is not None:
+                raise ConfigError(f"{flag} is for --distortion pgd-linf / pgd-l2, not {kind}")
+        return
+    if args.predictor is not None:
+        raise ConfigError(f"--distortion {kind} needs --checkpoint: gradient attacks differentiate the MEnet "
+                          "network, and a --predictor is a black box")
+    if args.pgd_steps is not None and args.pgd_steps < 1:
+        raise ConfigError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
+    if args.pgd_step_size is not None and not args.pgd_step_size > 0:
+        raise ConfigError(f"--pgd-step-size must be > 0, got {args.pgd_step_size}")
+
+
+def model_name(args) -> str:
+    if args.predictor is not None:
+        return args.predictor
+    return str(args.checkpoint) if args.checkpoint is not None else "MEnet (shipped weights)"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
+    kind = args.distortion
     try:
-        levels = parse_levels(args.distortion, args.levels)
+        check_flags(args)
+        levels = parse_levels(kind, args.levels)
+        try:
+            names = corruptions.parse_names(args.corruptions) if kind == "imagenet-c" else None
+        except ValueError as error:
+            raise ConfigError(f"--corruptions: {error}") from None
+        reference, reference_model = load_reference(args.reference) if args.reference else (None, None)
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
         input_size = args.input_size
         sources = sources_from_args(args)
+        predictor = None
         if args.predictor is None:
             from menet_jax.inference import Predictor
             # Raw maps (the CE probability and the Eq. 5 distance / 2 as the network gives them); the normalised
@@ -264,37 +614,89 @@ def main(argv=None) -> int:
             predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False,
                                        dtype="float32")
             input_size = predictor.config.image_size
-            names = ("metric", "ce") if args.map == "both" else (args.map,)
-            predict = lambda images: [{n: m[n] for n in names} for m in predictor(images)]
+            default = ("ce",) if kind in ATTACKS else ("metric", "ce")
+            map_names = default if args.map is None else ("metric", "ce") if args.map == "both" else (args.map,)
+            predict = lambda images: [{n: m[n] for n in map_names} for m in predictor(images)]
         else:
             predict = load_predictor(args.predictor)
         all_results = {}
+        seeds = range(args.seed, args.seed + args.seeds)
         for name, source in sources:
             if args.limit is not None:
                 source = datasets.Subset(source, list(range(min(args.limit, len(source)))))
-            all_results[name] = evaluate_distorted(
-                source, predict, args.distortion, levels, seeds=range(args.seed, args.seed + args.seeds),
-                noise_at=args.noise_at, input_size=input_size, batch_size=args.batch_size,
-                progress=not args.no_progress, desc=name)
+            common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
+            if kind == "imagenet-c":
+                all_results[name] = evaluate_corruptions(source, predict, names, levels, noise_at=args.noise_at,
+                                                         input_size=input_size, **common)
+            elif kind in ATTACKS:
+                all_results[name] = evaluate_attack(
+                    source, predictor, ATTACKS[kind], levels, maps=map_names, random_start=args.random_start,
+                    steps=args.pgd_steps or 10, step_size=args.pgd_step_size, loss=args.pgd_loss or "bce",
+                    **common)
+            else:
+                all_results[name] = evaluate_distorted(source, predict, kind, levels, noise_at=args.noise_at,
+                                                       input_size=input_size, **common)
     except (ConfigError, datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    tables = "\n\n".join(format_table(name, args.distortion, r, mode)
+    if kind == "imagenet-c":
+        return _write_corruptions(args, out, all_results, names, levels, input_size, reference, reference_model)
+    tables = "\n\n".join(format_table(name, kind, r, mode)
                          for name, r in all_results.items() for mode in ("normalised", "raw"))
+    if kind in ATTACKS:
+        loss = args.pgd_loss or "bce"
+        tables += "\n\n" + "\n\n".join(format_attack_losses(name, r, loss) for name, r in all_results.items())
+        summary = {"distortion": kind, "model": model_name(args), "levels": [str(float(lv)) for lv in levels],
+                   "level_unit": "budget in pixel levels of the 0..255 scale (k means k/255 of [0, 1])",
+                   "norm": ATTACKS[kind], "attacked_maps": list(map_names), "loss": loss,
+                   "steps": args.pgd_steps or 10,
+                   "step_size": f"{args.pgd_step_size} x budget" if args.pgd_step_size else "2.5 x budget / steps",
+                   "random_start": args.random_start, "seed": args.seed, "seeds": args.seeds,
+                   "attack_space": f"network input ({input_size} px, float, not re-quantised)",
+                   "input_size": input_size, "datasets": all_results}
+    else:
+        summary = {"distortion": kind, "levels": [str(lv) for lv in levels], "seed": args.seed,
+                   "seeds": args.seeds, "noise_at": args.noise_at, "input_size": input_size,
+                   "level_unit": "noise variance, 0..255 scale" if kind == "awgn" else "JPEG quality",
+                   "random_ranges": distortions.RANDOM_RANGES[kind], "datasets": all_results}
     (out / "table.md").write_text(tables + "\n")
-    (out / "robustness.json").write_text(json.dumps(
-        {"distortion": args.distortion, "levels": [str(lv) for lv in levels], "seed": args.seed,
-         "seeds": args.seeds, "noise_at": args.noise_at, "input_size": input_size,
-         "level_unit": "noise variance, 0..255 scale" if args.distortion == "awgn" else "JPEG quality",
-         "random_ranges": distortions.RANDOM_RANGES[args.distortion], "datasets": all_results}, indent=2) + "\n")
+    (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
     written = [out / "robustness.json", out / "table.md"]
     if any(level != "random" for level in levels):      # Fig. 9 needs fixed levels; "random" alone is Table II
-        plot_curves(all_results, args.distortion, out)
+        plot_curves(all_results, kind, out)
         written.append(out / "curves.png")
     print(tables)
     print("results: " + ", ".join(map(str, written)))
+    return 0
+
+
+def _write_corruptions(args, out, all_results, names, severities, input_size, reference, reference_model) -> int:
+    tables, errors = [], {}
+    label = f"{reference_model} ({args.reference})" if reference is not None else None
+    for dataset, results in all_results.items():
+        for mode in ("normalised", "raw"):
+            for m in sorted(results["clean"][mode]):
+                ce = None
+                if reference is not None:
+                    ce = corruption_errors(results, reference.get(dataset), mode, m)
+                    errors.setdefault(dataset, {}).setdefault(mode, {})[m] = ce
+                tables.append(format_corruption_table(dataset, results, mode, m, ce, label))
+    text = "\n\n".join(tables)
+    (out / "table.md").write_text(text + "\n")
+    summary = {"distortion": "imagenet-c", "model": model_name(args), "corruptions": names,
+               "severities": [str(s) for s in severities], "seed": args.seed, "seeds": args.seeds,
+               "noise_at": args.noise_at, "input_size": input_size,
+               "parameters": "ImageNet-C (Hendrycks & Dietterich 2019) published severities; see "
+                             "robustness/corruptions.py",
+               "frost": "procedural seeded texture (not the ImageNet-C frost photos)",
+               "reference": None if reference is None else {"path": str(args.reference), "model": reference_model},
+               "corruption_errors": errors if reference is not None else None, "datasets": all_results}
+    (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_corruptions(all_results, out)
+    print(text)
+    print("results: " + ", ".join(map(str, [out / "robustness.json", out / "table.md", out / "curves.png"])))
     return 0
 
 

@@ -1,0 +1,150 @@
+"""robustness.attacks: PGD budgets, pixel range, zero budget, loss increase on real images (tiny MEnet), and
+`robustness.evaluate --distortion pgd-l2` on a tiny checkpoint."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from datasets import FolderSource, resize_pair
+from robustness import attacks
+
+
+def toy_map(params, x):
+    """A per-pixel logistic map of the colour channels: smooth, and cheap to compile."""
+    return jax.nn.sigmoid(jnp.einsum("nhwc,c->nhw", x / 255.0 - 0.5, params["w"]) * 6.0 + params["b"])
+
+
+TOY = {"w": jnp.array([1.0, -0.5, 0.8]), "b": jnp.array(0.1)}
+
+
+def _batch(seed=0, shape=(2, 8, 8)):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (*shape, 3)).astype(np.float32)
+    x[0, :2] = 0.0                                                       # entries at the pixel range's ends
+    x[1, :2] = 255.0
+    y = (rng.random(shape) < 0.5).astype(np.float32)
+    return x, y
+
+
+def _norms(delta):
+    flat = np.asarray(delta, np.float64).reshape(len(delta), -1)
+    return np.abs(flat).max(1), np.linalg.norm(flat, axis=1)
+
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+@pytest.mark.parametrize("random", [False, True])
+def test_perturbation_stays_in_the_budget_and_the_pixel_range(norm, random):
+    x, y = _batch()
+    for eps in (1.0, 8.0, 40.0):
+        start = attacks.random_start(x.shape, eps, norm, np.random.default_rng(3)) if random else None
+        adv, loss = attacks.pgd(toy_map, TOY, x, y, eps=eps, norm=norm, steps=7, start=start)
+        adv = np.asarray(adv)
+        assert adv.min() >= 0.0 and adv.max() <= 255.0 and adv.dtype == np.float32
+        linf, l2 = _norms(adv - x)
+        assert np.all((linf if norm == "linf" else l2) <= eps * (1 + 1e-6) + 1e-3)
+        clean = np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), jnp.asarray(y)))
+        assert np.all(np.asarray(loss) > clean)
+        np.testing.assert_allclose(loss, attacks.map_loss(toy_map(TOY, jnp.asarray(adv)), jnp.asarray(y)),
+                                   rtol=1e-5)
+
+
+def test_random_start_lies_in_the_ball():
+    shape = (3, 4, 5, 3)
+    linf, _ = _norms(attacks.random_start(shape, 2.0, "linf", np.random.default_rng(0)))
+    _, l2 = _norms(attacks.random_start(shape, 2.0, "l2", np.random.default_rng(0)))
+    assert np.all(linf <= 2.0) and np.all(l2 <= 2.0 + 1e-5) and np.all(l2 > 1.5)   # d = 60: radius ~ eps
+
+
+def test_zero_budget_gives_the_clean_image_and_loss_exactly():
+    x, y = _batch(1)
+    for norm in attacks.NORMS:
+        adv, loss = attacks.pgd(toy_map, TOY, x, y, eps=0.0, norm=norm)
+        assert np.array_equal(np.asarray(adv), x)
+        assert np.array_equal(np.asarray(loss), np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)),
+                                                                            jnp.asarray(y))))
+    with pytest.raises(ValueError):
+        attacks.pgd(toy_map, TOY, x, y, eps=1.0, norm="l1")
+    with pytest.raises(ValueError):
+        attacks.pgd(toy_map, TOY, x, y, eps=-1.0)
+
+
+def test_mae_loss_is_the_map_mae():
+    m = jnp.array([[[0.2, 0.9]]])
+    y = jnp.array([[[0.0, 1.0]]])
+    assert float(attacks.map_loss(m, y, "mae")[0]) == pytest.approx(0.15)
+    assert float(attacks.map_loss(m, y, "bce")[0]) == pytest.approx(-(np.log(0.8) + np.log(0.9)) / 2, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_menet():
+    from menet_jax.config import get_config
+    from menet_jax.model import MEnet, init_variables
+    config = get_config("tiny")
+    model = MEnet.from_config(config)
+    return model, init_variables(model, 0), config.image_size
+
+
+def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_menet, monkeypatch):
+    """Tiny MEnet (fresh weights) on two ECSSD images at its 32 px input: the normalised Eq. 5 map has a finite
+    gradient (min-max and the distance are differentiable almost everywhere) and the L-inf attack raises its
+    loss within the budget. (The CE probability under L2 on real images: the CLI test below.)"""
+    from robustness.evaluate import attack_function
+    monkeypatch.setenv("MENET_CONV", "plain")                            # quicker to compile, same function
+    model, variables, size = tiny_menet
+    source = FolderSource(shared_data / "ECSSD")
+    pairs = [resize_pair(source[i]["image"], source[i]["mask"], size) for i in (0, 1)]
+    x = np.stack([p[0] for p in pairs]).astype(np.float32)
+    y = np.stack([p[1] for p in pairs]).astype(np.float32)
+    f = attack_function(model, "metric")
+    clean, g = jax.jit(jax.value_and_grad(lambda z: attacks.map_loss(f(variables, z), jnp.asarray(y)).sum()))(
+        jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).max() > 0
+    adv, loss = attacks.pgd(f, variables, x, y, eps=4.0, norm="linf", steps=5)
+    assert float(np.sum(loss)) > float(clean) and np.all(np.asarray(loss) > 0)
+    assert np.abs(np.asarray(adv) - x).max() <= 4.0 + 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved (untrained) tiny MEnet in a training workdir, without compiling a train step."""
+    from menet_jax import checkpoint as ckpt
+    from menet_jax.config import get_config
+    from menet_jax.model import MEnet
+    from menet_jax.trainer import create_state, make_optimizer
+    config = get_config("tiny")
+    workdir = tmp_path_factory.mktemp("run")
+    manager = ckpt.open_manager(workdir, config)
+    ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
+
+
+def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from robustness.evaluate import main
+    monkeypatch.setenv("MENET_CONV", "plain")
+    out = tmp_path / "pgd"
+    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(shared_data / "ECSSD"), "--limit", "2",
+              "--batch-size", "2", "--no-progress"]
+    assert main(common + ["--distortion", "pgd-l2", "--levels", "0", "64", "--pgd-steps", "4",
+                          "--output", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "pgd-l2 L2 budget (/255)" in table and "attacked loss (bce" in table
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["norm"] == "l2" and report["attacked_maps"] == ["ce"] and "network input" in report["attack_space"]
+    r = report["datasets"]["ECSSD"]
+    assert list(r) == ["0.0", "64.0"]
+    for level in r.values():
+        assert 0 <= level["raw"]["ce"]["adp_f"] <= 1 and 0 <= level["normalised"]["ce"]["mae"] <= 1
+    assert r["64.0"]["attack_loss"]["ce"] > r["0.0"]["attack_loss"]["ce"]
+    capsys.readouterr()
+    assert main(["--predictor", "x:y", "--data-dir", str(shared_data / "ECSSD"), "--distortion", "pgd-linf",
+                 "--output", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --distortion pgd-linf needs --checkpoint") and err.count("\n") == 1
+    assert main(common + ["--distortion", "jpeg", "--pgd-steps", "3", "--output", str(tmp_path / "no")]) == 2
+    assert "--pgd-steps is for --distortion pgd-linf / pgd-l2" in capsys.readouterr().err
+    assert main(common + ["--distortion", "pgd-linf", "--levels", "-1", "--output", str(tmp_path / "no")]) == 2
+    assert "bad pgd-linf budget '-1'" in capsys.readouterr().err
