@@ -12,34 +12,12 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import traverse_util
-from PIL import Image, ImageOps
 
 from menet_jax import checkpoint as ckpt
 from menet_jax.config import Config, ConfigError
 from menet_jax.model import MEnet, parameter_shapes
-
-MAPS = ("metric", "ce")
-
-
-def load_photo(path) -> np.ndarray:
-    """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), alpha dropped."""
-    import datasets
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
-            return np.asarray(img.convert("RGB"))
-    except datasets.READ_ERRORS as error:
-        raise datasets.DataError(f"{path}: cannot read image ({error})") from None
-
-
-def resize_to(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a float map (H, W) to (height, width), values kept in [0, 1]."""
-    if saliency.shape == (height, width):
-        return saliency
-    resized = Image.fromarray(np.asarray(saliency, np.float32), mode="F").resize((width, height), Image.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
+# The image helpers live in the jax-free `outputs` (shared with `predict --backend onnx`); re-exported here.
+from menet_jax.outputs import MAPS, load_photo, resize_input, resize_to  # noqa: F401
 
 
 def workdir_config(workdir) -> Config:
@@ -124,7 +102,7 @@ class Predictor:
             chunk = images[start:start + self.batch_size]
             batch = np.zeros((self.batch_size, size, size, 3), np.uint8)
             for j, image in enumerate(chunk):
-                batch[j] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+                batch[j] = resize_input(image, size)
             maps = jax.device_get(self._predict(self.variables, batch))
             for j, image in enumerate(chunk):
                 h, w = image.shape[:2]

@@ -4,6 +4,7 @@
     python -m menet_jax.predict p photos/ maps/ --checkpoint runs/duts    # a folder (batched)
     python -m menet_jax.predict i photo.jpg mask.png --threshold 0.5      # binary mask (0/255)
     python -m menet_jax.predict i photo.jpg cutout.png --cutout           # RGBA, background removed
+    python -m menet_jax.predict i photo.jpg photo.png --backend onnx --checkpoint menet.onnx   # onnxruntime, no JAX
 
 Outputs are at each image's original size: in mode i in the format of OUT's extension (.png, .jpg, .jpeg, .webp,
 .tif, .tiff, .bmp; a --cutout needs alpha, so not .jpg / .jpeg: use .png or .webp), in mode p PNGs named after the
@@ -11,6 +12,10 @@ inputs' stems. Output paths are checked before the network is loaded: a folder w
 a folder is needed, an output that would overwrite an input, two inputs with the same stem (x.jpg, x.png) and an
 unwritable destination are one-line errors. Without --checkpoint the weights shipped in the package are used
 (menet_jax/weights, checksum verified on load).
+
+`--backend onnx` runs a file written by `python -m menet_jax.export` (given as --checkpoint) with onnxruntime:
+that path imports no JAX (`menet_jax.export.OnnxPredictor`, the image helpers of `menet_jax.outputs`), so it runs
+where only numpy, Pillow and onnxruntime are installed (`pip install 'menet-jax[export]'`), in float32.
 """
 from __future__ import annotations
 
@@ -22,7 +27,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from menet_jax.outputs import check_distinct, check_file, check_folder, save_image
+from menet_jax.config import ConfigError
+from menet_jax.outputs import check_distinct, check_file, check_folder, load_photo, save_image
+
+CHECKPOINT_HELP = ("training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights); "
+                   "with --backend onnx, a .onnx file written by python -m menet_jax.export")
 
 
 def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None = None, cutout: bool = False):
@@ -46,7 +55,6 @@ def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=No
                   progress=True) -> int:
     """Predict each input file and write the matching output (format from its extension); returns the number
     written. The outputs are checked first (`menet_jax.outputs`), so a bad path fails before any prediction."""
-    from menet_jax.inference import load_photo
     formats = check_outputs(inputs, outputs, cutout=cutout)
     bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(inputs), predictor.batch_size):
@@ -62,7 +70,6 @@ def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=No
 
 
 def parse_args(argv=None):
-    from menet_jax.inference import CHECKPOINT_HELP
     parser = argparse.ArgumentParser(prog="python -m menet_jax.predict", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("mode", choices=["i", "p"], help="i: one image; p: a folder of images")
@@ -70,7 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("output")
     parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="compute dtype (default: the one the weights were trained with)")
+                        help="compute dtype (default: the one the weights were trained with; jax backend only)")
+    parser.add_argument("--backend", default="jax", choices=["jax", "onnx"],
+                        help="jax (default) or onnx: run an exported .onnx --checkpoint with onnxruntime, no JAX")
     parser.add_argument("--map", default="metric", choices=["metric", "ce"], help="metric (Eq. 5) or CE map")
     parser.add_argument("-om", "--only-mask", action="store_true", help="write the map only (the default)")
     parser.add_argument("--threshold", type=float, help="write a binary 0/255 mask: map >= THRESHOLD")
@@ -81,13 +90,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import datasets
-    from menet_jax.config import ConfigError
+def load_predictor(args):
+    """The network to run: the JAX Predictor, or with --backend onnx an OnnxPredictor (JAX never imported)."""
+    onnx_file = args.checkpoint is not None and args.checkpoint.suffix.lower() == ".onnx"
+    if args.backend == "onnx":
+        if args.checkpoint is None or not onnx_file:
+            raise ConfigError("--backend onnx needs --checkpoint FILE.onnx (write one with "
+                              "python -m menet_jax.export [CHECKPOINT] menet.onnx)")
+        if args.dtype not in (None, "float32"):
+            raise ConfigError(f"--dtype {args.dtype}: an ONNX export computes in float32")
+        from menet_jax.export import OnnxPredictor
+        return OnnxPredictor(args.checkpoint, batch_size=args.batch_size)
+    if onnx_file:
+        raise ConfigError(f"{args.checkpoint}: an ONNX export; run it with --backend onnx")
     from menet_jax.inference import Predictor
     from menet_jax.trainer import enable_compilation_cache
     enable_compilation_cache()
+    return Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import datasets
     try:
         if args.threshold is not None and not 0 <= args.threshold <= 1:
             raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
@@ -106,7 +130,7 @@ def main(argv=None) -> int:
             check_folder(target)
             outputs = [target / f"{p.stem}.png" for p in inputs]
         check_outputs(inputs, outputs, cutout=args.cutout)        # before the network loads
-        predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
+        predictor = load_predictor(args)
         count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
                               cutout=args.cutout, progress=not args.no_progress)
     except (ConfigError, datasets.DataError) as error:
