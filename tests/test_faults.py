@@ -107,6 +107,9 @@ def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
     assert ("note: removed" in out) == left_stale
     assert not stale_writes(workdir)
     assert_bitwise_equal(params(reference), params(workdir))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert logged_steps == sorted(set(logged_steps))     # no duplicated records after the resumes
 
 
 def test_sigterm_saves_the_current_step(data, reference, tmp_path, capsys):
