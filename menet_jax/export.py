@@ -24,9 +24,7 @@ This module imports JAX only inside the functions that need it: `OnnxPredictor` 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -209,20 +207,6 @@ def onnx_model(variables, config):
 
 
 # --------------------------------------------------------------------------------------------- StableHLO: writing
-@contextmanager
-def _plain_convolutions():
-    """The plain lax convolutions while tracing (`layers.conv_impl` reads MENET_CONV at trace time): the CPU fast
-    forms are rewrites for XLA's CPU backend, not what another runtime should be handed."""
-    saved = os.environ.get("MENET_CONV")
-    os.environ["MENET_CONV"] = "plain"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MENET_CONV", None)
-        else:
-            os.environ["MENET_CONV"] = saved
-
 
 def forward_function(variables, config):
     """images float32 (N, S, S, 3) -> (metric, ce), the weights closed over (constants of the exported program)."""
@@ -245,7 +229,8 @@ def stablehlo_bytes(variables, config) -> bytes:
     from jax import export
     batch, = export.symbolic_shape("batch")
     size = config.image_size
-    with _plain_convolutions():
+    from menet_jax.layers import plain_convolutions
+    with plain_convolutions():
         exported = export.export(jax.jit(forward_function(variables, config)))(
             jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
     return bytes(exported.serialize())

@@ -6,6 +6,7 @@ without touching the model. Layout is NHWC activations and HWIO kernels througho
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -51,6 +52,22 @@ def conv_impl(impl: str | None = None) -> str:
 #   took 1.55 s with them and 1.34 s without, its gradient with respect to the image 3.05 s and 2.77 s.
 # - matrix products and reductions in every program.
 _YNN_FUSION_KINDS = {True: ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"), False: ("INDIVIDUAL_DOT", "REDUCE")}
+
+
+@contextlib.contextmanager
+def plain_convolutions():
+    """Trace with the lax convolutions as written (MENET_CONV=plain, read by `conv_impl` at trace time): the same
+    functions as the CPU fast forms, one conv_general_dilated per layer, which is what another runtime (export)
+    or a per-layer analysis (robustness.lipschitz) should be handed."""
+    saved = os.environ.get("MENET_CONV")
+    os.environ["MENET_CONV"] = "plain"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MENET_CONV", None)
+        else:
+            os.environ["MENET_CONV"] = saved
 
 
 @functools.cache

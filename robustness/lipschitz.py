@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from menet_jax.layers import plain_convolutions
 from robustness.norms import power_iteration
 
 
@@ -617,23 +617,6 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     if output == "salient_prob":                 # sigmoid(z1 - z0): the two channels' sum, slope 1/4
         return (Lh * abs(scale[1]) + Lh * abs(scale[0])) * 0.25
     return flush(Lh, scale)
-
-
-@contextlib.contextmanager
-def plain_convolutions():
-    """Trace MEnet with the lax convolutions as written (MENET_CONV=plain): the same functions as the CPU "fast"
-    formulations, but one conv_general_dilated per layer, which is what the per-layer table and the hand-derived
-    bound describe."""
-    saved = os.environ.get("MENET_CONV")
-    os.environ["MENET_CONV"] = "plain"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MENET_CONV", None)
-        else:
-            os.environ["MENET_CONV"] = saved
-
 
 def menet_outputs(model, variables, output: str, *, plain: bool = True):
     """MEnet in evaluation mode as a function of one image (1, S, S, 3) -> the chosen output.

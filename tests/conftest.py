@@ -35,3 +35,19 @@ def shared_docs() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return docs
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved (untrained) tiny MEnet in a training workdir, without compiling a train step."""
+    from menet_jax import checkpoint as ckpt
+    from menet_jax.config import get_config
+    from menet_jax.model import MEnet
+    from menet_jax.trainer import create_state, make_optimizer
+    config = get_config("tiny")
+    workdir = tmp_path_factory.mktemp("run")
+    manager = ckpt.open_manager(workdir, config)
+    ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir

@@ -106,22 +106,6 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
     assert np.abs(np.asarray(adv) - x).max() <= 4.0 + 1e-3
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A saved (untrained) tiny MEnet in a training workdir, without compiling a train step."""
-    from menet_jax import checkpoint as ckpt
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet
-    from menet_jax.trainer import create_state, make_optimizer
-    config = get_config("tiny")
-    workdir = tmp_path_factory.mktemp("run")
-    manager = ckpt.open_manager(workdir, config)
-    ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
-    manager.wait_until_finished()
-    manager.close()
-    return workdir
-
-
 def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from robustness.evaluate import main
     monkeypatch.setenv("MENET_CONV", "plain")
