@@ -21,12 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import datasets  # noqa: E402
-from datasets.tfds_source import TFDSSource, prepared_builder  # noqa: E402
+import menet_datasets  # noqa: E402
+from menet_datasets.tfds_source import TFDSSource, prepared_builder  # noqa: E402
 
 
 def images_per_s(source, *, batch_size: int, size: int, batches: int, workers: int) -> float:
-    with datasets.BatchLoader(source, 0, batches + 1, batch_size=batch_size, size=size, seed=0, shuffle=True,
+    with menet_datasets.BatchLoader(source, 0, batches + 1, batch_size=batch_size, size=size, seed=0, shuffle=True,
                               augment=True, workers=workers, prefetch=2 * workers) as loader:
         next(loader)  # warm-up: thread start, first reads
         started = time.perf_counter()
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--gpu-images-per-s", type=float, default=300.0, help="what a GPU train step consumes")
     args = parser.parse_args()
 
-    folder = datasets.FolderSource(args.data)
+    folder = menet_datasets.FolderSource(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tfds_dir = args.tfds_dir or Path(tmp)
         started = time.perf_counter()
@@ -59,10 +59,10 @@ def main() -> None:
         split = "train" if "train" in builder.info.splits else "test"
         prepared = TFDSSource(builder, split)
         started = time.perf_counter()
-        cached = datasets.CachedSource(prepared, workers=args.workers)
+        cached = menet_datasets.CachedSource(prepared, workers=args.workers)
         cache_s = time.perf_counter() - started
         started = time.perf_counter()
-        small = datasets.CachedSource(prepared, max_side=args.cache_side, workers=args.workers)
+        small = menet_datasets.CachedSource(prepared, max_side=args.cache_side, workers=args.workers)
         small_s = time.perf_counter() - started
         sources = [("FolderSource (JPEG/PNG files)", folder), (f"TFDSSource ({args.dataset}, array_record)", prepared),
                    (f"CachedSource (decoded, {cached.nbytes / 2 ** 20:.0f} MiB)", cached),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from datasets import FolderSource, load_mask
+from menet_datasets import FolderSource, load_mask
 from menet_jax.metrics import SODMetrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The command-line options that choose data, shared by every CLI (train, evaluate, robustness.*).
 
 ``--data-dir DIR`` reads a folder of images and masks as it is; ``--dataset NAME`` reads a dataset prepared by
-``python -m datasets.prepare`` (built on first use when ``--manual-dir`` says where the download is).
+``python -m menet_datasets.prepare`` (built on first use when ``--manual-dir`` says where the download is).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, split: str | None =
     group.add_argument("--data-dir", type=Path, action="append", default=[], metavar="DIR",
                        help="folder with images/ and masks/ (or a DUTS / ECSSD release layout); repeatable")
     group.add_argument("--dataset", action="append", default=[], metavar="NAME",
-                       help="a prepared dataset (python -m datasets.prepare NAME); repeatable")
+                       help="a prepared dataset (python -m menet_datasets.prepare NAME); repeatable")
     default = split if split is not None else "train, or the dataset's only split"
     group.add_argument("--split", default=split, help=f"split of --dataset (default: {default})")
     group.add_argument("--manual-dir", type=Path, metavar="DIR",

@@ -11,7 +11,7 @@ Policy for real-world files (the same for a folder read as it is and for a prepa
 - EXIF orientation: masks are drawn over the stored pixels in every benchmark, so the raw pixel order is kept,
   except when only the rotated image has the mask's size (orientations 5-8), then the rotation is applied;
 - a mask of another size, an image without a mask or a mask without an image, an unreadable, corrupt or
-  truncated file: a one-line :class:`DataError` naming the file (``datasets.prepare --skip-bad`` skips and
+  truncated file: a one-line :class:`DataError` naming the file (``menet_datasets.prepare --skip-bad`` skips and
   lists them instead);
 - hidden files and files without an image extension are ignored (and counted by :func:`scan`).
 """

@@ -2,8 +2,8 @@
 
 A *source* is any object with ``__len__`` and ``__getitem__`` returning
 ``{"image": uint8 (H, W, 3), "mask": uint8 (H, W) 0/255, "name": str}``
-(:class:`~datasets.folder.FolderSource`, :class:`~datasets.tfds_source.TFDSSource`,
-:class:`~datasets.synthetic.SyntheticSource`, :class:`Subset`, :class:`CachedSource`).
+(:class:`~menet_datasets.folder.FolderSource`, :class:`~menet_datasets.tfds_source.TFDSSource`,
+:class:`~menet_datasets.synthetic.SyntheticSource`, :class:`Subset`, :class:`CachedSource`).
 
 Every batch is a pure function of ``(source, seed, step)``: the example
 indices come from :func:`batch_indices` and example ``j`` of step ``step`` is

@@ -1,9 +1,9 @@
-"""`python -m datasets.prepare NAME --manual-dir DIR [--data-dir OUT]`: build a TFDS dataset from a download.
+"""`python -m menet_datasets.prepare NAME --manual-dir DIR [--data-dir OUT]`: build a TFDS dataset from a download.
 
-    python -m datasets.prepare ecssd --manual-dir ../shared/data/ECSSD
-    python -m datasets.prepare duts --manual-dir ~/downloads/DUTS --data-dir ~/tfds
-    python -m datasets.prepare salient_folder --manual-dir my_masks/ --skip-bad
-    python -m datasets.prepare --instructions hku_is
+    python -m menet_datasets.prepare ecssd --manual-dir ../shared/data/ECSSD
+    python -m menet_datasets.prepare duts --manual-dir ~/downloads/DUTS --data-dir ~/tfds
+    python -m menet_datasets.prepare salient_folder --manual-dir my_masks/ --skip-bad
+    python -m menet_datasets.prepare --instructions hku_is
 
 Prints the number of examples per split and what was converted, skipped or ignored. Bad inputs (unreadable or
 corrupt files, a mask of another size, an image without a mask) stop the build with a one-line error naming the
@@ -20,7 +20,7 @@ from .errors import DataError
 
 def parse_args(argv=None):
     from .builders import BUILDERS
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m menet_datasets.prepare", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("name", metavar="NAME", help=f"one of: {', '.join(sorted(BUILDERS))}")
     parser.add_argument("--manual-dir", type=Path, metavar="DIR", help="the downloaded, extracted dataset")
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             return 0
         if args.manual_dir is None:
             raise DataError(f"--manual-dir DIR is needed (the downloaded {args.name}; "
-                            f"python -m datasets.prepare {args.name} --instructions says where to get it)")
+                            f"python -m menet_datasets.prepare {args.name} --instructions says where to get it)")
         if not args.manual_dir.is_dir():
             raise DataError(f"manual dir not found: {args.manual_dir.resolve()}")
         existing = BUILDERS[args.name](data_dir=str(args.data_dir) if args.data_dir else None)

@@ -1,7 +1,7 @@
 """Prepared TFDS datasets as sources of the input pipeline (same interface as FolderSource).
 
 ``load_source("ecssd", split="test", data_dir=None, manual_dir=None)`` opens a dataset prepared by
-``python -m datasets.prepare`` (building it first when ``manual_dir`` is given and it is not prepared yet).
+``python -m menet_datasets.prepare`` (building it first when ``manual_dir`` is given and it is not prepared yet).
 """
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: boo
         return builder
     if manual_dir is None:
         raise DataError(f"dataset {name} is not prepared in {builder.data_dir_root}: run "
-                        f"python -m datasets.prepare {name} --manual-dir DIR (DIR: the downloaded {name})")
+                        f"python -m menet_datasets.prepare {name} --manual-dir DIR (DIR: the downloaded {name})")
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise DataError(f"manual dir not found: {manual_dir} (the downloaded {name}, see "
-                        f"python -m datasets.prepare --instructions {name})")
+                        f"python -m menet_datasets.prepare --instructions {name})")
     if not any(manual_dir.iterdir()):
         from .folder import find_layout
         find_layout(manual_dir)  # raises the one-line error naming the folders searched
@@ -83,7 +83,7 @@ class TFDSSource:
         self._records = builder.as_data_source(split=split, decoders=skip)
         if len(self._names) != len(self._records):
             raise DataError(f"{self.root}: metadata lists {len(self._names)} names for {len(self._records)} "
-                            f"{split} examples (rebuild with python -m datasets.prepare {builder.name} --force)")
+                            f"{split} examples (rebuild with python -m menet_datasets.prepare {builder.name} --force)")
 
     def __len__(self) -> int:
         return len(self._records)

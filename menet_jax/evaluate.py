@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-import datasets
-from datasets.cli import add_source_arguments, sources_from_args
+import menet_datasets
+from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
 from menet_jax.inference import CHECKPOINT_HELP, MAPS, resize_to
 from menet_jax.outputs import OutputError, check_folder, save_image
@@ -48,7 +48,7 @@ def map_values(img: Image.Image, path) -> np.ndarray:
         return np.asarray(img.convert("L"), np.float64) / 255
     values = np.asarray(img, np.float64)
     if not np.isfinite(values).all():
-        raise datasets.DataError(f"{path}: the map has NaN or infinite values")
+        raise menet_datasets.DataError(f"{path}: the map has NaN or infinite values")
     if img.mode != "F":                       # I;16, or I: 16-bit data when any value exceeds 8 bit
         values = values / (255 if img.mode == "I" and values.max(initial=0) <= 255 else 65535)
     low, high = values.min(), values.max()
@@ -59,21 +59,21 @@ def map_values(img: Image.Image, path) -> np.ndarray:
 
 def load_prediction(path: Path, height: int, width: int) -> np.ndarray:
     """A saved saliency map (any size, any mode) as float in [0, 1] at the ground truth's size."""
-    values = map_values(datasets.open_image(path, "prediction"), path)
+    values = map_values(menet_datasets.open_image(path, "prediction"), path)
     return resize_to(values.astype(np.float32), height, width)
 
 
 def match_predictions(name: str, stems, predictions: Path):
     """Prediction paths in the order of the ground truth's `stems`; every stem must be on both sides."""
     if not predictions.is_dir():
-        raise datasets.DataError(f"prediction folder not found: {predictions}")
-    found = datasets.list_images(predictions)           # two maps of one stem: an error, not one scored
+        raise menet_datasets.DataError(f"prediction folder not found: {predictions}")
+    found = menet_datasets.list_images(predictions)           # two maps of one stem: an error, not one scored
     for stem in stems:
         if stem not in found:
-            raise datasets.DataError(f"{name}/{stem}: no prediction with the same stem in {predictions}")
+            raise menet_datasets.DataError(f"{name}/{stem}: no prediction with the same stem in {predictions}")
     extra = sorted(set(found) - set(stems))
     if extra:
-        raise datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {name} "
+        raise menet_datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {name} "
                                  f"({len(extra)} such predictions)")
     return [found[stem] for stem in stems]
 
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
                 results[f"{name}/{map_name}" if len(map_names) > 1 else name] = r
             rows += source_rows
         write_outputs(results, rows, args.output)
-    except (ConfigError, datasets.DataError) as error:
+    except (ConfigError, menet_datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_tables(results))

@@ -118,15 +118,15 @@ def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
 
 def load_photo(path) -> np.ndarray:
     """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), alpha dropped."""
-    import datasets
+    import menet_datasets
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
+                return menet_datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
             return np.asarray(img.convert("RGB"))
-    except datasets.READ_ERRORS as error:
-        raise datasets.DataError(f"{path}: cannot read image ({error})") from None
+    except menet_datasets.READ_ERRORS as error:
+        raise menet_datasets.DataError(f"{path}: cannot read image ({error})") from None
 
 
 def resize_input(image: np.ndarray, size: int) -> np.ndarray:

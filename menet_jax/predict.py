@@ -111,29 +111,29 @@ def load_predictor(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import datasets
+    import menet_datasets
     try:
         if args.threshold is not None and not 0 <= args.threshold <= 1:
             raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
         source, target = Path(args.input), Path(args.output)
         if args.mode == "i":
             if not source.is_file():
-                raise datasets.DataError(f"image not found: {source}")
+                raise menet_datasets.DataError(f"image not found: {source}")
             inputs, outputs = [source], [target]
         else:
             if not source.is_dir():
-                raise datasets.DataError(f"folder not found: {source}")
+                raise menet_datasets.DataError(f"folder not found: {source}")
             inputs = sorted(p for p in source.iterdir()
-                            if p.suffix.lower() in datasets.IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+                            if p.suffix.lower() in menet_datasets.IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
             if not inputs:
-                raise datasets.DataError(f"no images found in {source}")
+                raise menet_datasets.DataError(f"no images found in {source}")
             check_folder(target)
             outputs = [target / f"{p.stem}.png" for p in inputs]
         check_outputs(inputs, outputs, cutout=args.cutout)        # before the network loads
         predictor = load_predictor(args)
         count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
                               cutout=args.cutout, progress=not args.no_progress)
-    except (ConfigError, datasets.DataError) as error:
+    except (ConfigError, menet_datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {count} map{'s' if count != 1 else ''} to {target}")

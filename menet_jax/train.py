@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 
-from datasets.cli import add_source_arguments
+from menet_datasets.cli import add_source_arguments
 from menet_jax.config import PRESETS, ConfigError, get_config
 
 
@@ -60,7 +60,7 @@ def dry_run(config) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import datasets
+    import menet_datasets
     from menet_jax.checkpoint import WorkdirError
     from menet_jax.trainer import DistributedError, TrainingDiverged, enable_compilation_cache, initialize_distributed
     workdir = args.workdir or f"runs/{args.config}"
@@ -77,11 +77,11 @@ def main(argv=None) -> int:
         from menet_jax.trainer import is_main_process, train
         started = time.perf_counter()
         if len(args.data_dir) + len(args.dataset) > 1:
-            raise datasets.DataError("training uses one data source: give one --data-dir or one --dataset")
+            raise menet_datasets.DataError("training uses one data source: give one --data-dir or one --dataset")
         result = train(config, workdir, data_dir=args.data_dir[0] if args.data_dir else None,
                        dataset=args.dataset[0] if args.dataset else None, split=args.split,
                        manual_dir=args.manual_dir, tfds_dir=args.tfds_dir, progress=not args.no_progress)
-    except (ConfigError, datasets.DataError, WorkdirError, TrainingDiverged, DistributedError) as error:
+    except (ConfigError, menet_datasets.DataError, WorkdirError, TrainingDiverged, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:   # trainer.Interrupted carries the signal and the saved step

@@ -29,7 +29,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-import datasets
+import menet_datasets
 from menet_jax import checkpoint as ckpt
 from menet_jax.compilation import compile_programs
 from menet_jax.config import Config
@@ -288,7 +288,7 @@ def train_step_jobs(config: Config, state: TrainState, batch) -> list:
 
 
 def train_batch_spec(config: Config) -> dict:
-    """Shapes and dtypes of a training batch (what `datasets.BatchLoader` yields)."""
+    """Shapes and dtypes of a training batch (what `menet_datasets.BatchLoader` yields)."""
     size, n = config.image_size, config.batch_size
     return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8),
             "mask": jax.ShapeDtypeStruct((n, size, size), np.uint8)}
@@ -320,7 +320,7 @@ def validate(predict, variables, source, *, batch_size: int, size: int, baseline
     With `baseline`, also scores the trivial all-background predictor (a map of zeros) as "all_background".
     """
     per_image = {}
-    for batch in datasets.eval_batches(source, batch_size=batch_size, size=size):
+    for batch in menet_datasets.eval_batches(source, batch_size=batch_size, size=size):
         maps = predict(variables, batch["image"])
         if baseline:
             maps = {**maps, "all_background": jnp.zeros(batch["mask"].shape, jnp.float32)}
@@ -333,20 +333,20 @@ def validate(predict, variables, source, *, batch_size: int, size: int, baseline
 # ---------------------------------------------------------------------------------------------------------- loop
 def make_sources(config: Config, data_dir: Optional[str] = None, *, dataset: Optional[str] = None,
                  split: Optional[str] = None, manual_dir=None, tfds_dir=None):
-    """(train, validation) sources: a folder or a prepared dataset (`datasets.prepare`; built from `manual_dir`
+    """(train, validation) sources: a folder or a prepared dataset (`menet_datasets.prepare`; built from `manual_dir`
     on first use), or the generated dataset.
 
     A dataset's `split` defaults to "train", or its only split (ECSSD); validation is its "validation" split
     when it has one, else a seeded hold-out of `config.val_size` examples, as for a folder.
     """
     if data_dir and dataset:
-        raise datasets.DataError("give either a data folder or a prepared dataset to train on, not both")
+        raise menet_datasets.DataError("give either a data folder or a prepared dataset to train on, not both")
     if data_dir:
-        folder = datasets.FolderSource(data_dir)
+        folder = menet_datasets.FolderSource(data_dir)
         folder.verify()
-        return datasets.split(folder, config.val_size, seed=config.seed)
+        return menet_datasets.split(folder, config.val_size, seed=config.seed)
     if dataset:
-        from datasets.tfds_source import TFDSSource, default_train_split, prepared_builder
+        from menet_datasets.tfds_source import TFDSSource, default_train_split, prepared_builder
         builder = prepared_builder(dataset, data_dir=tfds_dir, manual_dir=manual_dir)
         split = split or default_train_split(builder)
         train_source = TFDSSource(builder, split)
@@ -354,9 +354,9 @@ def make_sources(config: Config, data_dir: Optional[str] = None, *, dataset: Opt
             print(f"note: training on split {split!r} of {dataset} ({len(train_source)} examples)", file=sys.stderr)
         if split != "validation" and "validation" in builder.info.splits:
             return train_source, TFDSSource(builder, "validation")
-        return datasets.split(train_source, config.val_size, seed=config.seed)
-    return (datasets.SyntheticSource(config.train_size, config.image_size, seed=config.seed),
-            datasets.SyntheticSource(config.val_size, config.image_size, seed=config.seed + 1_000_003))
+        return menet_datasets.split(train_source, config.val_size, seed=config.seed)
+    return (menet_datasets.SyntheticSource(config.train_size, config.image_size, seed=config.seed),
+            menet_datasets.SyntheticSource(config.val_size, config.image_size, seed=config.seed + 1_000_003))
 
 
 @dataclasses.dataclass
@@ -522,11 +522,11 @@ def _agreed_batches(loader, stop):
             item = next(batches)
         except StopIteration:
             pass
-        except datasets.DataError as raised:
+        except menet_datasets.DataError as raised:
             error = raised
         signum, failed = _any_process([stop.received or 0, error is not None])
         if failed:
-            raise error or datasets.DataError("another process of this run met a data error (see its output)")
+            raise error or menet_datasets.DataError("another process of this run met a data error (see its output)")
         if signum and stop.signum is None:
             stop.signum = int(signum)
         if item is None:
@@ -556,7 +556,7 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
     multi, main = jax.process_count() > 1, is_main_process()
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress or not main,
                dynamic_ncols=True)
-    loader = datasets.BatchLoader(train_source, start_step, config.steps - start_step, batch_size=config.batch_size,
+    loader = menet_datasets.BatchLoader(train_source, start_step, config.steps - start_step, batch_size=config.batch_size,
                                   size=config.image_size, seed=config.seed, shuffle=config.shuffle,
                                   augment=config.augment, crop_min=config.crop_min,
                                   rows=process_rows(config.batch_size, mesh) if multi else None)
@@ -595,10 +595,10 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
             if saved != done:
                 save(done)
             raise Interrupted(stop.signum, done)
-    except datasets.DataError as error:   # met between steps: the state is consistent, keep it
+    except menet_datasets.DataError as error:   # met between steps: the state is consistent, keep it
         if saved != done:
             save(done)
-        raise datasets.DataError(f"{error}; stopped at step {done} with a checkpoint of it: fix the data and "
+        raise menet_datasets.DataError(f"{error}; stopped at step {done} with a checkpoint of it: fix the data and "
                                  "rerun to resume") from error
     finally:
         loader.close()

@@ -69,9 +69,9 @@ print(f"smoke mode: {SMOKE}  devices: {jax.devices()}  work: {WORK.resolve()}  d
 HANDFUL = '''\
 def handful(name, n):
     """The first n pairs of DATA/name as a folder of links under WORK (smoke mode; nothing is copied)."""
-    import datasets
+    import menet_datasets
     out = WORK / "smoke-data" / name
-    for image, mask in datasets.FolderSource(DATA / name).pairs[:n]:
+    for image, mask in menet_datasets.FolderSource(DATA / name).pairs[:n]:
         for path, sub in ((image, "images"), (mask, "masks")):
             link = out / sub / path.name
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -145,15 +145,15 @@ model is small and has seen no photograph: on ECSSD its maps are rough). For you
 `menet_jax.inference.load_photo(path)`, or the CLI:
 `python -m menet_jax.predict p photos/ maps/ --checkpoint WORK/paper`."""),
     code('''\
-import datasets
+import menet_datasets
 from menet_jax.inference import Predictor
 
 predictor = Predictor.from_checkpoint(CHECKPOINT)
 n = 3 if SMOKE else 6
 if (DATA / "ECSSD").is_dir():
-    source = datasets.FolderSource(DATA / "ECSSD")
+    source = menet_datasets.FolderSource(DATA / "ECSSD")
 else:
-    source = datasets.SyntheticSource(n, 256, seed=12345)
+    source = menet_datasets.SyntheticSource(n, 256, seed=12345)
 examples = [source[i] for i in range(n)]
 maps = predictor([e["image"] for e in examples])
 print([(e["name"], e["image"].shape, m["metric"].shape) for e, m in zip(examples, maps)])'''),
@@ -197,7 +197,7 @@ from menet_jax import MEnet, saliency_maps
 
 model = MEnet.from_config(predictor.config)
 size = predictor.config.image_size
-batch = np.stack([datasets.resize_pair(e["image"], e["mask"], size)[0] for e in examples])
+batch = np.stack([menet_datasets.resize_pair(e["image"], e["mask"], size)[0] for e in examples])
 outputs = jax.jit(lambda variables, images: model.apply(variables, images, train=False))(predictor.variables, batch)
 print({k: v.shape for k, v in outputs.items()})
 eq5 = saliency_maps(outputs)
@@ -230,23 +230,23 @@ The same from a shell:
   writes the maps of the pretrained U^2-Netp (`pip install -e ".[bench]"`); it was trained on DUTS-TR.
 * `SOURCES`: name -> dataset: folders with `images/` and `masks/` under `DATA`, and the test split of MSRA10K
   when `02_train_gpu.ipynb` prepared it (MSRA1K with a `msra1000.txt` list, as the paper). The paper's test sets
-  are DUT-OMRON, HKU-IS, ECSSD, MSRA1K and SOD; `python -m datasets.prepare` builds any of them.
+  are DUT-OMRON, HKU-IS, ECSSD, MSRA1K and SOD; `python -m menet_datasets.prepare` builds any of them.
 
 As a reference method that needs no download, the notebook adds the **centre prior**, a fixed Gaussian blob in the
 middle of every image, written in that layout by the cell below; any method should beat it."""),
     code('''\
-import datasets
-from datasets.builders import BUILDERS
-from datasets.tfds_source import load_source
+import menet_datasets
+from menet_datasets.builders import BUILDERS
+from menet_datasets.tfds_source import load_source
 
 if SMOKE:
     CHECKPOINTS = {"tiny": WORK / "smoke"}
-    SOURCES = {"ECSSD": datasets.FolderSource(handful("ECSSD", 8))}
+    SOURCES = {"ECSSD": menet_datasets.FolderSource(handful("ECSSD", 8))}
 else:
     CHECKPOINTS = {name: workdir for name, workdir in (("MEnet", WORK / "paper"), ("demo", WORK / "demo"))
                    if (workdir / "checkpoints").is_dir()}
     assert CHECKPOINTS, "no checkpoint yet: run 02_train_gpu.ipynb (or 01_quickstart.ipynb for the demo)"
-    SOURCES = {name: datasets.FolderSource(DATA / name)
+    SOURCES = {name: menet_datasets.FolderSource(DATA / name)
                for name in ("DUT-OMRON", "HKU-IS", "ECSSD", "MSRA1000", "SOD", "DUTS-TE") if (DATA / name).is_dir()}
     if BUILDERS["msra10k"](data_dir=str(WORK / "tfds")).is_prepared():
         SOURCES["MSRA10K-test"] = load_source("msra10k", split="test", data_dir=WORK / "tfds")
@@ -365,12 +365,12 @@ benchmarks cannot be redistributed, so the download is manual:
 The cell below extracts the archive to the local disk and builds the TFDS dataset (array_record files) in
 `WORK/tfds`, on Drive, once: a rerun finds it prepared. For today's standard training set use
 `DATASET = "duts"` with `DUTS-TR.zip` and `DUTS-TE.zip` from http://saliencydetection.net/duts/ instead.
-`python -m datasets.prepare NAME --instructions` says where each benchmark is published and which layouts it reads
+`python -m menet_datasets.prepare NAME --instructions` says where each benchmark is published and which layouts it reads
 (names: dut_omron, duts, ecssd, hku_is, msra1000, msra10k, pascal_s, salient_folder, sod)."""),
     code('''\
 import shutil
-from datasets.builders import BUILDERS
-from datasets.prepare import main as prepare
+from menet_datasets.builders import BUILDERS
+from menet_datasets.prepare import main as prepare
 
 TFDS_DIR = WORK / "tfds"
 if SMOKE:
@@ -387,7 +387,7 @@ if not BUILDERS[DATASET](data_dir=str(TFDS_DIR)).is_prepared():
 print(DATASET, "prepared in", TFDS_DIR)'''),
     code('''\
 import matplotlib.pyplot as plt
-from datasets.tfds_source import load_source
+from menet_datasets.tfds_source import load_source
 
 train_source = load_source(DATASET, split="train", data_dir=TFDS_DIR)
 print(train_source)
@@ -476,7 +476,7 @@ The `paper` run of `02_train_gpu.ipynb`, else the demo of `01_quickstart.ipynb`;
 `DATA` (folders with `images/` and `masks/`; `--dataset NAME` reads a prepared one instead). The Jacobian analysis
 costs a few backward passes per image: `JACOBIAN_LIMIT` images per dataset."""),
     code('''\
-import datasets
+import menet_datasets
 
 if SMOKE:
     CHECKPOINT, FOLDERS, LIMIT, JACOBIAN_LIMIT = WORK / "smoke", [handful("ECSSD", 3)], [], 1
@@ -502,7 +502,7 @@ from menet_jax.inference import Predictor
 from robustness import distort, image_rng, severity_levels
 
 predictor = Predictor.from_checkpoint(CHECKPOINT)
-example = datasets.FolderSource(FOLDERS[0])[0]
+example = menet_datasets.FolderSource(FOLDERS[0])[0]
 fig, axes = plt.subplots(4, 6, figsize=(14, 9.5))
 for row, kind in enumerate(("awgn", "jpeg")):
     levels = severity_levels(kind)

@@ -64,8 +64,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-import datasets
-from datasets.cli import add_source_arguments, sources_from_args
+import menet_datasets
+from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.config import ConfigError
 from menet_jax.inference import CHECKPOINT_HELP_FLOAT32, resize_to
 from robustness import corruptions, distortions
@@ -369,7 +369,7 @@ def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,
             for start in range(0, len(source), batch_size):
                 indices = list(range(start, min(start + batch_size, len(source))))
                 examples = [source[i] for i in indices]
-                pairs = [datasets.resize_pair(e["image"], e["mask"], size) for e in examples]
+                pairs = [menet_datasets.resize_pair(e["image"], e["mask"], size) for e in examples]
                 pad = [pairs[-1]] * (batch_size - len(pairs))            # one shape: the attack compiles once
                 x = np.stack([p[0] for p in pairs + pad]).astype(np.float32)
                 y = np.stack([p[1] for p in pairs + pad]).astype(np.float32)
@@ -623,7 +623,7 @@ def main(argv=None) -> int:
         seeds = range(args.seed, args.seed + args.seeds)
         for name, source in sources:
             if args.limit is not None:
-                source = datasets.Subset(source, list(range(min(args.limit, len(source)))))
+                source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
             common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
             if kind == "imagenet-c":
                 all_results[name] = evaluate_corruptions(source, predict, names, levels, noise_at=args.noise_at,
@@ -636,7 +636,7 @@ def main(argv=None) -> int:
             else:
                 all_results[name] = evaluate_distorted(source, predict, kind, levels, noise_at=args.noise_at,
                                                        input_size=input_size, **common)
-    except (ConfigError, datasets.DataError) as error:
+    except (ConfigError, menet_datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.output

@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-import datasets
-from datasets.cli import add_source_arguments, sources_from_args
+import menet_datasets
+from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax.inference import CHECKPOINT_HELP_FLOAT32
 from menet_jax.config import ConfigError
 from menet_jax.layers import compiler_options
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         sources = sources_from_args(args)
         model, variables, config = load_network(args)
-    except (ConfigError, datasets.DataError) as error:
+    except (ConfigError, menet_datasets.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     label = "softmax, both channels (authors)" if args.authors_objective else args.output
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
             summary = summarize(rows)
             report[name] = {"summary": summary, "images": rows}
             print(format_table(name, summary, label))
-    except datasets.DataError as error:
+    except menet_datasets.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.output_dir

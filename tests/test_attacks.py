@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datasets import FolderSource, resize_pair
+from menet_datasets import FolderSource, resize_pair
 from robustness import attacks
 
 

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from datasets import FolderSource
+from menet_datasets import FolderSource
 from robustness import corruptions as C
 
 

@@ -1,4 +1,4 @@
-"""Tests for the ``datasets`` package (folder datasets, synthetic scenes, pipeline)."""
+"""Tests for the ``menet_datasets`` package (the datasets/ folder): folder datasets, synthetic scenes, pipeline."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datasets
-from datasets import pipeline
-from datasets import (
+import menet_datasets
+from menet_datasets import pipeline
+from menet_datasets import (
     BatchLoader,
     DataError,
     FolderSource,
@@ -100,10 +100,10 @@ def _loader_threads():
 
 
 def test_public_api_is_exported():
-    for name in datasets.__all__:
-        assert hasattr(datasets, name), name
+    for name in menet_datasets.__all__:
+        assert hasattr(menet_datasets, name), name
     assert issubclass(DataError, ValueError)
-    assert datasets.IMAGE_EXTS == (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    assert menet_datasets.IMAGE_EXTS == (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # --------------------------------------------------------------------------- real data
@@ -627,7 +627,7 @@ def test_eval_batches_pad_and_cover_every_example_once():
 
 def test_cached_source_gives_the_same_batches_and_pre_resizes():
     src = ListSource(9, h=40, w=60)
-    cached = datasets.CachedSource(src, workers=2)
+    cached = menet_datasets.CachedSource(src, workers=2)
     assert len(cached) == 9 and cached.names == [f"ex{i}" for i in range(9)]
     assert cached.nbytes == 9 * (40 * 60 * 3 + 40 * 60)
     kw = dict(batch_size=4, size=16, seed=2, shuffle=True, augment=True)
@@ -635,7 +635,7 @@ def test_cached_source_gives_the_same_batches_and_pre_resizes():
         a, b = make_batch(cached, step, **kw), make_batch(src, step, **kw)
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["mask"], b["mask"])
-    small = datasets.CachedSource(src, max_side=30)
+    small = menet_datasets.CachedSource(src, max_side=30)
     ex = small[5]
     assert ex["image"].shape == (20, 30, 3) and ex["mask"].shape == (20, 30) and ex["name"] == "ex5"
     assert set(np.unique(ex["mask"])) <= {0, 255} and (ex["image"] == 5).all()

@@ -246,7 +246,7 @@ def test_bfloat16_forward_and_loss_of_the_shipped_network_match_float32_on_real_
     0.03 % of the pixels on the other side of 0.5."""
     import dataclasses
 
-    from datasets import FolderSource, resize_pair
+    from menet_datasets import FolderSource, resize_pair
     from menet_jax import pretrained
     variables, config, _ = pretrained.load()
     source = FolderSource(shared_data / "DUTS-TR-subset")

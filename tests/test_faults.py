@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-import datasets
+import menet_datasets
 from menet_jax import checkpoint as ckpt
 from menet_jax.train import main
 from training_runs import (REPO, assert_bitwise_equal, finish, generated_folder, params, run_cli, steps,
@@ -129,11 +129,11 @@ def test_sigterm_saves_the_current_step(data, reference, tmp_path, capsys):
 
 def first_used_at(folder, step):
     """An image of `folder` that training (the COMMON settings) reads first at `step`."""
-    source = datasets.FolderSource(folder)
-    train, _ = datasets.split(source, 4, seed=0)
+    source = menet_datasets.FolderSource(folder)
+    train, _ = menet_datasets.split(source, 4, seed=0)
     first = {}
     for s in range(step + 1):
-        for j in datasets.batch_indices(s, 2, len(train), seed=0, shuffle=True):
+        for j in menet_datasets.batch_indices(s, 2, len(train), seed=0, shuffle=True):
             first.setdefault(int(train.indices[j]), s)
     return next(source.pairs[i][0] for i, s in first.items() if s == step)
 

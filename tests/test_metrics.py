@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy.ndimage import distance_transform_edt
 
-import datasets
+import menet_datasets
 from menet_jax import metrics
 from menet_jax.metrics import SODMetrics, adaptive_fbeta, image_scores, mae
 
@@ -34,8 +34,8 @@ def _predictions(mask, rng):
 
 @pytest.fixture(scope="module")
 def cases(shared_data):
-    source = datasets.FolderSource(shared_data / "ECSSD")
-    masks = [datasets.load_mask(source.pairs[i][1]) for i in range(0, 1000, 67)]          # 15 real masks
+    source = menet_datasets.FolderSource(shared_data / "ECSSD")
+    masks = [menet_datasets.load_mask(source.pairs[i][1]) for i in range(0, 1000, 67)]          # 15 real masks
     masks += [np.zeros((50, 60), np.uint8), np.full((50, 60), 255, np.uint8)]             # empty and all-salient
     tall = np.asarray(Image.fromarray(masks[0]).resize((48, 150), Image.NEAREST))          # another aspect (1:3)
     masks.append(tall)

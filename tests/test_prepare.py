@@ -1,4 +1,4 @@
-"""`python -m datasets.prepare`: counts per split, the build report, and one-line errors with exit status 2."""
+"""`python -m menet_datasets.prepare`: counts per split, the build report, and one-line errors with exit status 2."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets import prepare
+from menet_datasets import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def _error_line(capsys) -> str:
 def test_cli_builds_and_prints_counts(tmp_path):
     manual = _folder(tmp_path / "mine", stems=("a", "b", "c", "d"))
     out = tmp_path / "tfds"
-    run = subprocess.run([sys.executable, "-m", "datasets.prepare", "salient_folder", "--manual-dir", str(manual),
+    run = subprocess.run([sys.executable, "-m", "menet_datasets.prepare", "salient_folder", "--manual-dir", str(manual),
                           "--data-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from datasets import FolderSource
+from menet_datasets import FolderSource
 
 
 @pytest.fixture(scope="module")

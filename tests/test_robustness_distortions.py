@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import FolderSource
+from menet_datasets import FolderSource
 from robustness import distortions as d
 
 

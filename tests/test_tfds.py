@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datasets
-from datasets import BatchLoader, DataError, FolderSource, make_batch
-from datasets.builders import BUILDERS, seeded_split
-from datasets.folder import load_mask_grey
-from datasets.tfds_source import TFDSSource, load_source, prepared_builder
+import menet_datasets
+from menet_datasets import BatchLoader, DataError, FolderSource, make_batch
+from menet_datasets.builders import BUILDERS, seeded_split
+from menet_datasets.folder import load_mask_grey
+from menet_datasets.tfds_source import TFDSSource, load_source, prepared_builder
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tfds.disable_progress_bar()
@@ -321,7 +321,7 @@ def test_load_source_errors_are_one_line(ecssd, tmp_path):
     builder, manual, tmp = ecssd
     with pytest.raises(DataError) as excinfo:
         load_source("ecssd", split="test", data_dir=tmp_path / "empty")
-    assert "python -m datasets.prepare ecssd --manual-dir" in _one_line_error(excinfo, tmp_path / "empty")
+    assert "python -m menet_datasets.prepare ecssd --manual-dir" in _one_line_error(excinfo, tmp_path / "empty")
     with pytest.raises(DataError) as excinfo:
         load_source("ecsd", split="test", data_dir=tmp / "tfds")
     assert "ecssd" in _one_line_error(excinfo) and "salient_folder" in str(excinfo.value)
@@ -356,7 +356,7 @@ def test_prepared_batches_equal_folder_batches_and_resume(ecssd):
         np.testing.assert_array_equal(batch["mask"], ref["mask"])
     # The authors' fixed order: step k reads examples k*B ... k*B+B-1.
     fixed = make_batch(prepared, 1, **{**kw, "shuffle": False, "augment": False})
-    ref = datasets.resize_pair(prepared[5]["image"], prepared[5]["mask"], 48)
+    ref = menet_datasets.resize_pair(prepared[5]["image"], prepared[5]["mask"], 48)
     np.testing.assert_array_equal(fixed["image"][0], ref[0])
 
 
@@ -380,7 +380,7 @@ def test_no_progress_also_silences_tfds_bars(shared_data, tmp_path, capfd):
     """--no-progress reaches the first-use build: TFDS's own bars appear with progress on and not with it off."""
     import argparse
 
-    from datasets.cli import sources_from_args
+    from menet_datasets.cli import sources_from_args
     manual = _link_subset(shared_data / "ECSSD", tmp_path / "manual", ECSSD_STEMS[:3])
     try:
         for progress, tfds_dir in ((True, "on"), (False, "off")):

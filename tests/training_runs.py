@@ -54,10 +54,10 @@ def params(workdir, step=None) -> list:
 
 def generated_folder(root, n=40, size=48, seed=5):
     """A folder dataset (images/*.jpg + masks/*.png) of `n` generated scenes."""
-    import datasets
+    import menet_datasets
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
-    source = datasets.SyntheticSource(n, size, seed=seed)
+    source = menet_datasets.SyntheticSource(n, size, seed=seed)
     for i in range(n):
         example = source[i]
         Image.fromarray(example["image"]).save(root / "images" / f"{i:03d}.jpg", quality=90)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 22 suites on ECSSD: ImageNet-C (15 corruptions x 5 severities, one seed, first 100 images) and PGD
+# (L-inf and L2, 10 steps, BCE on the CE map, first 50 images), for the shipped weights, the 128 px ablation pair
+# (runs/ablation_official, runs/ablation_ce from docs/results/ablation/ablation.sh) and the U^2-Netp peer.
+# Two streams: the peer on one onnxruntime thread beside the JAX runs.
+cd "$(dirname "$0")/../../.." && . .venv/bin/activate
+E="--data-dir ../shared/data/ECSSD --no-progress"
+run() { local out=$1; shift; [ -f $out/robustness.json ] || /usr/bin/time -f "$out %e s wall" python -m robustness.evaluate "$@" $E --output $out; }
+peer() {
+  export PEER_THREADS=1
+  run eval/ic_u2netp --predictor benchmarks.u2netp_peer:predict --distortion imagenet-c --limit 100 --seeds 1 --input-size 320
+  PEER_INPUT_SIZE=128 run eval/abl_jpeg_input_u2netp128 --predictor benchmarks.u2netp_peer:predict --distortion jpeg \
+    --limit 100 --seeds 3 --noise-at input --input-size 128
+  PEER_INPUT_SIZE=128 run eval/ic_u2netp128 --predictor benchmarks.u2netp_peer:predict --distortion imagenet-c \
+    --limit 100 --seeds 1 --input-size 128
+}
+jaxruns() {
+  run eval/ic_menet --distortion imagenet-c --limit 100 --seeds 1
+  run eval/pgd_linf_menet --distortion pgd-linf --limit 50
+  run eval/pgd_linf_official --checkpoint runs/ablation_official --distortion pgd-linf --limit 50
+  run eval/pgd_linf_ce --checkpoint runs/ablation_ce --distortion pgd-linf --limit 50
+  run eval/pgd_l2_menet --distortion pgd-l2 --limit 50
+  run eval/ic_official --checkpoint runs/ablation_official --distortion imagenet-c --limit 100 --seeds 1
+  run eval/ic_ce --checkpoint runs/ablation_ce --distortion imagenet-c --limit 100 --seeds 1
+  run eval/pgd_l2_official --checkpoint runs/ablation_official --distortion pgd-l2 --limit 50
+  run eval/pgd_l2_ce --checkpoint runs/ablation_ce --distortion pgd-l2 --limit 50
+}
+peer > runs/suites_peer.log 2>&1 &
+jaxruns > runs/suites_jax.log 2>&1
+wait
