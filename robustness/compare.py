@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from robustness import corruptions
-from robustness.evaluate import UNITS, corruption_errors
+from robustness.evaluate import UNITS, corruption_errors, label_level_axes
 
 
 class CompareError(ValueError):
@@ -107,13 +107,7 @@ def plot_levels(runs, mode, output: Path) -> None:
             axes[0].fill_between(x, [_kept(b[0], clean) for b in band], [_kept(b[1], clean) for b in band],
                                  color=line.get_color(), alpha=0.2)
         axes[1].plot(x, [res[lv][mode][r["map"]]["mae"] for lv in levels], "-o", ms=3, color=line.get_color())
-    xlabel = {"awgn": "noise variance (0..255 scale)", "jpeg": "JPEG quality"}.get(kind, UNITS.get(kind, kind))
-    for ax, ylabel in zip(axes, ("F-beta kept (% of clean)", "MAE")):
-        ax.set(xlabel=xlabel, ylabel=ylabel)
-        if kind == "jpeg":
-            ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    label_level_axes(axes, kind, ("F-beta kept (% of clean)", "MAE"))
     fig.suptitle(f"{kind} ({mode} maps)")
     fig.tight_layout()
     fig.savefig(output / "compare.png")

@@ -450,16 +450,21 @@ def plot_curves(all_results, kind, output: Path) -> None:
                     line, = ax.plot(x, y, style, ms=3, label=f"{name}/{m} ({mode})")
                     ci = [results[lv]["interval"][mode][m][key] or (v, v) for lv, v in zip(levels, y)]
                     ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.2)
+    label_level_axes(axes, kind, ("adaptive F-beta (beta^2 = 0.3)", "MAE"))
+    fig.tight_layout()
+    fig.savefig(output / "curves.png")
+    plt.close(fig)
+
+
+def label_level_axes(axes, kind, ylabels) -> None:
+    """The strength on x (JPEG quality falling to the right), a grid, the legend in the first panel."""
     xlabel = {"awgn": "noise variance (0..255 scale)", "jpeg": "JPEG quality"}.get(kind, UNITS.get(kind, kind))
-    for ax, ylabel in zip(axes, ("adaptive F-beta (beta^2 = 0.3)", "MAE")):
+    for ax, ylabel in zip(axes, ylabels):
         ax.set(xlabel=xlabel, ylabel=ylabel)
         if kind == "jpeg":
             ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(output / "curves.png")
-    plt.close(fig)
 
 
 def parse_levels(kind, items):

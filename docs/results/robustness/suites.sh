@@ -28,3 +28,10 @@ jaxruns() {
 peer > runs/suites_peer.log 2>&1 &
 jaxruns > runs/suites_jax.log 2>&1
 wait
+# Keep the results beside the others (robustness.json, table.md, curves.png), then docs/results/compare.sh.
+keep() { [ -f eval/$1/robustness.json ] && mkdir -p docs/results/$2 && cp eval/$1/{robustness.json,table.md,curves.png} docs/results/$2/; }
+for m in menet u2netp; do keep ic_$m robustness/imagenet_c_$m; done
+for n in linf l2; do keep pgd_${n}_menet robustness/pgd_${n}_menet
+  for l in official ce; do keep pgd_${n}_$l ablation/pgd_${n}_$l; done; done
+for l in official ce u2netp128; do keep ic_$l ablation/imagenet_c_$l; done
+keep abl_jpeg_input_u2netp128 ablation/jpeg_input_u2netp128
