@@ -5,7 +5,7 @@ cd "$(dirname "$0")/../.." && . .venv/bin/activate
 A=docs/results/ablation R=docs/results/robustness
 cmp() {   # NAME RUN...
   local name=$1; shift
-  for spec in "$@"; do case $spec in --*) ;; *) f=${spec#*=}; f=${f%:*}
+  for spec in "$@"; do case $spec in *=*) f=${spec#*=}; f=${f%:*}
     [ -f "$f" ] || { echo "skip $name: $f missing"; return; } ;; esac; done
   python -m robustness.compare --output docs/results/compare/$name "$@" > /dev/null && echo "docs/results/compare/$name"
 }
