@@ -153,7 +153,7 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     import matplotlib.pyplot as plt
     kept = [corruption_kept(r, mode) for r in runs]
     names = [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) * max(1, len(runs) / 2) + 1.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 0.18 * len(names) * len(runs) + 2), dpi=120)
     height = 0.8 / len(runs)
     y = np.arange(len(names))
     for i, (r, k) in enumerate(zip(runs, kept)):
@@ -162,7 +162,7 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     ax.invert_yaxis()
     ax.axvline(100, color="grey", lw=1, ls=":")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(output / "compare.png")
     plt.close(fig)
