@@ -46,10 +46,7 @@ def load_run(spec: str, dataset: str | None, mode: str) -> dict:
     if (dataset or names[0]) not in data["datasets"]:
         raise CompareError(f"{path}: no dataset {dataset!r} (it has {', '.join(names)})")
     results = data["datasets"][dataset or names[0]]
-    first = next(iter(results.values()))
-    if data["distortion"] == "imagenet-c":
-        first = first if "clean" not in results else results["clean"]
-    maps = sorted(first[mode])
+    maps = sorted(next(iter(results.values()))[mode])       # the first level (imagenet-c: "clean") has every map
     if not name and len(maps) != 1:
         raise CompareError(f"{path}: has the maps {', '.join(maps)}; name one as {label}={path}:MAP")
     if name and name not in maps:
