@@ -27,7 +27,7 @@ from menet_datasets.tfds_source import TFDSSource, prepared_builder  # noqa: E40
 
 def images_per_s(source, *, batch_size: int, size: int, batches: int, workers: int) -> float:
     with menet_datasets.BatchLoader(source, 0, batches + 1, batch_size=batch_size, size=size, seed=0, shuffle=True,
-                              augment=True, workers=workers, prefetch=2 * workers) as loader:
+                                    augment=True, workers=workers, prefetch=2 * workers) as loader:
         next(loader)  # warm-up: thread start, first reads
         started = time.perf_counter()
         for _ in loader:

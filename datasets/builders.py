@@ -7,13 +7,14 @@ writes array_record files that :func:`tensorflow_datasets.data_source` reads bac
 Features: ``image`` (uint8 H x W x 3, original size), ``mask`` (uint8 H x W x 1, 0/255, binarised at 128),
 ``mask_soft`` (the 8-bit mask as it is, only for DUTS, PASCAL-S and ``salient_folder``, whose masks are soft),
 ``name`` (the file stem) and ``image_format`` (the original file's format, e.g. JPEG). Examples are stored in
-stem order (shuffling disabled), so index ``i`` is the ``i``-th stem, as in :class:`~menet_datasets.folder.FolderSource`.
+stem order (shuffling disabled), so index ``i`` is the ``i``-th stem, as in
+:class:`~menet_datasets.folder.FolderSource`.
 
 Nothing is lost: an 8-bit RGB JPEG keeps its original bytes, every other image (greyscale, CMYK, palette, RGBA,
-16-bit, EXIF-rotated to match its mask) is stored as a lossless PNG of the array :func:`~menet_datasets.folder.load_pair`
-returns, the same array a FolderSource of the folder gives. The bad-input policy is that of
-:mod:`menet_datasets.folder`: a one-line :class:`DataError` naming the file, or with ``skip_bad`` the pair is skipped and
-listed in the dataset's metadata (``skipped``) and in ``menet_datasets.prepare``'s report.
+16-bit, EXIF-rotated to match its mask) is stored as a lossless PNG of the array
+:func:`~menet_datasets.folder.load_pair` returns, the same array a FolderSource of the folder gives. The bad-input
+policy is that of :mod:`menet_datasets.folder`: a one-line :class:`DataError` naming the file, or with ``skip_bad``
+the pair is skipped and listed in the dataset's metadata (``skipped``) and in ``menet_datasets.prepare``'s report.
 """
 from __future__ import annotations
 

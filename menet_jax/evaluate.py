@@ -74,7 +74,7 @@ def match_predictions(name: str, stems, predictions: Path):
     extra = sorted(set(found) - set(stems))
     if extra:
         raise menet_datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {name} "
-                                 f"({len(extra)} such predictions)")
+                                       f"({len(extra)} such predictions)")
     return [found[stem] for stem in stems]
 
 

@@ -123,7 +123,7 @@ def load_photo(path) -> np.ndarray:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return menet_datasets.load_image(path)          # 16-bit and integer modes: the dataset loader scales them
+                return menet_datasets.load_image(path)   # 16-bit and integer modes: the dataset loader scales them
             return np.asarray(img.convert("RGB"))
     except menet_datasets.READ_ERRORS as error:
         raise menet_datasets.DataError(f"{path}: cannot read image ({error})") from None

@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         else:
             if not source.is_dir():
                 raise menet_datasets.DataError(f"folder not found: {source}")
-            inputs = sorted(p for p in source.iterdir()
-                            if p.suffix.lower() in menet_datasets.IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+            inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in menet_datasets.IMAGE_EXTS
+                            and not p.name.startswith(".") and p.is_file())
             if not inputs:
                 raise menet_datasets.DataError(f"no images found in {source}")
             check_folder(target)

@@ -556,10 +556,10 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
     multi, main = jax.process_count() > 1, is_main_process()
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress or not main,
                dynamic_ncols=True)
-    loader = menet_datasets.BatchLoader(train_source, start_step, config.steps - start_step, batch_size=config.batch_size,
-                                  size=config.image_size, seed=config.seed, shuffle=config.shuffle,
-                                  augment=config.augment, crop_min=config.crop_min,
-                                  rows=process_rows(config.batch_size, mesh) if multi else None)
+    loader = menet_datasets.BatchLoader(train_source, start_step, config.steps - start_step,
+                                        batch_size=config.batch_size, size=config.image_size, seed=config.seed,
+                                        shuffle=config.shuffle, augment=config.augment, crop_min=config.crop_min,
+                                        rows=process_rows(config.batch_size, mesh) if multi else None)
     tick, tick_step = time.perf_counter(), start_step
     try:
         for step, batch in (_agreed_batches(loader, stop) if multi else loader):
@@ -599,7 +599,7 @@ def _loop(config, workdir, manager, state, start_step, train_step, predict, mesh
         if saved != done:
             save(done)
         raise menet_datasets.DataError(f"{error}; stopped at step {done} with a checkpoint of it: fix the data and "
-                                 "rerun to resume") from error
+                                       "rerun to resume") from error
     finally:
         loader.close()
         bar.close()

@@ -119,14 +119,18 @@ def corruption_kept(run, mode) -> dict:
             for c, sev in res.items() if c != "clean"}
 
 
-def corruption_table(runs, mode, reference=None) -> str:
+def _common_corruptions(runs, mode):
+    """(the corruptions every run has, in ImageNet-C order; each run's corruption_kept)."""
     kept = [corruption_kept(r, mode) for r in runs]
+    return [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)], kept
+
+
+def corruption_table(runs, mode, reference=None) -> str:
+    names, kept = _common_corruptions(runs, mode)
     errors = None
     if reference is not None:
-        only = {c: {s: {mode: {reference["map"]: v[mode][reference["map"]]}} for s, v in sev.items()}
-                for c, sev in reference["results"].items() if c != "clean"}    # the reference's chosen map alone
-        errors = [corruption_errors(r["results"], only, mode, r["map"]) for r in runs]
-    names = [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)]
+        errors = [corruption_errors(r["results"], reference["results"], mode, r["map"], reference["map"])
+                  for r in runs]
     head = "| corruption | family | " + " | ".join(f"kept {r['label']}" for r in runs)
     head += (" | " + " | ".join(f"CE {r['label']}" for r in runs)) if errors else ""
     lines = [head + " |", "|---|---|" + "---|" * (len(runs) * (2 if errors else 1))]
@@ -148,8 +152,7 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    kept = [corruption_kept(r, mode) for r in runs]
-    names = [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)]
+    names, kept = _common_corruptions(runs, mode)
     fig, ax = plt.subplots(figsize=(7, 0.18 * len(names) * len(runs) + 2), dpi=120)
     height = 0.8 / len(runs)
     y = np.arange(len(names))

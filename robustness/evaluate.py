@@ -229,9 +229,10 @@ def _reference_map(ref_levels, mode, name):
     return next(iter(maps)) if len(maps) == 1 else None
 
 
-def corruption_errors(results, reference, mode, name):
+def corruption_errors(results, reference, mode, name, reference_map=None):
     """CE_c = sum_s (1 - F_s,c) / sum_s (1 - F^ref_s,c) over the severities both evaluated (adaptive F-beta),
-    and their mean (mCE); None where the reference lacks the corruption, a severity or a matching map."""
+    and their mean (mCE); None where the reference lacks the corruption, a severity or a matching map. The
+    reference's map: `reference_map`, else the one matching `name`."""
     errors = {}
     for corruption, levels in results.items():
         if corruption == "clean":
@@ -240,7 +241,7 @@ def corruption_errors(results, reference, mode, name):
         if not ref or any(s not in ref for s in levels):
             errors[corruption] = None
             continue
-        ref_name = _reference_map(next(iter(ref.values())), mode, name)
+        ref_name = reference_map or _reference_map(next(iter(ref.values())), mode, name)
         if ref_name is None:
             errors[corruption] = None
             continue

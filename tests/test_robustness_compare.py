@@ -27,7 +27,8 @@ def test_levels_table_gives_each_runs_kept_share(tmp_path, capsys):
                                              "100.0": _entry({"map": (0.45, 0.25)})})
     assert compare.main([f"A={a}:metric", f"A ce={a}:ce", f"B={b}", "--output", str(tmp_path / "out")]) == 0
     row = [line for line in (tmp_path / "out" / "compare.md").read_text().splitlines() if line.startswith("| 100 ")]
-    assert row == ["| 100 | 0.6000 ± 0.1000 (75 %) | 0.3000 ± 0.1000 (50 %) | 0.4500 (50 %) | 0.2000 | 0.3000 | 0.2500 |"]
+    assert row == ["| 100 | 0.6000 ± 0.1000 (75 %) | 0.3000 ± 0.1000 (50 %) | 0.4500 (50 %) "
+                   "| 0.2000 | 0.3000 | 0.2500 |"]
     assert (tmp_path / "out" / "compare.png").stat().st_size > 10_000
 
 
@@ -41,7 +42,7 @@ def test_imagenet_c_kept_and_corruption_error_relative_to_the_reference(tmp_path
     kept = compare.corruption_kept(runs[0], "normalised")
     assert kept["fog"] == pytest.approx(100 * (0.7 / 0.8 + 0.6 / 0.8) / 2)
     table = compare.corruption_table(runs, "normalised", reference=runs[1])
-    ce = (0.3 + 0.4) / (0.3 + 0.5)                                  # sum (1 - F) over severities, ours / the reference's
+    ce = (0.3 + 0.4) / (0.3 + 0.5)                   # sum (1 - F) over severities, ours / the reference's
     assert f"| fog | weather | {kept['fog']:.0f} % | 67 % | {ce:.3f} | 1.000 |" in table
     assert table.splitlines()[-1].endswith(f"**mCE {ce:.3f}** | **mCE 1.000** |")
 
