@@ -14,59 +14,19 @@ unwritable destination are one-line errors. Without --checkpoint the weights shi
 (menet_jax/weights, checksum verified on load).
 
 `--backend onnx` runs a file written by `python -m menet_jax.export` (given as --checkpoint) with onnxruntime:
-that path imports no JAX (`menet_jax.export.OnnxPredictor`, the image helpers of `menet_jax.outputs`), so it runs
+that path imports no JAX (`inference.exported.OnnxPredictor`, the image helpers of `io.images`), so it runs
 where only numpy, Pillow and onnxruntime are installed (`pip install 'menet-jax[export]'`), in float32.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
-
-from menet_jax.config import ConfigError
-from menet_jax.outputs import check_distinct, check_file, check_folder, load_photo, save_image
-
-CHECKPOINT_HELP = ("training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights); "
-                   "with --backend onnx, a .onnx file written by python -m menet_jax.export")
-
-
-def render(image: np.ndarray, saliency: np.ndarray, *, threshold: float | None = None, cutout: bool = False):
-    """The output picture: the map as 8-bit grey, a 0/255 mask with `threshold`, or an RGBA cut-out."""
-    alpha = (saliency >= threshold) if threshold is not None else saliency
-    alpha = np.round(np.asarray(alpha, np.float32) * 255).astype(np.uint8)
-    if cutout:
-        return Image.fromarray(np.dstack([image, alpha]), mode="RGBA")
-    return Image.fromarray(alpha, mode="L")
-
-
-def check_outputs(inputs, outputs, *, cutout=False) -> list[str]:
-    """The outputs' Pillow formats, after refusing any output that cannot be written, would overwrite an input or
-    would be written twice."""
-    formats = [check_file(out, "RGBA" if cutout else "L") for out in outputs]
-    check_distinct(inputs, outputs)
-    return formats
-
-
-def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=None, cutout=False,
-                  progress=True) -> int:
-    """Predict each input file and write the matching output (format from its extension); returns the number
-    written. The outputs are checked first (`menet_jax.outputs`), so a bad path fails before any prediction."""
-    formats = check_outputs(inputs, outputs, cutout=cutout)
-    bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(inputs), predictor.batch_size):
-        paths = inputs[start:start + predictor.batch_size]
-        images = [load_photo(p) for p in paths]
-        chunk = zip(images, predictor(images), outputs[start:start + predictor.batch_size],
-                    formats[start:start + predictor.batch_size])
-        for image, maps, out, fmt in chunk:
-            save_image(render(image, maps[map_name], threshold=threshold, cutout=cutout), out, fmt)
-        bar.update(len(paths))
-    bar.close()
-    return len(inputs)
+import menet_datasets
+from menet_jax import cli
+from menet_jax.errors import ConfigError, DataError
+from menet_jax.inference.render import check_outputs, predict_files
+from menet_jax.io.outputs import check_folder
 
 
 def parse_args(argv=None):
@@ -75,7 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("mode", choices=["i", "p"], help="i: one image; p: a folder of images")
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", type=Path, help=cli.CHECKPOINT_HELP + "; with --backend onnx, a .onnx file "
+                                                        "written by python -m menet_jax.export")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="compute dtype (default: the one the weights were trained with; jax backend only)")
     parser.add_argument("--backend", default="jax", choices=["jax", "onnx"],
@@ -99,46 +60,43 @@ def load_predictor(args):
                               "python -m menet_jax.export [CHECKPOINT] menet.onnx)")
         if args.dtype not in (None, "float32"):
             raise ConfigError(f"--dtype {args.dtype}: an ONNX export computes in float32")
-        from menet_jax.export import OnnxPredictor
+        from menet_jax.inference.exported import OnnxPredictor     # onnxruntime, not JAX
         return OnnxPredictor(args.checkpoint, batch_size=args.batch_size)
     if onnx_file:
         raise ConfigError(f"{args.checkpoint}: an ONNX export; run it with --backend onnx")
-    from menet_jax.inference import Predictor
-    from menet_jax.trainer import enable_compilation_cache
+    # JAX is imported here, on the JAX backend's path only: the ONNX path never loads it.
+    from menet_jax.inference.predictor import Predictor
+    from menet_jax.runtime.xla import enable_compilation_cache
     enable_compilation_cache()
     return Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
 
 
+@cli.command(compilation_cache=False)     # load_predictor switches it on for the JAX backend
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import menet_datasets
-    try:
-        if args.threshold is not None and not 0 <= args.threshold <= 1:
-            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
-        source, target = Path(args.input), Path(args.output)
-        if args.mode == "i":
-            if not source.is_file():
-                raise menet_datasets.DataError(f"image not found: {source}")
-            inputs, outputs = [source], [target]
-        else:
-            if not source.is_dir():
-                raise menet_datasets.DataError(f"folder not found: {source}")
-            inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in menet_datasets.IMAGE_EXTS
-                            and not p.name.startswith(".") and p.is_file())
-            if not inputs:
-                raise menet_datasets.DataError(f"no images found in {source}")
-            check_folder(target)
-            outputs = [target / f"{p.stem}.png" for p in inputs]
-        check_outputs(inputs, outputs, cutout=args.cutout)        # before the network loads
-        predictor = load_predictor(args)
-        count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
-                              cutout=args.cutout, progress=not args.no_progress)
-    except (ConfigError, menet_datasets.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    source, target = Path(args.input), Path(args.output)
+    if args.mode == "i":
+        if not source.is_file():
+            raise DataError(f"image not found: {source}")
+        inputs, outputs = [source], [target]
+    else:
+        if not source.is_dir():
+            raise DataError(f"folder not found: {source}")
+        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in menet_datasets.IMAGE_EXTS
+                        and not p.name.startswith(".") and p.is_file())
+        if not inputs:
+            raise DataError(f"no images found in {source}")
+        check_folder(target)
+        outputs = [target / f"{p.stem}.png" for p in inputs]
+    check_outputs(inputs, outputs, cutout=args.cutout)        # before the network loads
+    predictor = load_predictor(args)
+    count = predict_files(predictor, inputs, outputs, map_name=args.map, threshold=args.threshold,
+                          cutout=args.cutout, progress=not args.no_progress)
     print(f"wrote {count} map{'s' if count != 1 else ''} to {target}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.start(main)

@@ -1,105 +1,22 @@
-"""Trained weights as one small file: float16 parameters, float32 BatchNorm statistics and the config, checksummed.
+"""`python -m menet_jax.pretrained`: a training workdir's checkpoint as one shippable weights file, or a check of one.
 
     python -m menet_jax.pretrained export runs/duts192_160w8 menet_jax/weights/menet-duts192-160w8.npz --step 6500
     python -m menet_jax.pretrained verify menet_jax/weights/menet-duts192-160w8.npz
 
-A training workdir (Orbax, float32, optimiser state) is the format to resume from; this one is the format to ship
-and to load anywhere with numpy alone. The SHA-256 of the shipped file is recorded in this module, so a truncated
-or altered download fails with one clear line instead of giving wrong maps.
+The format (float16 parameters, float32 BatchNorm statistics, the config, a SHA-256 recorded for the shipped file)
+is `menet_jax.io.weights`.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
-import sys
-import zipfile
-import zlib
 from pathlib import Path
 
-import numpy as np
-from flax import traverse_util
-
-from menet_jax.config import Config, ConfigError
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# The weights shipped in the repository (issue 21: all of DUTS-TR at 160 px, width 8): file name -> SHA-256.
-SHIPPED = {"menet-duts192-160w8.npz": "6af85c4c94b00811ec6df49528b576a9779056c9a647222b1c1e69cc3b98c8f5"}
-DEFAULT = "menet-duts192-160w8.npz"
+from menet_jax import cli
+from menet_jax.errors import WeightsError
+from menet_jax.io import checkpoint, weights
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
-    """Write `variables` ({"params", "batch_stats"}) and `config` to `path` (.npz); returns the file's SHA-256.
-
-    Parameters are stored in float16 (half the bytes; the maps move by ~1e-3), BatchNorm statistics in float32
-    (their variances reach 1e4 on raw 0..255 inputs and are tiny in number)."""
-    arrays = {}
-    for collection, dtype in (("params", np.float16), ("batch_stats", np.float32)):
-        for key, value in traverse_util.flatten_dict(variables[collection], sep="/").items():
-            value = np.asarray(value, np.float32)
-            if dtype == np.float16 and np.abs(value).max(initial=0) >= np.finfo(np.float16).max:
-                raise ValueError(f"{collection}/{key} does not fit in float16")
-            arrays[f"{collection}/{key}"] = value.astype(dtype)
-    header = {"config": dataclasses.asdict(config), "meta": meta or {}}
-    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:               # np.savez on a file object: no ".npz" appended to the name
-        np.savez_compressed(f, **arrays)
-    return sha256(path)
-
-
-def load(path=None, *, expected_sha256: str | None = None):
-    """(variables in float32, config, meta) from an exported file; the shipped default when `path` is None.
-
-    The checksum is checked against `expected_sha256`, or against the recorded one for a shipped file; a file that
-    is not such an archive is a one-line ConfigError. Whether the arrays fit the network and are finite is checked
-    where they are used (`inference.Predictor`)."""
-    if path is None:
-        if DEFAULT is None:
-            raise ConfigError("this copy of menet-jax ships no trained weights: give --checkpoint "
-                              "(a training workdir or an exported .npz)")
-        path = WEIGHTS_DIR / DEFAULT
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: weights file not found")
-    expected = expected_sha256 or (SHIPPED.get(path.name) if path.parent == WEIGHTS_DIR else None)
-    if expected is not None:
-        actual = sha256(path)
-        if actual != expected:
-            raise ConfigError(f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., expected {expected[:12]}...): "
-                              "the file is damaged or not the shipped one; restore it with git checkout")
-    try:                                      # whatever a damaged or foreign file raises, one line naming it
-        if not zipfile.is_zipfile(path):
-            raise zipfile.BadZipFile("not a .npz archive")
-        with np.load(path) as data:
-            header = json.loads(bytes(data["__header__"]).decode())
-            flat = {key: np.asarray(data[key], np.float32) for key in data.files if key != "__header__"}
-        saved = dict(header["config"])
-        saved["lr_boundaries"] = tuple(saved.get("lr_boundaries", ()))
-        config = Config(**saved)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
-            zlib.error) as error:
-        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
-        raise ConfigError(f"{path}: not an exported menet-jax weights file "
-                          f"({reason or type(error).__name__})") from None
-    variables = {}
-    for collection in ("params", "batch_stats"):
-        prefix = collection + "/"
-        variables[collection] = traverse_util.unflatten_dict(
-            {tuple(k[len(prefix):].split("/")): v for k, v in flat.items() if k.startswith(prefix)})
-    return variables, config, header.get("meta", {})
-
-
+@cli.command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m menet_jax.pretrained", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -111,27 +28,21 @@ def main(argv=None) -> int:
     ve = commands.add_parser("verify", help="print the config and SHA-256 of a weights file")
     ve.add_argument("path", type=Path)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "export":
-            from menet_jax.checkpoint import latest_step, load_variables
-            from menet_jax.inference import workdir_config
-            config = workdir_config(args.workdir)
-            try:
-                step = latest_step(args.workdir) if args.step is None else args.step
-                variables = load_variables(args.workdir, step)
-            except FileNotFoundError as error:
-                raise ConfigError(str(error)) from None
-            digest = export(variables, config, args.output, meta={"source": str(args.workdir), "step": step})
-            print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
-        else:
-            _, config, meta = load(args.path)
-            print(f"{args.path}: image_size {config.image_size}, width {config.width}, meta {meta}, "
-                  f"sha256 {sha256(args.path)}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "export":
+        config = checkpoint.workdir_config(args.workdir)
+        try:
+            step = checkpoint.latest_step(args.workdir) if args.step is None else args.step
+            variables = checkpoint.load_variables(args.workdir, step)
+        except FileNotFoundError as error:
+            raise WeightsError(str(error)) from None
+        digest = weights.export(variables, config, args.output, meta={"source": str(args.workdir), "step": step})
+        print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
+    else:
+        _, config, meta = weights.load(args.path)
+        print(f"{args.path}: image_size {config.image_size}, width {config.width}, meta {meta}, "
+              f"sha256 {weights.sha256(args.path)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.start(main)

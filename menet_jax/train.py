@@ -25,7 +25,14 @@ import sys
 import time
 
 from menet_datasets.cli import add_source_arguments
-from menet_jax.config import PRESETS, ConfigError, get_config
+from menet_jax import cli
+from menet_jax.core.config import PRESETS, get_config
+from menet_jax.core.model import describe
+from menet_jax.errors import DataError
+from menet_jax.runtime.xla import enable_compilation_cache
+from menet_jax.training.curves import plot_training
+from menet_jax.training.distributed import initialize_distributed, is_main_process
+from menet_jax.training.loop import train
 
 
 def parse_args(argv=None):
@@ -48,43 +55,27 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def dry_run(config) -> None:
-    from menet_jax.model import MEnet, count_parameters, forward_flops, parameter_shapes
-    model = MEnet.from_config(config)
-    shapes = parameter_shapes(model)
-    print(f"config: image_size={config.image_size} width={config.width} batch_size={config.batch_size} "
-          f"dtype={config.dtype} loss={config.loss}")
-    print(f"parameters: {count_parameters(shapes['params'])}")
-    print(f"forward FLOPs per image: {forward_flops(model, shapes):.4g}")
-
-
+@cli.command(compilation_cache=False)     # switched on below, after joining the other processes
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import menet_datasets
-    from menet_jax.checkpoint import WorkdirError
-    from menet_jax.trainer import DistributedError, TrainingDiverged, enable_compilation_cache, initialize_distributed
     workdir = args.workdir or f"runs/{args.config}"
-    try:
-        overrides = list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else [])
-        config = get_config(args.config, overrides)
-        if args.dry_run:
-            enable_compilation_cache()
-            dry_run(config)
-            return 0
+    overrides = list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    config = get_config(args.config, overrides)
+    if not args.dry_run:
         # Before any other use of JAX: the backend is created with the other processes' devices.
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        enable_compilation_cache()
-        from menet_jax.trainer import is_main_process, train
-        started = time.perf_counter()
-        if len(args.data_dir) + len(args.dataset) > 1:
-            raise menet_datasets.DataError("training uses one data source: give one --data-dir or one --dataset")
+    enable_compilation_cache()
+    if args.dry_run:
+        print(describe(config))
+        return 0
+    if len(args.data_dir) + len(args.dataset) > 1:
+        raise DataError("training uses one data source: give one --data-dir or one --dataset")
+    started = time.perf_counter()
+    try:
         result = train(config, workdir, data_dir=args.data_dir[0] if args.data_dir else None,
                        dataset=args.dataset[0] if args.dataset else None, split=args.split,
                        manual_dir=args.manual_dir, tfds_dir=args.tfds_dir, progress=not args.no_progress)
-    except (ConfigError, menet_datasets.DataError, WorkdirError, TrainingDiverged, DistributedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as interrupt:   # trainer.Interrupted carries the signal and the saved step
+    except KeyboardInterrupt as interrupt:   # training.loop.Interrupted carries the signal and the saved step
         signum, step = getattr(interrupt, "signum", signal.SIGINT), getattr(interrupt, "step", None)
         saved = f" at step {step}, checkpoint saved" if step is not None else ""
         print(f"interrupted{saved}: rerun the same command to resume from {workdir}", file=sys.stderr)
@@ -92,7 +83,6 @@ def main(argv=None) -> int:
     if not result.validation or not is_main_process():   # nothing to train (the library said why), or process
         return 0                                            # 0 reports
     print(summary(result, config, time.perf_counter() - started))
-    from menet_jax.curves import plot_training
     print(f"curves: {plot_training(workdir)}")
     return 0
 
@@ -111,6 +101,4 @@ def summary(result, config, seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    from menet_jax.host_memory import reexec_with_reused_memory
-    reexec_with_reused_memory()
-    sys.exit(main())
+    cli.start(main, reuse_memory=True)

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from menet_jax import api
 from robustness import corruptions
 from robustness.evaluate import UNITS, corruption_errors, label_level_axes
 
 
-class CompareError(ValueError):
+class CompareError(api.MenetError, ValueError):
     pass
 
 
@@ -168,6 +168,7 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     plt.close(fig)
 
 
+@api.command(compilation_cache=False)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robustness.compare", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -178,23 +179,22 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", metavar="LABEL", help="imagenet-c: the run CE is relative to")
     args = parser.parse_args(argv)
     mode = "raw" if args.raw else "normalised"
+    runs = [load_run(spec, args.dataset, mode) for spec in args.runs]
+    kinds = sorted({r["distortion"] for r in runs})
+    if len(kinds) > 1:
+        raise CompareError(f"the runs mix distortions ({', '.join(kinds)}): compare one at a time")
+    labels = [r["label"] for r in runs]
+    if len(set(labels)) < len(labels):
+        raise CompareError("two runs have the same label")
+    reference = None
+    if args.reference is not None:
+        if kinds[0] != "imagenet-c" or args.reference not in labels:
+            raise CompareError(f"--reference {args.reference}: give the label of one of the runs, with imagenet-c")
+        reference = runs[labels.index(args.reference)]
     try:
-        runs = [load_run(spec, args.dataset, mode) for spec in args.runs]
-        kinds = sorted({r["distortion"] for r in runs})
-        if len(kinds) > 1:
-            raise CompareError(f"the runs mix distortions ({', '.join(kinds)}): compare one at a time")
-        labels = [r["label"] for r in runs]
-        if len(set(labels)) < len(labels):
-            raise CompareError("two runs have the same label")
-        reference = None
-        if args.reference is not None:
-            if kinds[0] != "imagenet-c" or args.reference not in labels:
-                raise CompareError(f"--reference {args.reference}: give the label of one of the runs, with imagenet-c")
-            reference = runs[labels.index(args.reference)]
         args.output.mkdir(parents=True, exist_ok=True)
-    except (CompareError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except OSError as error:
+        raise api.OutputError(f"{args.output}: cannot create the folder ({error.strerror or error})") from None
     if kinds[0] == "imagenet-c":
         table = corruption_table(runs, mode, reference)
         plot_corruptions(runs, mode, args.output)
@@ -211,4 +211,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    api.start(main)

@@ -58,17 +58,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 import menet_datasets
 from menet_datasets.cli import add_source_arguments, sources_from_args
-from menet_jax.config import ConfigError
-from menet_jax.inference import CHECKPOINT_HELP_FLOAT32, resize_to
-from robustness import corruptions, distortions
+from menet_jax import api
+from menet_jax.api import ConfigError
+from robustness import attacks, corruptions, distortions
 
 KEYS = ("adp_f", "max_f", "mae")
 ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2"}
@@ -99,12 +100,6 @@ def as_map_dicts(outputs, count):
     return [o if isinstance(o, dict) else {"map": np.asarray(o, np.float32)} for o in outputs]
 
 
-def normalise(m: np.ndarray) -> np.ndarray:
-    """Per-image min-max to [0, 1], a constant map left as it is (as `saliency.scale_to_unit` in the network)."""
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi - lo > 1e-12 else m
-
-
 def interval95(values) -> list | None:
     """Student-t 95 % confidence interval of the mean of `values` (None for a single value)."""
     values = np.asarray(values, np.float64)
@@ -117,13 +112,12 @@ def interval95(values) -> list | None:
 
 def _score_maps(meters, example, maps):
     """Adds one image's maps to the meters: resized to the GT size, 8-bit, raw and min-max normalised."""
-    from menet_jax.metrics import SODMetrics, to_8bit
     h, w = example["mask"].shape
     for name, m in maps.items():
         m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
-        for mode, scored in (("raw", m), ("normalised", normalise(m))):
-            meter = meters.setdefault(mode, {}).setdefault(name, SODMetrics(normalize=False))
-            meter.step(to_8bit(resize_to(scored, h, w)), example["mask"])
+        for mode, scored in (("raw", m), ("normalised", api.scale_to_unit(m))):
+            meter = meters.setdefault(mode, {}).setdefault(name, api.SODMetrics(normalize=False))
+            meter.step(api.to_8bit(api.resize_to(scored, h, w)), example["mask"])
 
 
 def _add_seed(per_seed, meters):
@@ -332,33 +326,16 @@ def load_reference(path):
 
 
 # ---------------------------------------------------------------------------------------------- PGD attacks
-def attack_function(model, which: str):
-    """f(variables, x) -> the attacked map (N, S, S) in [0, 1]: "ce" the salient probability (smooth), "metric"
-    the min-max normalised Eq. 5 distance (the scored form; differentiable almost everywhere, through the
-    minimum, the maximum and the distance)."""
-    from menet_jax.saliency import metric_distance, salient_probability, scale_to_unit
-
-    def f(variables, x):
-        out = model.apply(variables, x, train=False)
-        p = salient_probability(out["logits"])
-        return p if which == "ce" else scale_to_unit(metric_distance(out["features"], p), 2.0)
-    return f
-
-
 def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,), random_start=False, steps=10,
                     step_size=None, loss="bce", batch_size=8, progress=True, desc=""):
     """PGD on each map of `maps` (each attacked separately, scored on the attacked map), at every budget (pixel
     levels, 0..255 scale), in the network's input space. Level results as `evaluate_distorted`'s, plus
     "attack_loss" {map: mean loss over the images at the returned point}; `step_size` a multiple of eps per
     step (default 2.5 / steps)."""
-    from menet_jax.model import MEnet
-    import jax
-    import jax.numpy as jnp
-    from menet_jax.saliency import scale_to_unit
-    from robustness import attacks
     size, variables = predictor.config.image_size, predictor.variables
-    model = MEnet.from_config(predictor.config)
-    functions = {m: attack_function(model, m) for m in maps}
+    # The attacked map: "ce" the salient probability (smooth), "metric" the min-max normalised Eq. 5 map (the
+    # scored form; differentiable almost everywhere, through the minimum, the maximum and the distance).
+    functions = {m: api.network_function(predictor.config, output=m, normalize=m == "metric") for m in maps}
     results = {}
     for eps in budgets:
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
@@ -383,10 +360,10 @@ def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,
                     adv = x if eps == 0 else attacks.pgd(
                         functions[m], variables, x, y, eps=float(eps), norm=norm, steps=steps,
                         step_size=None if step_size is None else step_size * eps, loss=loss, start=init)[0]
-                    raw = jax.device_get(predictor._predict(variables, adv))[m]
+                    raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
                     # The loss of the map the attack saw (the metric map in its normalised form), from the maps
                     # already computed: no extra network pass.
-                    attacked = raw if m == "ce" else np.asarray(scale_to_unit(jnp.asarray(raw) * 2.0, 2.0))
+                    attacked = raw if m == "ce" else api.scale_to_unit(raw * 2.0, 2.0)
                     loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), loss))
                     losses[m] += [float(v) for v in loss_values[:len(examples)]]
                     for j, example in enumerate(examples):
@@ -508,9 +485,8 @@ def parse_severities(items):
 
 
 def parse_budgets(kind, items):
-    from robustness.attacks import DEFAULT_BUDGETS
     if not items:
-        return list(DEFAULT_BUDGETS[ATTACKS[kind]])
+        return list(attacks.DEFAULT_BUDGETS[ATTACKS[kind]])
     budgets = []
     for item in items:
         try:
@@ -527,7 +503,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
+    model.add_argument("--checkpoint", type=Path, help=api.CHECKPOINT_HELP_FLOAT32)
     model.add_argument("--predictor", help="MODULE:FUNCTION, images -> maps (see above)")
     parser.add_argument("--distortion", choices=KINDS, required=True)
     parser.add_argument("--levels", nargs="+",
@@ -593,58 +569,52 @@ def model_name(args) -> str:
     return str(args.checkpoint) if args.checkpoint is not None else "MEnet (shipped weights)"
 
 
+@api.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from menet_jax.trainer import enable_compilation_cache
-    enable_compilation_cache()
     kind = args.distortion
+    check_flags(args)
+    levels = parse_levels(kind, args.levels)
     try:
-        check_flags(args)
-        levels = parse_levels(kind, args.levels)
-        try:
-            names = corruptions.parse_names(args.corruptions) if kind == "imagenet-c" else None
-        except ValueError as error:
-            raise ConfigError(f"--corruptions: {error}") from None
-        reference, reference_model = load_reference(args.reference) if args.reference else (None, None)
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-        input_size = args.input_size
-        sources = sources_from_args(args)
-        predictor = None
-        if args.predictor is None:
-            from menet_jax.inference import Predictor
-            # Raw maps (the CE probability and the Eq. 5 distance / 2 as the network gives them); the normalised
-            # scores min-max them here, as the network's normalised maps are.
-            predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False,
-                                       dtype="float32")
-            input_size = predictor.config.image_size
-            default = ("ce",) if kind in ATTACKS else ("metric", "ce")
-            map_names = default if args.map is None else ("metric", "ce") if args.map == "both" else (args.map,)
-            predict = lambda images: [{n: m[n] for n in map_names} for m in predictor(images)]
+        names = corruptions.parse_names(args.corruptions) if kind == "imagenet-c" else None
+    except ValueError as error:
+        raise ConfigError(f"--corruptions: {error}") from None
+    reference, reference_model = load_reference(args.reference) if args.reference else (None, None)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    input_size = args.input_size
+    sources = sources_from_args(args)
+    predictor = None
+    if args.predictor is None:
+        # Raw maps (the CE probability and the Eq. 5 distance / 2 as the network gives them); the normalised
+        # scores min-max them here, as the network's normalised maps are.
+        predictor = api.Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False,
+                                   dtype="float32")
+        input_size = predictor.config.image_size
+        default = ("ce",) if kind in ATTACKS else ("metric", "ce")
+        map_names = default if args.map is None else ("metric", "ce") if args.map == "both" else (args.map,)
+        predict = lambda images: [{n: m[n] for n in map_names} for m in predictor(images)]
+    else:
+        predict = load_predictor(args.predictor)
+    all_results = {}
+    seeds = range(args.seed, args.seed + args.seeds)
+    for name, source in sources:
+        if args.limit is not None:
+            source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
+        common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
+        if kind == "imagenet-c":
+            all_results[name] = evaluate_corruptions(source, predict, names, levels, noise_at=args.noise_at,
+                                                     input_size=input_size, **common)
+        elif kind in ATTACKS:
+            all_results[name] = evaluate_attack(
+                source, predictor, ATTACKS[kind], levels, maps=map_names, random_start=args.random_start,
+                steps=args.pgd_steps or 10, step_size=args.pgd_step_size, loss=args.pgd_loss or "bce",
+                **common)
         else:
-            predict = load_predictor(args.predictor)
-        all_results = {}
-        seeds = range(args.seed, args.seed + args.seeds)
-        for name, source in sources:
-            if args.limit is not None:
-                source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
-            common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
-            if kind == "imagenet-c":
-                all_results[name] = evaluate_corruptions(source, predict, names, levels, noise_at=args.noise_at,
-                                                         input_size=input_size, **common)
-            elif kind in ATTACKS:
-                all_results[name] = evaluate_attack(
-                    source, predictor, ATTACKS[kind], levels, maps=map_names, random_start=args.random_start,
-                    steps=args.pgd_steps or 10, step_size=args.pgd_step_size, loss=args.pgd_loss or "bce",
-                    **common)
-            else:
-                all_results[name] = evaluate_distorted(source, predict, kind, levels, noise_at=args.noise_at,
-                                                       input_size=input_size, **common)
-    except (ConfigError, menet_datasets.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            all_results[name] = evaluate_distorted(source, predict, kind, levels, noise_at=args.noise_at,
+                                                   input_size=input_size, **common)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     if kind == "imagenet-c":
@@ -707,4 +677,4 @@ def _write_corruptions(args, out, all_results, names, severities, input_size, re
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    api.start(main, reuse_memory=True)

@@ -25,41 +25,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-import menet_datasets
 from menet_datasets.cli import add_source_arguments, sources_from_args
-from menet_jax.inference import CHECKPOINT_HELP_FLOAT32
-from menet_jax.config import ConfigError
-from menet_jax.layers import compiler_options
+from menet_jax import api
 from robustness import distortions, norms
 
 OUTPUTS = ("salient_prob", "metric_map", "logits")
 STATS = ("max", "min", "median", "mean", "var")
 
 
-def output_function(model, variables, output: str, *, authors_objective: bool = False, bn_train: bool = False):
+def output_function(config, variables, output: str, *, authors_objective: bool = False, bn_train: bool = False):
     """The differentiated map as a function of a batch of images (N, S, S, 3) on the 0..255 scale."""
-    from menet_jax.saliency import metric_distance, salient_probability
+    # The authors' script never called eval(): BatchNorm used each image's own statistics (bn_train).
+    kind = "logits" if authors_objective else {"metric_map": "metric_distance"}.get(output, output)
+    network = api.network_function(config, output=kind, batch_stats="batch" if bn_train else "running")
 
     def f(x):
-        if bn_train:     # the authors' script never called eval(): BatchNorm used each image's own statistics
-            out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        else:
-            out = model.apply(variables, x, train=False)
-        if authors_objective:
-            return jax.nn.softmax(out["logits"], axis=-1)
-        if output == "logits":
-            return out["logits"]
-        p = salient_probability(out["logits"])
-        return p if output == "salient_prob" else metric_distance(out["features"], p)
+        out = network(variables, x)
+        return jax.nn.softmax(out, axis=-1) if authors_objective else out
     return f
 
 
@@ -176,27 +165,10 @@ def plot_histogram(grads_log_hist, edges, zeros, output: Path, label: str) -> No
     plt.close(fig)
 
 
-def load_network(args):
-    """(model, variables, config) from --checkpoint (default: the shipped weights) or a preset with fresh weights
-    (--config)."""
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet, init_variables
-    if args.config is None:
-        from menet_jax.inference import Predictor
-        predictor = Predictor.load(args.checkpoint, dtype="float32")   # Jacobians and bounds need float32
-        config, variables = predictor.config, predictor.variables
-    else:
-        config = get_config(args.config)
-        variables = init_variables(MEnet.from_config(config), args.seed)
-    return MEnet.from_config(config), variables, config
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m robustness.jacobian", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
-    which.add_argument("--config", help="a preset with freshly initialised weights (e.g. tiny)")
+    api.add_checkpoint_argument(parser, float32=True, preset=True)
     parser.add_argument("--output", choices=OUTPUTS, default="salient_prob")
     parser.add_argument("--authors-objective", action="store_true",
                         help="differentiate the sum of both softmax channels (a constant), as the authors did")
@@ -208,53 +180,44 @@ def parse_args(argv=None):
     parser.add_argument("--probes", type=int, default=16, help="Hutchinson probes (0 to skip ||J||_F)")
     parser.add_argument("--mc-directions", type=int, default=8, help="Eq. 12 directions per kind (0 to skip)")
     parser.add_argument("--t-schedule", type=float, nargs="+", default=[100.0, 10.0, 1.0, 0.1])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     add_source_arguments(parser)
     return parser.parse_args(argv)
 
 
+@api.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from menet_jax.trainer import enable_compilation_cache
-    enable_compilation_cache()
-    try:
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-        sources = sources_from_args(args)
-        model, variables, config = load_network(args)
-    except (ConfigError, menet_datasets.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.limit is not None and args.limit < 1:
+        raise api.ConfigError(f"--limit must be >= 1, got {args.limit}")
+    sources = sources_from_args(args)
+    # Jacobians and bounds need float32.
+    variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
     label = "softmax, both channels (authors)" if args.authors_objective else args.output
-    f = output_function(model, variables, args.output, authors_objective=args.authors_objective,
+    f = output_function(config, variables, args.output, authors_objective=args.authors_objective,
                         bn_train=args.bn_train_mode)
-    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))), compiler_options=compiler_options())
+    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))), compiler_options=api.compiler_options())
     size = config.image_size
     edges = np.linspace(-24, 4, 113)
     hist, zeros, report = np.zeros(len(edges) - 1), 0, {}
-    try:
-        for name, source in sources:
-            n = len(source) if args.limit is None else min(args.limit, len(source))
-            rows = []
-            for i in tqdm(range(n), desc=name, unit="img", disable=args.no_progress):
-                example = source[i]
-                image = np.asarray(Image.fromarray(example["image"]).resize((size, size), Image.BILINEAR))
-                x = jnp.asarray(image[None], jnp.float32)
-                grad, row = analyse_image(f, x, image=image, index=i, seed=args.seed,
-                                          power_iterations=args.power_iterations, tol=args.tol,
-                                          probes=args.probes, mc_count=args.mc_directions,
-                                          t_schedule=tuple(args.t_schedule), grad_fn=grad_fn)
-                a = np.abs(np.asarray(grad, np.float64)).ravel()
-                zeros += int(np.sum(a == 0))
-                hist += np.histogram(np.log10(a[a > 0]), edges)[0]
-                rows.append({"name": example["name"], **row})
-            summary = summarize(rows)
-            report[name] = {"summary": summary, "images": rows}
-            print(format_table(name, summary, label))
-    except menet_datasets.DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for name, source in sources:
+        n = len(source) if args.limit is None else min(args.limit, len(source))
+        rows = []
+        for i in tqdm(range(n), desc=name, unit="img", disable=args.no_progress):
+            example = source[i]
+            image = api.resize_input(example["image"], size)
+            x = jnp.asarray(image[None], jnp.float32)
+            grad, row = analyse_image(f, x, image=image, index=i, seed=args.seed,
+                                      power_iterations=args.power_iterations, tol=args.tol,
+                                      probes=args.probes, mc_count=args.mc_directions,
+                                      t_schedule=tuple(args.t_schedule), grad_fn=grad_fn)
+            a = np.abs(np.asarray(grad, np.float64)).ravel()
+            zeros += int(np.sum(a == 0))
+            hist += np.histogram(np.log10(a[a > 0]), edges)[0]
+            rows.append({"name": example["name"], **row})
+        summary = summarize(rows)
+        report[name] = {"summary": summary, "images": rows}
+        print(format_table(name, summary, label))
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     settings = {"output": args.output, "authors_objective": args.authors_objective,
@@ -270,6 +233,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from menet_jax.host_memory import reexec_with_reused_memory
-    reexec_with_reused_memory()
-    sys.exit(main())
+    api.start(main, reuse_memory=True)

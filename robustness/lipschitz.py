@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import jax
@@ -42,11 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from menet_jax.layers import plain_convolutions
+from menet_jax import api
 from robustness.norms import power_iteration
 
 
-class LipschitzError(ValueError):
+class LipschitzError(api.MenetError, ValueError):
     """An output depends on the input through an operation with no global Lipschitz bound (one line)."""
 
 
@@ -542,7 +541,6 @@ def elementwise_bound(f, x, *, iters: int = 200, tol: float = 1e-6) -> dict:
 def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     """Bound (b) of MEnet written out from its architecture (model.py), with the same per-layer rules as the
     generic interpreter; the tests check the two agree, which checks the interpreter on a real graph."""
-    from menet_jax.model import SIDE_MAP_ORDER
     if output not in ("logits", "features", "salient_prob"):
         raise LipschitzError(f"{output}: only logits, features and salient_prob are bounded")
     params, stats = variables["params"], variables["batch_stats"]
@@ -606,7 +604,7 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     sources = [(1.0, D_in, size)] + [(e, None, size >> i) for i, e in enumerate(encoder)]
     sources += [(decoder[s], None, size >> s) for s in range(5)] + [(bottleneck, None, size // 32)]
     sides = []
-    for name, (Ls, Ds, sp) in zip(SIDE_MAP_ORDER, sources):
+    for name, (Ls, Ds, sp) in zip(api.SIDE_MAP_ORDER, sources):
         Lside = brc(params[f"side_{name}"], stats[f"side_{name}"], Ls, Ds, sp)
         factor = size // sp
         sides.append(Lside * (math.sqrt(factor) * math.sqrt(factor) if factor > 1 else 1.0))
@@ -618,24 +616,23 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
         return (Lh * abs(scale[1]) + Lh * abs(scale[0])) * 0.25
     return flush(Lh, scale)
 
-def menet_outputs(model, variables, output: str, *, plain: bool = True):
-    """MEnet in evaluation mode as a function of one image (1, S, S, 3) -> the chosen output.
+def menet_outputs(config, variables, output: str):
+    """MEnet in evaluation mode as a function of one image (1, S, S, 3) -> the chosen output, built with the plain
+    convolutions (one conv_general_dilated per layer, what the per-layer rules read) in float32.
 
     salient_prob is written as sigmoid(z1 - z0), equal to softmax(z)[..., 1] (the interpreter has no rule for
-    a softmax, whose pieces exp and division are not Lipschitz on their own). With `plain`, traced with the
-    plain convolutions (see `plain_convolutions`)."""
-    from menet_jax.saliency import metric_distance
+    a softmax, whose pieces exp and division are not Lipschitz on their own)."""
+    heads = api.network_function(dataclasses.replace(config, conv="plain", dtype="float32"), output="heads")
 
     def f(x):
-        with plain_convolutions() if plain else contextlib.nullcontext():
-            out = model.apply(variables, x, train=False)
+        out = heads(variables, x)
         if output in ("logits", "features"):
             return out[output]
         logits = out["logits"]
         p = jax.nn.sigmoid(logits[..., 1] - logits[..., 0])
         if output == "salient_prob":
             return p
-        return metric_distance(out["features"], p)
+        return api.metric_distance(out["features"], p)
     return f
 
 
@@ -652,13 +649,9 @@ def _print_table(layers):
 
 
 def parse_args(argv=None):
-    from menet_jax.inference import CHECKPOINT_HELP_FLOAT32
     parser = argparse.ArgumentParser(prog="python -m robustness.lipschitz", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP_FLOAT32)
-    which.add_argument("--config", help="a preset (e.g. tiny) with freshly initialised weights")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed with --config")
+    api.add_checkpoint_argument(parser, float32=True, preset=True)
     parser.add_argument("--output", choices=[*MENET_OUTPUTS, "all"], default="all")
     parser.add_argument("--power-iterations", type=int, default=50, help="per layer, 0 to skip the estimates")
     parser.add_argument("--json", type=Path, help="where to write the results (default: lipschitz.json in the "
@@ -666,34 +659,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@api.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from menet_jax.config import ConfigError, get_config
-    from menet_jax.model import MEnet, init_variables
-    try:
-        if args.config is None:
-            from menet_jax.inference import Predictor
-            predictor = Predictor.load(args.checkpoint, dtype="float32")   # bounds need float32
-            config, variables = predictor.config, jax.device_get(predictor.variables)
-        else:
-            config = get_config(args.config)
-            variables = init_variables(MEnet.from_config(config), args.seed)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    model = MEnet.from_config(config)
+    # Bounds need float32.
+    variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
+    variables = jax.device_get(variables)
     x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     outputs = MENET_OUTPUTS if args.output == "all" else (args.output,)
     results, printed_layers, cache = {}, False, {}
     for output in outputs:
-        f = menet_outputs(model, variables, output)
+        f = menet_outputs(config, variables, output)
         try:
             layer = layerwise_bound(f, x, power_iters=args.power_iterations, cache=cache)
             element = elementwise_bound(f, x)
         except LipschitzError as error:
             if args.output != "all":
-                print(f"error: {output}: {error}", file=sys.stderr)
-                return 2
+                raise LipschitzError(f"{output}: {error}") from None
             results[output] = {"bounded": False, "reason": str(error)}
             continue
         if not printed_layers:
@@ -725,4 +707,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    api.start(main)

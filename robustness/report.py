@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from menet_jax import api
 
-class ReportError(ValueError):
-    pass
+
+class ReportError(api.MenetError, ValueError):
+    """An input file that is not what the tool it names writes."""
 
 
 def _load(path: Path, key: str):
@@ -103,6 +104,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+@api.command(compilation_cache=False)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.split("\n")[0])
     parser.add_argument("--lipschitz", type=Path)
@@ -110,15 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--evaluate", type=Path, nargs="*", default=[])
     parser.add_argument("--output", type=Path, default=Path("robustness_report"))
     args = parser.parse_args(argv)
-    try:
-        if args.lipschitz is None and args.jacobian is None and not args.evaluate:
-            raise ReportError("nothing to report: give --lipschitz, --jacobian and/or --evaluate")
-        report = build(_load(args.lipschitz, "outputs") if args.lipschitz else None,
-                       _load(args.jacobian, "settings") if args.jacobian else None,
-                       [_load(p, "distortion") for p in args.evaluate])
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.lipschitz is None and args.jacobian is None and not args.evaluate:
+        raise ReportError("nothing to report: give --lipschitz, --jacobian and/or --evaluate")
+    report = build(_load(args.lipschitz, "outputs") if args.lipschitz else None,
+                   _load(args.jacobian, "settings") if args.jacobian else None,
+                   [_load(p, "distortion") for p in args.evaluate])
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
@@ -129,4 +127,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    api.start(main)

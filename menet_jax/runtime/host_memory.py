@@ -1,19 +1,20 @@
 """Host memory reuse between steps on CPU: glibc malloc settings that the command-line tools start with.
 
-XLA's CPU runtime allocates the temporaries of a program as one block (4.4 GB for the paper's train step) and frees
-it when the program ends. glibc hands blocks that large back to the kernel, so every step faults the memory in
-again: 1.1 million page faults and about 5 s of kernel time per paper step on 2 cores, 2-3 s of its wall time.
-With one malloc arena, no separately mapped chunks and no trimming, freed memory stays in the process and the next
-step reuses it (no faults). The process keeps its peak memory until it exits.
+XLA's CPU runtime allocates the temporaries of a program as one block (several GB for the paper's train step) and
+frees it when the program ends. glibc hands blocks that large back to the kernel, so every step faults the memory
+in again (BENCHMARKS.md, "Memory", has the page faults and seconds measured). With one malloc arena, no separately
+mapped chunks and no trimming, freed memory stays in the process and the next step reuses it (no faults). The
+process keeps its peak memory until it exits.
 
 glibc reads these settings only when a process starts, so `reexec_with_reused_memory` starts the command again
 with them, once, before any work. `MENET_MALLOC=default` (or a non-glibc system) leaves the process as it is.
 """
 from __future__ import annotations
 
-import os
 import platform
 import sys
+
+from menet_jax.runtime import settings
 
 # trim_threshold is 64 GiB: freed memory at the top of the heap is never returned while the process runs.
 TUNABLES = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=68719476736")
@@ -35,11 +36,8 @@ def reused_memory_environment(environ) -> dict | None:
 def reexec_with_reused_memory() -> None:
     """Restart this command (same interpreter and arguments) with the malloc settings, unless it has them, glibc
     is not the C library, or MENET_MALLOC=default. Call it first thing under `if __name__ == "__main__"`."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or settings.malloc() == "default":
         return
-    changes = reused_memory_environment(os.environ)
-    if changes is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **changes})
+    changes = reused_memory_environment(settings.environment())
+    if changes is not None:
+        settings.restart_with(changes)

@@ -6,9 +6,7 @@ without touching the model. Layout is NHWC activations and HWIO kernels througho
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -20,22 +18,19 @@ from jax.custom_derivatives import SymbolicZero
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def conv_impl(impl: str | None = None) -> str:
+def conv_impl(impl: str = "auto") -> str:
     """The formulation to use: "plain" (the lax convolutions as written), "fast" (every convolution in the CPU fast
     forms below) or "mixed" (the fast forms only where they pay off once XLA runs convolutions on its own CPU kernels
-    (`compiler_options`): transposed convolutions, 1 x 1 convolutions, kernels covering their whole input and deep
-    maps of at most 7 x 7 outputs; see `_fast_pays_off`).
+    (`runtime.xla.compiler_options`): transposed convolutions, 1 x 1 convolutions, kernels covering their whole input
+    and deep maps of at most 7 x 7 outputs; see `_fast_pays_off`).
 
-    `impl` None reads MENET_CONV (auto, mixed, fast or plain; MENET_PLAIN_CONV=1 also forces plain) at trace time.
     "auto" is mixed on CPU and plain on accelerators. "fast" also rewrites the k x k convolutions (a per-tap weight
     gradient, patch-matrix products): a longer compile, and slower with `compiler_options`; it paid off when XLA
     lowered every convolution to one-threaded YNNPACK calls. All formulations compute the same functions; their
-    1 % drift after two SGD steps of the tiny config is that setting's noise floor (benchmarks/sensitivity.py).
+    drift after two SGD steps of the tiny config is that setting's noise floor (benchmarks/sensitivity.py). The
+    choice is a field of the modules (`Config.conv`), so a jitted function keys its cache on it; export and the
+    Lipschitz analysis build their networks with "plain", one conv_general_dilated per layer.
     """
-    if impl is None:
-        impl = os.environ.get("MENET_CONV", "auto").strip().lower() or "auto"
-        if os.environ.get("MENET_PLAIN_CONV", "0").strip().lower() not in ("", "0", "false", "no", "off"):
-            impl = "plain"
     if impl == "auto":
         return "mixed" if jax.default_backend() == "cpu" else "plain"
     if impl not in ("fast", "mixed", "plain"):
@@ -43,52 +38,7 @@ def conv_impl(impl: str | None = None) -> str:
     return impl
 
 
-# XLA's CPU backend hands convolutions to YNNPACK by default ("individual convolution" library fusions). Here those
-# ran on one thread, with a weight gradient 6-9x slower than XLA's Eigen convolution kernels, which use every core
-# (`python benchmarks/conv_layers.py`, BENCHMARKS.md). The other YNNPACK fusion kinds are kept per kind of program:
-# - elementwise fusions (ELTWISE) only for the gradient of a train step. There they take XLA's transposing copies
-#   out of the BatchNorm backward fusions (paper gradient: 4.9 s with them, 5.2 s without). In evaluation mode BN is
-#   elementwise, so they swallow whole chains of BN -> ReLU -> conv into one YNNPACK call: the paper forward pass
-#   took 1.55 s with them and 1.34 s without, its gradient with respect to the image 3.05 s and 2.77 s.
-# - matrix products and reductions in every program.
-_YNN_FUSION_KINDS = {True: ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"), False: ("INDIVIDUAL_DOT", "REDUCE")}
-
-
-@contextlib.contextmanager
-def plain_convolutions():
-    """Trace with the lax convolutions as written (MENET_CONV=plain, read by `conv_impl` at trace time): the same
-    functions as the CPU fast forms, one conv_general_dilated per layer, which is what another runtime (export)
-    or a per-layer analysis (robustness.lipschitz) should be handed."""
-    saved = os.environ.get("MENET_CONV")
-    os.environ["MENET_CONV"] = "plain"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MENET_CONV", None)
-        else:
-            os.environ["MENET_CONV"] = saved
-
-
-@functools.cache
-def compiler_options(training: bool = False) -> dict:
-    """XLA options for jitting MEnet's programs (`jax.jit(f, compiler_options=compiler_options(...))`): on CPU,
-    convolutions on XLA's own kernels (the "mixed" rule assumes it) and the YNNPACK fusions that pay off for a
-    training step (`training=True`: the network's train-mode backward pass) or for everything else (forward passes
-    and evaluation-mode derivatives); none on accelerators, or where this jaxlib's XLA does not know the option
-    (it is experimental)."""
-    if jax.default_backend() != "cpu":
-        return {}
-    options = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
-        f"LIBRARY_FUSION_TYPE_{kind}" for kind in _YNN_FUSION_KINDS[training])}
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
-    except Exception:     # an unknown option or enum value: XLA's error types differ between jaxlib versions
-        return {}
-    return options
-
-
-def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str | None = None):
+def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str = "auto"):
     """Cross-correlation with symmetric (Caffe-style) zero padding on both spatial axes."""
     pads = ((padding, padding), (padding, padding))
     mode = conv_impl(impl)
@@ -99,10 +49,9 @@ def conv2d(x, kernel, bias=None, *, stride: int = 1, padding: int = 0, impl: str
 def _fast_pays_off(x_shape, kernel_shape, pads, stride) -> bool:
     """Where "mixed" uses the fast form of a convolution: where it is one matrix product (1 x 1 kernels, a kernel
     covering its padded input, deep maps of at most 7 x 7 outputs). With `compiler_options`, XLA's own k x k
-    convolutions and their gradients are faster than the per-tap and patch-matrix forms on larger maps
-    (`python benchmarks/conv_layers.py`). On the deep maps XLA's input gradient first copies the kernel flipped and
-    transposed (37 MB for 3 x 3 x 1024 x 1024), and the patch product needs no such copy: gradient of the paper's
-    7 px 1024 -> 1024 conv 55 ms against 80 ms, 14 px 512 -> 1024 stride 2 30 ms against 41 ms; forward alike."""
+    convolutions and their gradients are faster than the per-tap and patch-matrix forms on larger maps. On the deep
+    maps XLA's input gradient first copies the kernel flipped and transposed (37 MB for 3 x 3 x 1024 x 1024), and the
+    patch product needs no such copy (`python benchmarks/conv_layers.py`; timings in BENCHMARKS.md)."""
     kh, kw, cin, cout = kernel_shape
     _, h, w, _ = x_shape
     ho, wo = _out_size(h, *pads[0], kh, stride), _out_size(w, *pads[1], kw, stride)
@@ -115,7 +64,7 @@ def _conv_mixed(x, kernel, stride, pads):
     return (_conv_fast if fast else _conv_plain)(x, kernel, stride, pads)
 
 
-def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str | None = None):
+def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "auto"):
     """Transposed convolution with Caffe/PyTorch semantics: out = (in - 1) * stride - 2 * padding + k.
 
     Each input pixel scatters `x[h, w] * kernel[i, j]` to output `(h * stride + i - padding,
@@ -171,8 +120,8 @@ def _conv_fast(x, kernel, stride, pads):
         return jnp.einsum("nhwc,co->nhwo", _tap(_pad(x, pads), 0, 0, stride, ho, wo), kernel[0, 0])
     if ho == wo == 1:   # the kernel covers the padded input: a dense layer (MEnet's bottleneck conv)
         # One product per input pixel, batched over pixels, then summed: as one (N x kh kw C_in) product, XLA fused
-        # it in evaluation mode with the bottleneck deconv's product into one YNNPACK fusion of 167 ms, against
-        # 28 ms for this form (`python benchmarks/train_step.py`, inference); the gradients cost the same.
+        # it in evaluation mode with the bottleneck deconv's product into one much slower YNNPACK fusion
+        # (BENCHMARKS.md, "Where the timings of code comments went"); the gradients cost the same.
         pixels = _tap(_pad(x, pads), 0, 0, 1, kh, kw).reshape(n, kh * kw, cin).transpose(1, 0, 2)
         y = lax.dot_general(pixels, kernel.reshape(kh * kw, cin, cout), (((2,), (1,)), ((0,), (0,))))
         return y.sum(0).reshape(n, 1, 1, cout)
@@ -185,9 +134,9 @@ def _conv_fast(x, kernel, stride, pads):
     return _conv_taps(x, kernel, stride, pads)
 
 
-# `python benchmarks/conv_layers.py` without `compiler_options`: on maps of at most 14 x 14 with 512-1024 channels,
-# one patch-matrix product took 0.35-0.6x the time of XLA's gradient (whose input gradient first copied a flipped,
-# transposed kernel).
+# Without `compiler_options`, on maps of at most 14 x 14 with 512-1024 channels, one patch-matrix product is faster
+# than XLA's gradient, whose input gradient first copies a flipped, transposed kernel (`python
+# benchmarks/conv_layers.py`; BENCHMARKS.md).
 _PATCHES_MAX_PIXELS = 14 * 14
 _PATCHES_MIN_CHANNELS = 256
 _PATCHES_MAX_OUT_PIXELS_MIXED = 7 * 7      # "mixed" (with `compiler_options`) only where the output is this small
@@ -274,7 +223,7 @@ def _conv_transpose_fast(x, kernel, stride, padding, conv):
     if h == w == 1:   # a dense layer to an out_h x out_w map (MEnet's bottleneck deconv)
         taps = kernel[p:p + out_h, p:p + out_w].reshape(out_h * out_w, cin, cout)
         # One product per output pixel, batched over pixels: unlike "nc,ijco->nijo", neither direction copies
-        # the (large) kernel into another layout (3x faster gradient at 7 x 7 x 1024 x 1024).
+        # the (large) kernel into another layout (a faster gradient; BENCHMARKS.md).
         y = lax.dot_general(jnp.broadcast_to(x[:, 0, 0], (out_h * out_w, n, cin)), taps, (((2,), (1,)), ((0,), (0,))))
         return y.transpose(1, 0, 2).reshape(n, out_h, out_w, cout)
     if s == 1:
@@ -330,13 +279,14 @@ class Conv(nn.Module):
     stride: int = 1
     padding: int = 1
     dtype: Any = jnp.float32
+    conv: str = "auto"              # the formulation (`conv_impl`)
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", xavier_uniform(), (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype),
-                      stride=self.stride, padding=self.padding)
+                      stride=self.stride, padding=self.padding, impl=self.conv)
 
 
 class ConvTranspose(nn.Module):
@@ -346,13 +296,14 @@ class ConvTranspose(nn.Module):
     stride: int = 2
     padding: int = 1
     dtype: Any = jnp.float32
+    conv: str = "auto"              # the formulation (`conv_impl`)
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", xavier_uniform(transpose=True),
                             (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
         return conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                                stride=self.stride, padding=self.padding)
+                                stride=self.stride, padding=self.padding, impl=self.conv)
 
 
 def batch_norm(x, train: bool, momentum: float, epsilon: float, dtype, name=None):
@@ -366,7 +317,7 @@ class BatchNorm(nn.Module):
     are interchangeable. Statistics and normalisation are computed in float32 whatever the compute dtype.
 
     Training mode goes through `normalize_batch`, whose derivative is written by hand: autodiff of the formula
-    makes XLA read the activations more often (a BN + ReLU gradient at 224 px, width 32: 15.9 ms against 12.1 ms).
+    makes XLA read the activations more often, a slower gradient (BENCHMARKS.md).
     """
     momentum: float = 0.999
     epsilon: float = 1e-5
@@ -434,10 +385,11 @@ class BRC(nn.Module):
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = batch_norm(x, train, self.bn_momentum, self.bn_epsilon, self.dtype)
         x = jax.nn.relu(x)
         layer = ConvTranspose if self.transpose else Conv
-        return layer(self.features, self.kernel_size, self.stride, self.padding, self.dtype)(x)
+        return layer(self.features, self.kernel_size, self.stride, self.padding, self.dtype, self.conv)(x)

@@ -1,10 +1,7 @@
 """Where the CLIs write: output paths checked before any work starts, and writes that fail with one line.
 
 A run that loads a network and predicts a folder for minutes must not then fail on a path it could have refused at
-the start, nor overwrite the photos it read, nor end in a traceback when the disk is full.
-
-Also the image helpers shared by every runtime (photos in, resizing to and from the network's size): this module
-imports no JAX, so `predict --backend onnx` runs with onnxruntime, numpy and Pillow alone.
+the start, nor overwrite the photos it read, nor end in a traceback when the disk is full. Imports no JAX.
 """
 from __future__ import annotations
 
@@ -13,19 +10,12 @@ import io
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from menet_jax.config import ConfigError
-
-MAPS = ("metric", "ce")
+from menet_jax.errors import OutputError
 
 # The extensions the CLIs write: the ones the data loaders and `evaluate --predictions` read back.
 WRITABLE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-
-
-class OutputError(ConfigError):
-    """An output path that cannot be written (one line, naming the path)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,29 +104,3 @@ def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
         if path.is_file():
             path.unlink()
         raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
-
-
-def load_photo(path) -> np.ndarray:
-    """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), alpha dropped."""
-    import menet_datasets
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return menet_datasets.load_image(path)   # 16-bit and integer modes: the dataset loader scales them
-            return np.asarray(img.convert("RGB"))
-    except menet_datasets.READ_ERRORS as error:
-        raise menet_datasets.DataError(f"{path}: cannot read image ({error})") from None
-
-
-def resize_input(image: np.ndarray, size: int) -> np.ndarray:
-    """A uint8 (H, W, 3) image resized to the network's size x size (bilinear, as the authors did)."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def resize_to(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a float map (H, W) to (height, width), values kept in [0, 1]."""
-    if saliency.shape == (height, width):
-        return saliency
-    resized = Image.fromarray(np.asarray(saliency, np.float32), mode="F").resize((width, height), Image.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0)

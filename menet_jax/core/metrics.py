@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from menet_jax.core.saliency import scale_to_unit
+
 
 def _cv2():
     """OpenCV, imported when the evaluation protocol first needs it, so training does not pay for the import."""
@@ -107,10 +109,8 @@ def prepare(pred, gt, normalize: bool = True):
             raise ValueError("a float prediction must lie in [0, 1]")
     else:
         raise TypeError(f"prediction must be uint8 or float, got {pred.dtype}")
-    if normalize:
-        lo, hi = p.min(), p.max()
-        if hi != lo:
-            p = (p - lo) / (hi - lo)
+    if normalize:   # as PySODMetrics: stretched unless max == min (eps 0)
+        p = scale_to_unit(p, eps=0.0)
     if gt.dtype == bool:
         g = gt
     elif np.issubdtype(gt.dtype, np.integer):

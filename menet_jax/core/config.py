@@ -10,11 +10,13 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Tuple
 
+from menet_jax.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad preset name, key or value (one-line message)."""
+CONV_FORMULATIONS = ("auto", "mixed", "fast", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Config:
     input_scale: str = "raw"        # raw: 0..255 as the authors; normalized: x / 127.5 - 1
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
+    conv: str = "auto"              # convolution formulation (core.layers.conv_impl): auto, mixed, fast or plain;
+                                    # the same function in each, computed differently (export uses plain)
     # loss
     loss: str = "official"          # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written;
                                     # ce: cross entropy only (the CE-only ablation of Table IV)
@@ -58,13 +62,49 @@ class Config:
         if self.width < 1:
             raise ConfigError(f"width must be >= 1, got {self.width}")
         for key, allowed in (("dtype", ("float32", "bfloat16")), ("input_scale", ("raw", "normalized")),
-                             ("loss", ("official", "paper", "ce"))):
+                             ("loss", ("official", "paper", "ce")), ("conv", CONV_FORMULATIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be >= 1")
         if not 0 < self.crop_min <= 1:
             raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
+
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source="the config") -> "Config":
+        """A config from the dict `dataclasses.asdict` gives (config.json, an exported weights file's header);
+        keys missing from older files take their defaults. A value or key that does not fit is a ConfigError
+        naming `source`."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: not a config (a JSON object of config keys)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config key {unknown[0]!r}")
+        values = dict(values)
+        if "lr_boundaries" in values:
+            try:
+                values["lr_boundaries"] = tuple(values["lr_boundaries"])
+            except TypeError:
+                raise ConfigError(f"{source}: lr_boundaries must be a list of steps") from None
+        try:
+            return cls(**values)
+        except (ConfigError, TypeError) as error:   # TypeError: a value of the wrong type (a string for a size)
+            raise ConfigError(f"{source}: {' '.join(str(error).split())}") from None
+
+    @classmethod
+    def from_json(cls, path) -> "Config":
+        """A config.json written by training (`to_json`)."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{path}: not a config written by train ({' '.join(str(error).split())})") from None
+        return cls.from_dict(values, source=path)
+
+    def to_json(self, path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
 PRESETS = {

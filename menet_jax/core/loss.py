@@ -1,6 +1,6 @@
 """The MEnet loss: metric loss (Eq. 3) on 1:1 hard-mined pixels plus cross entropy (Eq. 1), combined as Eq. 4.
 
-Two variants (see docs/menet-official-implementation.md, section 2):
+Two variants (docs/paper.md, section 2):
 
 * ``paper``: automatic differentiation of Eq. 3-4 as written: per-image centroids of the L2-normalised features,
   ``||f_i - c_own||^2 - ||f_i - c_other||^2`` summed over the kept pixels and divided by N * |Omega|, plus
@@ -58,7 +58,7 @@ def hard_mining_mask(pixel_loss, salient):
 
     The background is the mined class when it is not smaller than the salient class (the usual case). The kept
     candidates are those above the quota-th largest (loss, index) pair, found by bisection rather than by sorting
-    every pixel (an argsort of the paper batch took 50 ms of the CPU step).
+    every pixel (an argsort of the paper batch was a visible share of the CPU step; BENCHMARKS.md).
     """
     n_fg = salient.sum(axis=1)
     n_bg = salient.shape[1] - n_fg

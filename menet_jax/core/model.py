@@ -1,6 +1,6 @@
 """MEnet: the pre-activation residual encoder-decoder with 13 side maps and two heads (paper Fig. 2).
 
-Structure as in the authors' Caffe net (docs/menet-official-implementation.md, section 1), for any square input
+Structure as in the authors' Caffe net (docs/paper.md, section 1), for any square input
 size that is a multiple of 32 and any base width:
 
   stem conv -> E0 (2 identity blocks) -> E1..E5 (down block + identity block, channels x2 each)
@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.config import Config
-from menet_jax.layers import BRC, Conv, batch_norm, xavier_bound
+from menet_jax.core.config import Config
+from menet_jax.core.layers import BRC, Conv, batch_norm, xavier_bound
 
 SIDE_MAP_ORDER = ("input", "E0", "E1", "E2", "E3", "E4", "E5", "D0", "D1", "D2", "D3", "D4", "bottleneck")
 FEATURE_DIM = 16
@@ -34,9 +34,11 @@ class _Block(nn.Module):
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    conv: str = "auto"
 
     def brc(self, **kw):
-        return BRC(self.features, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype, **kw)
+        return BRC(self.features, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                   conv=self.conv, **kw)
 
 
 class IdentityBlock(_Block):
@@ -82,11 +84,13 @@ class MEnet(nn.Module):
     input_scale: str = "raw"
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
+    conv: str = "auto"              # convolution formulation (`layers.conv_impl`): a field, so jit caches see it
 
     @classmethod
     def from_config(cls, config: Config) -> "MEnet":
         return cls(image_size=config.image_size, width=config.width, dtype=jnp.dtype(config.dtype),
-                   input_scale=config.input_scale, bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon)
+                   input_scale=config.input_scale, bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+                   conv=config.conv)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -97,11 +101,11 @@ class MEnet(nn.Module):
         if self.input_scale == "normalized":
             x = x / 127.5 - 1.0
         x = x.astype(self.dtype)
-        bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+        bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype, conv=self.conv)
         channels = [self.width * 2 ** i for i in range(6)]
 
         # Encoder.
-        h = Conv(channels[0], 3, 1, 1, self.dtype, name="stem_conv")(x)
+        h = Conv(channels[0], 3, 1, 1, self.dtype, self.conv, name="stem_conv")(x)
         h = jax.nn.relu(batch_norm(h, train, self.bn_momentum, self.bn_epsilon, self.dtype, "stem_bn"))
         for i in range(2):
             h = IdentityBlock(channels[0], **bn, name=f"E0_block{i}")(h, train)
@@ -132,9 +136,9 @@ class MEnet(nn.Module):
         z = jnp.concatenate(sides, axis=-1)
 
         # Heads (conv -> BN, no ReLU): tanh metric features and two-class logits.
-        features = Conv(FEATURE_DIM, 3, 1, 1, self.dtype, name="metric_conv")(z)
+        features = Conv(FEATURE_DIM, 3, 1, 1, self.dtype, self.conv, name="metric_conv")(z)
         features = jnp.tanh(batch_norm(features, train, self.bn_momentum, self.bn_epsilon, self.dtype, "metric_bn"))
-        logits = Conv(2, 3, 1, 1, self.dtype, name="logit_conv")(z)
+        logits = Conv(2, 3, 1, 1, self.dtype, self.conv, name="logit_conv")(z)
         logits = batch_norm(logits, train, self.bn_momentum, self.bn_epsilon, self.dtype, "logit_bn")
         return {"features": features.astype(jnp.float32), "logits": logits.astype(jnp.float32)}
 
@@ -179,3 +183,13 @@ def forward_flops(model: MEnet, variables_shapes=None) -> float:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])
+
+
+def describe(config: Config) -> str:
+    """The network of `config` in three lines: its settings, parameter count and forward FLOPs per image."""
+    model = MEnet.from_config(config)
+    shapes = parameter_shapes(model)
+    return "\n".join([f"config: image_size={config.image_size} width={config.width} batch_size={config.batch_size} "
+                      f"dtype={config.dtype} loss={config.loss}",
+                      f"parameters: {count_parameters(shapes['params'])}",
+                      f"forward FLOPs per image: {forward_flops(model, shapes):.4g}"])

@@ -13,7 +13,7 @@ back by `load_variables` on any number of devices, whatever the run that wrote i
 """
 from __future__ import annotations
 
-import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -23,16 +23,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from menet_jax.config import Config, ConfigError
+from menet_jax.core.config import Config
+from menet_jax.errors import ConfigError, WorkdirError
 
 # Keys that change the shapes of the saved arrays: a checkpoint cannot be resumed under other values.
 SHAPE_KEYS = ("image_size", "width")
 TMP_MARKER = ".orbax-checkpoint-tmp"
-
-
-class WorkdirError(RuntimeError):
-    """A workdir that cannot be used as asked (in use by another run, no intact checkpoint): one-line message."""
 
 
 def step_dir(workdir, step: int) -> Path:
@@ -42,7 +40,6 @@ def step_dir(workdir, step: int) -> Path:
 def lock_workdir(workdir):
     """An exclusive lock on WORKDIR/.lock for a run's life: close the returned file to release it; the kernel
     releases it when the process dies, so a killed run never leaves a stale lock."""
-    import fcntl
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     f = open(workdir / ".lock", "a+")
@@ -65,15 +62,24 @@ def check_config(workdir, config: Config) -> None:
     workdir = Path(workdir).resolve()
     config_file = workdir / "config.json"
     if config_file.exists() and (workdir / "checkpoints").exists():
-        saved = json.loads(config_file.read_text())
+        saved = Config.from_json(config_file)
         for key in SHAPE_KEYS:
-            if key in saved and saved[key] != getattr(config, key):
-                raise ConfigError(f"{workdir} holds checkpoints of a model with {key}={saved[key]}, not "
+            if getattr(saved, key) != getattr(config, key):
+                raise ConfigError(f"{workdir} holds checkpoints of a model with {key}={getattr(saved, key)}, not "
                                   f"{getattr(config, key)}: use another --workdir")
 
 
 def write_config(workdir, config: Config) -> None:
-    (Path(workdir).resolve() / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    config.to_json(Path(workdir).resolve() / "config.json")
+
+
+def workdir_config(workdir) -> Config:
+    """The config a training workdir was trained with (its config.json)."""
+    config_file = Path(workdir) / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
+                          f"python -m menet_jax.train --workdir {workdir}")
+    return Config.from_json(config_file)
 
 
 def remove_unfinished_writes(workdir) -> list:
@@ -160,7 +166,6 @@ def restore_latest(manager: ocp.CheckpointManager, state):
     restored, step = _restore_intact(
         manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine)
     if jax.process_count() > 1:   # every damaged step moved before any process lists the steps again
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("menet_jax.checkpoint.restore_latest")
     manager.reload()
     if restored is None:

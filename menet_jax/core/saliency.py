@@ -2,7 +2,7 @@
 
 Eq. 5: S_i = || f_i - mean_{j in Omega_B} f_j ||_2 with f the L2-normalised 16-d features and Omega_B the pixels
 the logit head calls background (salient probability < 0.5). ``background="border"`` is the authors' estimate
-instead (docs/menet-official-implementation.md, section 3): up to 100 random low-probability pixels of a border
+instead (docs/paper.md, section 3): up to 100 random low-probability pixels of a border
 band (20 px at 224 px), split greedily into two groups, the larger group's mean; with the squared distance, as
 their code. Here it is seeded and deterministic.
 
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from menet_jax.loss import l2_normalize
+from menet_jax.core.loss import l2_normalize
 
-_RANGE_EPS = 1e-8
+RANGE_EPS = 1e-8      # a map with a smaller range is "constant" (`scale_to_unit`)
 
 
 def salient_probability(logits):
@@ -24,13 +25,18 @@ def salient_probability(logits):
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
 
 
-def scale_to_unit(maps, max_value: float = 1.0):
-    """Per-image min-max to [0, 1]; a (near-)constant map is divided by `max_value` instead."""
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    hi = maps.max(axis=(1, 2), keepdims=True)
+def scale_to_unit(maps, max_value: float = 1.0, *, eps: float = RANGE_EPS):
+    """Per-map min-max to [0, 1] over the last two axes (one (H, W) map or a batch (N, H, W); numpy in, numpy out,
+    JAX otherwise). A map whose range is at most `eps` has none to stretch and is divided by `max_value`, its
+    largest possible value, instead (clipped to [0, 1]). The one min-max scaling of the project: the network's maps,
+    the scoring protocol (`metrics.prepare`, with eps 0 as PySODMetrics) and the robustness scores use it, and the
+    ONNX export writes the same operations as a graph."""
+    xp = np if isinstance(maps, np.ndarray) else jnp
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    hi = maps.max(axis=(-2, -1), keepdims=True)
     spread = hi - lo
-    stretched = (maps - lo) / jnp.where(spread > _RANGE_EPS, spread, 1.0)
-    return jnp.where(spread > _RANGE_EPS, stretched, jnp.clip(maps / max_value, 0.0, 1.0))
+    stretched = (maps - lo) / xp.where(spread > eps, spread, 1.0)
+    return xp.where(spread > eps, stretched, xp.clip(maps / max_value, 0.0, 1.0))
 
 
 def _mean_background(f, background):

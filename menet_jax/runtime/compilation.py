@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import pickle
 import platform
 import sys
@@ -29,6 +28,9 @@ from typing import Sequence
 
 import jax
 import numpy as np
+
+from menet_jax.errors import SettingsError
+from menet_jax.runtime import settings
 
 PLACES = ("auto", "child", "here")
 
@@ -46,9 +48,10 @@ class CompiledPrograms:
 def compile_place(place: str | None = None) -> str:
     """Where `compile_programs` compiles: "child" or "here". `place` None reads MENET_COMPILE (default auto).
     Auto is a child where the heap matters and the executable can be handed over: one CPU device, glibc."""
-    place = (place or os.environ.get("MENET_COMPILE", "auto")).strip().lower() or "auto"
-    if place not in PLACES:
-        raise ValueError(f"MENET_COMPILE must be one of {', '.join(PLACES)}, got {place!r}")
+    if place is None:
+        place = settings.compile_place()
+    elif place not in PLACES:
+        raise SettingsError(f"place must be one of {', '.join(PLACES)}, got {place!r}")
     if place != "auto":
         return place
     on_glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"

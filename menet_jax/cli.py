@@ -1,0 +1,70 @@
+"""What every command-line tool shares: one-line errors and exit codes, the --checkpoint option, the start-up.
+
+    @cli.command
+    def main(argv=None) -> int:
+        ...                                  # raise any MenetError: it is printed as `error: <message>`, exit 2
+
+    if __name__ == "__main__":
+        cli.start(main, reuse_memory=True)
+
+This module imports no JAX, so `predict --backend onnx` stays JAX-free.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from menet_jax.errors import MenetError
+from menet_jax.runtime.host_memory import reexec_with_reused_memory
+
+CHECKPOINT_HELP = "training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights)"
+# The robustness commands' version: Jacobians, bounds and distortion scores are computed in float32.
+CHECKPOINT_HELP_FLOAT32 = CHECKPOINT_HELP + "; run in float32 whatever dtype it was trained with"
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser, *, float32: bool = False, preset: bool = False):
+    """--checkpoint (`inference.predictor.load_network` reads it); with `preset`, also --config PRESET and --seed,
+    a network with freshly initialised weights instead (the analyses of an untrained network)."""
+    help_text = CHECKPOINT_HELP_FLOAT32 if float32 else CHECKPOINT_HELP
+    if not preset:
+        parser.add_argument("--checkpoint", type=Path, help=help_text)
+        return
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help=help_text)
+    which.add_argument("--config", help="a preset (e.g. tiny) with freshly initialised weights")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed with --config (and noise seed)")
+
+
+def command(main=None, *, compilation_cache: bool = True):
+    """Decorate a command's `main(argv=None) -> int`: the persistent XLA compilation cache switched on first
+    (`compilation_cache=False` leaves that to the command), and any `MenetError` turned into one line on stderr
+    and exit code 2."""
+    if main is None:
+        return functools.partial(command, compilation_cache=compilation_cache)
+
+    @functools.wraps(main)
+    def run(argv=None) -> int:
+        try:
+            if compilation_cache:
+                # Imported here, not above: a command that never runs JAX (predict --backend onnx) never loads it.
+                from menet_jax.runtime.xla import enable_compilation_cache
+                enable_compilation_cache()
+            return main(argv) or 0
+        except MenetError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return run
+
+
+def start(main, *, reuse_memory: bool = False) -> None:
+    """Run `main` as the process's command and exit with its code; `reuse_memory` restarts the process first with
+    malloc settings that reuse freed memory between steps (`runtime.host_memory`: the long-running commands)."""
+    if reuse_memory:
+        try:
+            reexec_with_reused_memory()
+        except MenetError as error:         # a bad MENET_MALLOC
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    sys.exit(main())

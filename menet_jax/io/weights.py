@@ -1,0 +1,99 @@
+"""Trained weights as one small file: float16 parameters, float32 BatchNorm statistics and the config, checksummed.
+
+    python -m menet_jax.pretrained export runs/duts192_160w8 menet_jax/weights/menet-duts192-160w8.npz --step 6500
+    python -m menet_jax.pretrained verify menet_jax/weights/menet-duts192-160w8.npz
+
+A training workdir (Orbax, float32, optimiser state) is the format to resume from; this one is the format to ship
+and to load anywhere with numpy alone. The SHA-256 of the shipped file is recorded in this module, so a truncated
+or altered download fails with one clear line instead of giving wrong maps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from menet_jax.core.config import Config
+from menet_jax.errors import ConfigError, WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+# The weights shipped in the repository (issue 21: all of DUTS-TR at 160 px, width 8): file name -> SHA-256.
+SHIPPED = {"menet-duts192-160w8.npz": "6af85c4c94b00811ec6df49528b576a9779056c9a647222b1c1e69cc3b98c8f5"}
+DEFAULT = "menet-duts192-160w8.npz"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
+    """Write `variables` ({"params", "batch_stats"}) and `config` to `path` (.npz); returns the file's SHA-256.
+
+    Parameters are stored in float16 (half the bytes; the maps move by ~1e-3), BatchNorm statistics in float32
+    (their variances reach 1e4 on raw 0..255 inputs and are tiny in number)."""
+    arrays = {}
+    for collection, dtype in (("params", np.float16), ("batch_stats", np.float32)):
+        for key, value in traverse_util.flatten_dict(variables[collection], sep="/").items():
+            value = np.asarray(value, np.float32)
+            if dtype == np.float16 and np.abs(value).max(initial=0) >= np.finfo(np.float16).max:
+                raise ValueError(f"{collection}/{key} does not fit in float16")
+            arrays[f"{collection}/{key}"] = value.astype(dtype)
+    header = {"config": dataclasses.asdict(config), "meta": meta or {}}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:               # np.savez on a file object: no ".npz" appended to the name
+        np.savez_compressed(f, **arrays)
+    return sha256(path)
+
+
+def load(path=None, *, expected_sha256: str | None = None):
+    """(variables in float32, config, meta) from an exported file; the shipped default when `path` is None.
+
+    The checksum is checked against `expected_sha256`, or against the recorded one for a shipped file; a file that
+    is not such an archive is a one-line WeightsError. Whether the arrays fit the network and are finite is checked
+    where they are used (`inference.Predictor`)."""
+    if path is None:
+        if DEFAULT is None:
+            raise WeightsError("this copy of menet-jax ships no trained weights: give --checkpoint "
+                              "(a training workdir or an exported .npz)")
+        path = WEIGHTS_DIR / DEFAULT
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    expected = expected_sha256 or (SHIPPED.get(path.name) if path.parent == WEIGHTS_DIR else None)
+    if expected is not None:
+        actual = sha256(path)
+        if actual != expected:
+            raise WeightsError(f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., expected {expected[:12]}...): "
+                              "the file is damaged or not the shipped one; restore it with git checkout")
+    try:                                      # whatever a damaged or foreign file raises, one line naming it
+        if not zipfile.is_zipfile(path):
+            raise zipfile.BadZipFile("not a .npz archive")
+        with np.load(path) as data:
+            header = json.loads(bytes(data["__header__"]).decode())
+            flat = {key: np.asarray(data[key], np.float32) for key in data.files if key != "__header__"}
+        config = Config.from_dict(header["config"], source=f"{path} (its config)")
+    except ConfigError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
+            zlib.error) as error:
+        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise WeightsError(f"{path}: not an exported menet-jax weights file "
+                          f"({reason or type(error).__name__})") from None
+    variables = {}
+    for collection in ("params", "batch_stats"):
+        prefix = collection + "/"
+        variables[collection] = traverse_util.unflatten_dict(
+            {tuple(k[len(prefix):].split("/")): v for k, v in flat.items() if k.startswith(prefix)})
+    return variables, config, header.get("meta", {})
