@@ -1,5 +1,6 @@
 """robustness.attacks: PGD budgets, pixel range, zero budget, loss increase on real images (tiny MEnet), and
 `robustness.evaluate --distortion pgd-l2` on a tiny checkpoint."""
+import dataclasses
 import json
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from menet_datasets import FolderSource, resize_pair
+from menet_jax.core.config import get_config
 from robustness import attacks
 
 
@@ -79,8 +81,8 @@ def test_mae_loss_is_the_map_mae():
 
 @pytest.fixture(scope="module")
 def tiny_menet():
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet, init_variables
+    from menet_jax.core.config import get_config
+    from menet_jax.core.model import MEnet, init_variables
     config = get_config("tiny")
     model = MEnet.from_config(config)
     return model, init_variables(model, 0), config.image_size
@@ -90,14 +92,14 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
     """Tiny MEnet (fresh weights) on two ECSSD images at its 32 px input: the normalised Eq. 5 map has a finite
     gradient (min-max and the distance are differentiable almost everywhere) and the L-inf attack raises its
     loss within the budget. (The CE probability under L2 on real images: the CLI test below.)"""
-    from robustness.evaluate import attack_function
-    monkeypatch.setenv("MENET_CONV", "plain")                            # quicker to compile, same function
+    from menet_jax.api import network_function
     model, variables, size = tiny_menet
     source = FolderSource(shared_data / "ECSSD")
     pairs = [resize_pair(source[i]["image"], source[i]["mask"], size) for i in (0, 1)]
     x = np.stack([p[0] for p in pairs]).astype(np.float32)
     y = np.stack([p[1] for p in pairs]).astype(np.float32)
-    f = attack_function(model, "metric")
+    # The map robustness.evaluate attacks as "metric"; plain convolutions: quicker to compile, same function.
+    f = network_function(dataclasses.replace(get_config("tiny"), conv="plain"), output="metric")
     clean, g = jax.jit(jax.value_and_grad(lambda z: attacks.map_loss(f(variables, z), jnp.asarray(y)).sum()))(
         jnp.asarray(x))
     assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).max() > 0
@@ -106,9 +108,8 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
     assert np.abs(np.asarray(adv) - x).max() <= 4.0 + 1e-3
 
 
-def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys):
     from robustness.evaluate import main
-    monkeypatch.setenv("MENET_CONV", "plain")
     out = tmp_path / "pgd"
     common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(shared_data / "ECSSD"), "--limit", "2",
               "--batch-size", "2", "--no-progress"]

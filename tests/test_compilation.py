@@ -5,11 +5,12 @@ import jax
 import numpy as np
 import pytest
 
-from menet_jax.compilation import argument_specs, compile_place, compile_programs
-from menet_jax.config import get_config
-from menet_jax.model import MEnet
-from menet_jax.trainer import (TrainStep, create_state, data_mesh, gradients_program_for, make_optimizer, replicate,
-                               shard_batch, train_step_jobs)
+from menet_jax.runtime.compilation import argument_specs, compile_place, compile_programs
+from menet_jax.core.config import get_config
+from menet_jax.core.model import MEnet
+from menet_jax.training.step import TrainStep, gradients_program_for, train_step_jobs
+from menet_jax.training.state import create_state, make_optimizer
+from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 
 
 def fails_in_a_child(config):

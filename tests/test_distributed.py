@@ -90,5 +90,5 @@ def test_bad_distributed_flags_are_one_line_errors(capsys):
 
 @pytest.mark.parametrize("environ, expected", [({}, False), ({"JAX_NUM_PROCESSES": "1"}, False)])
 def test_one_process_does_not_initialize(environ, expected):
-    from menet_jax.trainer import initialize_distributed
+    from menet_jax.training.distributed import initialize_distributed
     assert initialize_distributed(environ=environ) is expected

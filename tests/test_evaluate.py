@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from menet_jax.evaluate import main
-from menet_jax.metrics import SODMetrics, to_8bit
+from menet_jax.core.metrics import SODMetrics, to_8bit
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ def test_missing_and_extra_predictions_are_one_line_errors(small_ecssd, tmp_path
 
 
 def test_checkpoint_scores_both_maps_and_saves_them(small_ecssd, tmp_path, capsys):
-    from menet_jax.config import get_config
-    from menet_jax.trainer import train
+    from menet_jax.core.config import get_config
+    from menet_jax.training.loop import train
     workdir = tmp_path / "run"
     train(get_config("tiny", ["steps=2", "train_size=8", "val_size=4", "checkpoint_every=2"]), workdir,
           progress=False)

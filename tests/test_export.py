@@ -16,9 +16,12 @@ import pytest
 from PIL import Image
 
 from menet_jax import export as menet_export
-from menet_jax.config import get_config
-from menet_jax.inference import Predictor, load_photo, resize_input
-from menet_jax.predict import main as predict_main, render
+from menet_jax.inference import exported
+from menet_jax.core.config import get_config
+from menet_jax.inference.predictor import Predictor
+from menet_jax.io.images import load_photo, resize_input
+from menet_jax.predict import main as predict_main
+from menet_jax.inference.render import render
 
 TOLERANCE = 2e-4
 STEMS = ("0001", "0002", "0003")
@@ -67,15 +70,15 @@ def _max_difference(a, b):
 
 def test_exports_give_the_predictors_maps_on_real_images(exported, photos, predictor):
     reference = predictor(photos)                                      # at each image's size
-    onnx_maps = menet_export.OnnxPredictor(exported["onnx"], batch_size=2)(photos)     # two runs: 2 + 1 images
+    onnx_maps = exported.OnnxPredictor(exported["onnx"], batch_size=2)(photos)     # two runs: 2 + 1 images
     for ours, theirs in zip(onnx_maps, reference):
         assert ours["metric"].shape == theirs["metric"].shape
         assert _max_difference(ours, theirs) < TOLERANCE
     size = predictor.config.image_size
     batch = np.stack([resize_input(image, size) for image in photos])
-    at_network_size = predictor._predict(predictor.variables, batch)
-    hlo = menet_export.load(exported["stablehlo"])
-    assert isinstance(hlo, menet_export.StableHLOModel) and hlo.image_size == size
+    at_network_size = predictor.predict_batch(predictor.variables, batch)
+    hlo = exported.load(exported["stablehlo"])
+    assert isinstance(hlo, exported.StableHLOModel) and hlo.image_size == size
     assert _max_difference(hlo(batch.astype(np.float32)), at_network_size) < TOLERANCE
     assert _max_difference(hlo(batch[:1].astype(np.float32)), {k: v[:1] for k, v in at_network_size.items()}) \
         < TOLERANCE                                                    # the batch dimension is symbolic
@@ -100,19 +103,19 @@ def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, pred
 def test_export_from_a_weights_file_of_another_size(onnx, tmp_path):
     """CHECKPOINT as an exported .npz (the tiny config: another size and width), both formats against the
     Predictor on a random image."""
-    from menet_jax import pretrained
-    from menet_jax.model import MEnet, init_variables
+    from menet_jax.io import weights as pretrained
+    from menet_jax.core.model import MEnet, init_variables
     config = get_config("tiny")
     weights = tmp_path / "tiny.npz"
     pretrained.export(init_variables(MEnet.from_config(config), 3), config, weights)
     reference = Predictor.load(weights, batch_size=2)
     size = reference.config.image_size
     batch = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
-    expected = reference._predict(reference.variables, batch)
+    expected = reference.predict_batch(reference.variables, batch)
     for fmt in ("onnx", "stablehlo"):
         out = tmp_path / f"tiny.{fmt}"
         assert menet_export.main([str(weights), str(out), "--format", fmt]) == 0
-        runner = menet_export.load(out)
+        runner = exported.load(out)
         maps = runner.forward(batch) if fmt == "onnx" else runner(batch.astype(np.float32))
         assert runner.image_size == size and _max_difference(maps, expected) < TOLERANCE, fmt
 

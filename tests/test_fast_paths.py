@@ -1,5 +1,6 @@
 """The CPU fast convolution formulations compute the plain lax functions and their derivatives (both modes), the
 whole network's loss gradient is unchanged by them, and bfloat16 compute stays close to float32."""
+import dataclasses
 import functools
 
 import jax
@@ -8,10 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.layers import compiler_options, conv2d, conv_impl, conv_transpose2d
-from menet_jax.loss import menet_loss
-from menet_jax.model import MEnet, init_variables
-from menet_jax.saliency import saliency_maps
+from menet_jax.core.config import get_config
+from menet_jax.core.layers import conv2d, conv_impl, conv_transpose2d
+from menet_jax.core.loss import menet_loss
+from menet_jax.core.model import MEnet, init_variables
+from menet_jax.core.saliency import saliency_maps
+from menet_jax.errors import ConfigError
+from menet_jax.runtime.xla import compiler_options
 
 
 def assert_close(got, want, rtol=2e-5):
@@ -159,20 +163,29 @@ def test_cpu_compiler_options_keep_convolutions_on_xla_kernels():
 
 
 def test_implementation_choice(monkeypatch):
-    monkeypatch.delenv("MENET_CONV", raising=False)
-    monkeypatch.delenv("MENET_PLAIN_CONV", raising=False)
     assert conv_impl() == ("mixed" if jax.default_backend() == "cpu" else "plain")   # auto
-    monkeypatch.setenv("MENET_CONV", "mixed")
-    assert conv_impl() == "mixed"
-    monkeypatch.setenv("MENET_CONV", "plain")
-    assert conv_impl() == "plain"
-    monkeypatch.setenv("MENET_CONV", "fast")
-    assert conv_impl() == "fast"
-    monkeypatch.setenv("MENET_PLAIN_CONV", "1")
-    assert conv_impl() == "plain"
-    assert conv_impl("fast") == "fast"
+    for impl in ("mixed", "plain", "fast"):
+        assert conv_impl(impl) == impl
+    monkeypatch.setenv("MENET_CONV", "fast")          # no environment variable changes a traced function
+    assert conv_impl() == conv_impl("auto") != "fast"
     with pytest.raises(ValueError, match="auto, mixed, fast or plain"):
         conv_impl("cudnn")
+    with pytest.raises(ConfigError, match="conv must be one of auto, mixed, fast, plain, got 'cudnn'"):
+        get_config("tiny", ["conv=cudnn"])
+
+
+def test_the_formulation_is_a_module_field_that_jit_caches_see():
+    """Two networks that differ only in `conv` are two programs: the plain one computes its transposed convolutions
+    as input-dilated convolutions, the mixed one without input dilation (`_conv_transpose_fast`). Before the
+    field, the choice was read from the environment at trace time and a cached function kept whichever it saw
+    first."""
+    config = get_config("tiny")
+    x = jnp.zeros((1, config.image_size, config.image_size, 3))
+    variables = init_variables(MEnet.from_config(config), 0)
+    apply = jax.jit(lambda v, x, model: model.apply(v, x), static_argnums=2)
+    texts = {impl: apply.lower(variables, x, MEnet.from_config(dataclasses.replace(config, conv=impl))).as_text()
+             for impl in ("plain", "mixed")}
+    assert "lhs_dilate = [2, 2]" in texts["plain"] and "lhs_dilate = [2, 2]" not in texts["mixed"]
 
 
 def _loss_and_outputs(model, variables, images, masks):
@@ -202,7 +215,8 @@ def test_model_loss_gradient_is_the_same_with_fast_convolutions(monkeypatch):
         images, masks = _batch(64)
 
         def gradient(impl):
-            monkeypatch.setenv("MENET_CONV", impl)   # read when tracing: a fresh function traces again
+            model = MEnet(image_size=64, width=2, input_scale="normalized", dtype=jnp.float64, conv=impl)
+
             def loss(params):
                 return _loss_and_outputs(model, {**variables, "params": params}, images, masks)[0]
             return jax.jit(jax.value_and_grad(loss))(variables["params"])
@@ -247,7 +261,7 @@ def test_bfloat16_forward_and_loss_of_the_shipped_network_match_float32_on_real_
     import dataclasses
 
     from menet_datasets import FolderSource, resize_pair
-    from menet_jax import pretrained
+    from menet_jax.io import weights as pretrained
     variables, config, _ = pretrained.load()
     source = FolderSource(shared_data / "DUTS-TR-subset")
     pairs = [resize_pair(source[i]["image"], source[i]["mask"], config.image_size) for i in range(0, 40, 5)]

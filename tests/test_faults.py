@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import menet_datasets
-from menet_jax import checkpoint as ckpt
+from menet_jax.io import checkpoint as ckpt
 from menet_jax.train import main
 from training_runs import (REPO, assert_bitwise_equal, finish, generated_folder, params, run_cli, steps,
                            wait_for)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from menet_jax.host_memory import TUNABLES, reused_memory_environment
+from menet_jax.runtime.host_memory import TUNABLES, reused_memory_environment
 
 glibc_only = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the settings are glibc malloc's")
@@ -14,7 +14,7 @@ glibc_only = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0
 # Allocates, fills and frees a 256 MB block twice; prints the page faults of the second round and MALLOC_ARENA_MAX.
 PROBE = """
 import ctypes, os, resource, sys
-from menet_jax.host_memory import reexec_with_reused_memory
+from menet_jax.runtime.host_memory import reexec_with_reused_memory
 print("start", flush=True)
 reexec_with_reused_memory()
 libc = ctypes.CDLL("libc.so.6")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from menet_jax.layers import conv2d, conv_transpose2d
+from menet_jax.core.layers import conv2d, conv_transpose2d
 
 
 def reference_conv(x, w, b, stride, pad):
@@ -94,7 +94,7 @@ def _bn_variables(rng, c):
 def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
     """Values, running statistics, gradients (reverse mode) and tangents of both (forward mode, which
     robustness.jacobian uses with batch statistics) against flax.linen.BatchNorm differentiated by autodiff, in float64."""
-    from menet_jax.layers import BatchNorm
+    from menet_jax.core.layers import BatchNorm
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)) * 3 + 1)
@@ -123,7 +123,7 @@ def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
 
 
 def test_batch_norm_computes_in_float32_for_bfloat16_activations():
-    from menet_jax.layers import BatchNorm
+    from menet_jax.core.layers import BatchNorm
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)) * 5 + 100, jnp.bfloat16)
     module = BatchNorm(dtype=jnp.bfloat16)

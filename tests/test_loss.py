@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from menet_jax.loss import class_centroids, hard_mining_mask, l2_normalize, menet_loss, pixel_metric_loss
+from menet_jax.core.loss import class_centroids, hard_mining_mask, l2_normalize, menet_loss, pixel_metric_loss
 
 
 def brute_force_mining(loss, salient):

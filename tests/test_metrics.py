@@ -7,8 +7,8 @@ from PIL import Image, ImageFilter
 from scipy.ndimage import distance_transform_edt
 
 import menet_datasets
-from menet_jax import metrics
-from menet_jax.metrics import SODMetrics, adaptive_fbeta, image_scores, mae
+from menet_jax.core import metrics
+from menet_jax.core.metrics import SODMetrics, adaptive_fbeta, image_scores, mae
 
 py_sod_metrics = pytest.importorskip("py_sod_metrics", reason="pysodmetrics is a test dependency: pip install -e .[test]")
 

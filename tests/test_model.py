@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.config import PRESETS, get_config
-from menet_jax.model import MEnet, count_parameters, init_variables, parameter_shapes
+from menet_jax.core.config import PRESETS, get_config
+from menet_jax.core.model import MEnet, count_parameters, init_variables, parameter_shapes
 
 PAPER_PARAMETERS = 184_959_166
 
@@ -152,7 +152,7 @@ def test_fast_init_has_the_tree_and_distributions_of_flax_init():
     assert np.all(params["stem_bn"]["scale"] == 1) and np.all(params["stem_bn"]["bias"] == 0)
     assert np.all(variables["batch_stats"]["stem_bn"]["var"] == 1)
     # The Flax initializers of the layer modules draw from the same ranges.
-    from menet_jax.layers import Conv, ConvTranspose
+    from menet_jax.core.layers import Conv, ConvTranspose
     x = jnp.zeros((1, 8, 8, 16))
     for layer, bound in ((Conv(4, 3), (3 / (9 * 16)) ** 0.5), (ConvTranspose(4, 4), (3 / (16 * 4)) ** 0.5)):
         kernel = layer.init(jax.random.key(0), x)["params"]["kernel"]

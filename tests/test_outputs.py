@@ -29,9 +29,9 @@ def photos(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """Fresh tiny weights as an exported file (no training needed to exercise writing)."""
-    from menet_jax import pretrained
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet, init_variables
+    from menet_jax.io import weights as pretrained
+    from menet_jax.core.config import get_config
+    from menet_jax.core.model import MEnet, init_variables
     config = get_config("tiny")
     path = tmp_path_factory.mktemp("weights") / "tiny.npz"
     pretrained.export(init_variables(MEnet.from_config(config), 0), config, path)

@@ -3,23 +3,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from menet_jax.config import get_config
-from menet_jax.inference import Predictor, load_photo, resize_to
-from menet_jax.model import MEnet, init_variables
-from menet_jax.predict import main, render
+from menet_jax.core.config import get_config
+from menet_jax.inference.predictor import Predictor
+from menet_jax.io.images import load_photo, resize_to
+from menet_jax.core.model import MEnet, init_variables
+from menet_jax.predict import main
+from menet_jax.inference.render import render
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A tiny trained workdir (a few steps are enough to exercise loading and inference)."""
-    from menet_jax.trainer import train
+    from menet_jax.training.loop import train
     path = tmp_path_factory.mktemp("run")
     train(get_config("tiny", ["steps=2", "train_size=8", "val_size=4", "checkpoint_every=2"]), path, progress=False)
     return path
 
 
 def test_predictor_returns_maps_at_each_image_size(workdir):
-    predictor = Predictor.from_checkpoint(workdir, batch_size=4)
+    predictor = Predictor.load(workdir, batch_size=4)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in [(50, 70), (32, 32), (120, 40),
                                                                             (33, 91), (64, 64)]]
@@ -28,7 +30,7 @@ def test_predictor_returns_maps_at_each_image_size(workdir):
     for maps in out:
         for name in ("metric", "ce"):
             assert maps[name].dtype == np.float32 and 0 <= maps[name].min() and maps[name].max() <= 1
-    assert predictor._predict._cache_size() == 1          # one compiled shape for all image sizes
+    assert predictor.predict_batch._cache_size() == 1          # one compiled shape for all image sizes
     # The same image alone or in a batch gives the same map (evaluation-mode BatchNorm, padding ignored).
     np.testing.assert_allclose(predictor([images[2]])[0]["ce"], out[2]["ce"], atol=1e-5)
 
@@ -38,8 +40,8 @@ def test_predictor_matches_the_model_at_network_size():
     variables = init_variables(MEnet.from_config(config), 0)
     predictor = Predictor(variables, config, batch_size=2)
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
-    from menet_jax.trainer import make_predict_fn
-    direct = make_predict_fn(MEnet.from_config(config))(variables, image[None])
+    from menet_jax.core.network import predict_function
+    direct = predict_function(config)(variables, image[None])
     np.testing.assert_allclose(predictor([image])[0]["metric"], direct["metric"][0], atol=1e-6)
 
 
@@ -99,16 +101,17 @@ def test_cli_errors_are_one_line(workdir, tmp_path, capsys):
 def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path, capsys):
     """`pretrained export` (float16 parameters) gives the checkpoint's maps within half precision, loads through
     Predictor.load and the CLIs, and a damaged file fails with one line naming it."""
-    from menet_jax import pretrained
+    from menet_jax.io import weights as pretrained
+    from menet_jax.pretrained import main as pretrained_main
     out = tmp_path / "weights.npz"
-    assert pretrained.main(["export", str(workdir), str(out)]) == 0
+    assert pretrained_main(["export", str(workdir), str(out)]) == 0
     variables, config, meta = pretrained.load(out, expected_sha256=pretrained.sha256(out))
-    assert config == Predictor.from_checkpoint(workdir).config and meta == {"source": str(workdir), "step": 2}
+    assert config == Predictor.load(workdir).config and meta == {"source": str(workdir), "step": 2}
     capsys.readouterr()
-    assert pretrained.main(["export", str(workdir), str(tmp_path / "w7.npz"), "--step", "7"]) == 2   # no such step
+    assert pretrained_main(["export", str(workdir), str(tmp_path / "w7.npz"), "--step", "7"]) == 2   # no such step
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no checkpoint of step 7") and "kept: " in err and "\n" not in err
-    reference = Predictor.from_checkpoint(workdir)
+    reference = Predictor.load(workdir)
     shipped = Predictor.load(out)
     assert jax_tree_dtypes(shipped.variables) == {"float32"}
     image = np.random.default_rng(2).integers(0, 256, (48, 40, 3)).astype(np.uint8)
@@ -135,20 +138,21 @@ def jax_tree_dtypes(tree):
 
 
 def test_training_curves_png(workdir, tmp_path):
-    from menet_jax.config import ConfigError
-    from menet_jax.curves import main as curves_main, read_log
+    from menet_jax.curves import main as curves_main
+    from menet_jax.errors import WorkdirError
+    from menet_jax.training.curves import read_log
     train_log, val_log = read_log(workdir)
     assert [r["step"] for r in train_log] == sorted(r["step"] for r in train_log) and train_log and val_log
     assert curves_main([str(workdir), "--output", str(tmp_path / "c.png")]) == 0
     assert Image.open(tmp_path / "c.png").size[0] > 1000
-    with pytest.raises(ConfigError, match="no training log"):
+    with pytest.raises(WorkdirError, match="no training log"):
         read_log(tmp_path)
 
 
 def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tmp_path):
     """A fresh clone predicts without --checkpoint, and the shipped network is a trained one: on real ECSSD images
     its maps beat the all-background baseline by far (fresh weights do not)."""
-    from menet_jax import pretrained
+    from menet_jax.io import weights as pretrained
     assert pretrained.DEFAULT in pretrained.SHIPPED
     path = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
     assert path.stat().st_size <= 25e6 and pretrained.sha256(path) == pretrained.SHIPPED[pretrained.DEFAULT]
@@ -169,7 +173,7 @@ def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tm
 
 
 def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsys):
-    from menet_jax import pretrained
+    from menet_jax.io import weights as pretrained
     original = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     (tmp_path / pretrained.DEFAULT).write_bytes(original.read_bytes()[:-1])
@@ -184,7 +188,7 @@ def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsy
 def _tiny_export(path, collection=None, value=None):
     """Fresh tiny weights exported to `path`, with `value` in the first array of `collection` when given (a
     diverged run's NaN or inf)."""
-    from menet_jax import pretrained
+    from menet_jax.io import weights as pretrained
     config = get_config("tiny")
     variables = init_variables(MEnet.from_config(config), 0)
     if collection is not None:
@@ -204,8 +208,8 @@ def test_non_finite_weights_are_refused(tmp_path, capsys, monkeypatch, collectio
     or a training workdir, before writing anything."""
     import dataclasses
     import json
-    from menet_jax import inference
-    from menet_jax.config import ConfigError
+    from menet_jax.errors import WeightsError
+    from menet_jax.io import checkpoint
     from menet_jax.evaluate import main as evaluate_main
     weights = tmp_path / "diverged.npz"
     variables, config = _tiny_export(weights, collection, value)
@@ -223,8 +227,8 @@ def test_non_finite_weights_are_refused(tmp_path, capsys, monkeypatch, collectio
     # A training workdir goes through the same check (the checkpoint reader stubbed with the diverged weights).
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
-    monkeypatch.setattr(inference.ckpt, "load_variables", lambda workdir, step=None: variables)
-    with pytest.raises(ConfigError, match=f"^{tmp_path / 'run'}: {collection}/.*NaN or infinite"):
+    monkeypatch.setattr(checkpoint, "load_variables", lambda workdir, step=None: variables)
+    with pytest.raises(WeightsError, match=f"^{tmp_path / 'run'}: {collection}/.*NaN or infinite"):
         Predictor.load(tmp_path / "run")
 
 

@@ -31,8 +31,8 @@ def brightness(images):
 def _hand_scores(source, distort, prepare=lambda im: im):
     """The predictor hook's raw scores computed by hand: `distort(image, index, name)` per image, scored as
     8-bit maps without min-max."""
-    from menet_jax.inference import resize_to
-    from menet_jax.metrics import SODMetrics, to_8bit
+    from menet_jax.io.images import resize_to
+    from menet_jax.core.metrics import SODMetrics, to_8bit
     meter = SODMetrics(normalize=False)
     for i in range(len(source)):
         e = source[i]
@@ -129,8 +129,8 @@ def test_jacobian_cli_table_json_and_histogram(ecssd6, tiny_checkpoint, tmp_path
     from robustness.jacobian import main
     # Each estimator is one more compilation of the network (a minute each on two busy cores): Hutchinson and
     # Eq. 12 are checked against exact Jacobians in test_robustness_norms.py, so here only the gradient
-    # statistics and the power iteration run, with the plain convolutions (quicker to compile).
-    monkeypatch.setenv("MENET_CONV", "plain")
+    # statistics and the power iteration run, with the plain convolutions of the checkpoint's config (quicker
+    # to compile).
     out = tmp_path / "jac"
     assert main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(ecssd6), "--limit", "2",
                  "--output-dir", str(out), "--power-iterations", "3", "--probes", "0", "--mc-directions", "0",

@@ -1,5 +1,6 @@
 """robustness.lipschitz: per-layer conv norms against exact SVDs, certified bounds on random networks, the
 generic jaxpr bound against the hand-derived MEnet one, unbounded operations and the CLI."""
+import dataclasses
 import json
 import zlib
 
@@ -126,8 +127,8 @@ def test_operations_without_a_bound_are_named():
 
 @pytest.fixture(scope="module")
 def menet_tiny():
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet, init_variables
+    from menet_jax.core.config import get_config
+    from menet_jax.core.model import MEnet, init_variables
     config = get_config("tiny")
     model = MEnet.from_config(config)
     rng = np.random.default_rng(0)
@@ -146,7 +147,7 @@ def menet_tiny():
 @pytest.mark.parametrize("output", ["logits", "salient_prob", "features"])
 def test_generic_bound_equals_the_hand_derived_menet_bound(menet_tiny, output):
     config, model, variables = menet_tiny
-    f = L.menet_outputs(model, variables, output)
+    f = L.menet_outputs(config, variables, output)
     generic = L.layerwise_bound(f, jnp.zeros((1, 32, 32, 3)))
     assert len(generic["layers"]) == 72
     # Equal up to the float32 rounding of the BatchNorm scales (the jaxpr computes them in float32).
@@ -154,15 +155,16 @@ def test_generic_bound_equals_the_hand_derived_menet_bound(menet_tiny, output):
 
 
 def test_menet_salient_probability_form_and_unbounded_metric_map(menet_tiny):
-    from menet_jax.saliency import salient_probability
+    from menet_jax.api import network_function
     config, model, variables = menet_tiny
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
-    with L.plain_convolutions():       # the same convolution code on both sides: only the softmax form differs
-        p, reference = jax.jit(lambda z: (L.menet_outputs(model, variables, "salient_prob")(z),
-                                          salient_probability(model.apply(variables, z)["logits"])))(x)
+    # The same (plain) convolutions on both sides: only the softmax form differs.
+    softmax = network_function(dataclasses.replace(config, conv="plain"), output="salient_prob")
+    p, reference = jax.jit(lambda z: (L.menet_outputs(config, variables, "salient_prob")(z),
+                                      softmax(variables, z)))(x)
     np.testing.assert_allclose(p, reference, atol=1e-6)
     with pytest.raises(L.LipschitzError, match="not bounded"):
-        L.layerwise_bound(L.menet_outputs(model, variables, "metric_map"), x)
+        L.layerwise_bound(L.menet_outputs(config, variables, "metric_map"), x)
 
 
 def test_cli_prints_both_bounds_and_writes_json(tmp_path, capsys):

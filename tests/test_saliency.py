@@ -3,8 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.saliency import (border_band, metric_distance, resize_map, saliency_maps, salient_probability,
-                                scale_to_unit)
+from menet_jax.core.saliency import border_band, metric_distance, resize_map, saliency_maps, salient_probability, scale_to_unit
 
 
 def test_eq5_matches_numpy_reference():
@@ -88,7 +87,7 @@ def test_resize_map_back_to_original_size():
 
 
 def test_raw_maps_are_the_probability_and_half_the_distance_and_normalise_to_the_maps():
-    from robustness.evaluate import normalise
+    from menet_jax.core.saliency import scale_to_unit
     rng = np.random.default_rng(1)
     outputs = {"features": jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32),
                "logits": jnp.asarray(rng.normal(size=(2, 8, 8, 2)) * 0.3, jnp.float32)}
@@ -102,4 +101,4 @@ def test_raw_maps_are_the_probability_and_half_the_distance_and_normalise_to_the
     for name in ("metric", "ce"):
         assert np.abs(np.asarray(raw[name]) - np.asarray(normalised[name])).max() > 0.1
         for n in range(2):
-            np.testing.assert_allclose(normalise(np.asarray(raw[name][n])), normalised[name][n], atol=1e-5)
+            np.testing.assert_allclose(scale_to_unit(np.asarray(raw[name][n])), normalised[name][n], atol=1e-5)

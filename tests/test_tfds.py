@@ -361,8 +361,8 @@ def test_prepared_batches_equal_folder_batches_and_resume(ecssd):
 
 
 def test_training_sources_from_a_prepared_dataset(ecssd, tmp_path):
-    from menet_jax.config import get_config
-    from menet_jax.trainer import make_sources
+    from menet_jax.core.config import get_config
+    from menet_jax.training.loop import make_sources
     builder, manual, tmp = ecssd
     config = get_config("tiny", ["val_size=4"])
     train, val = make_sources(config, dataset="ecssd", tfds_dir=tmp / "tfds")

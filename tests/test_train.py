@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from menet_jax.config import get_config
-from menet_jax.model import MEnet
+from menet_jax.core.config import get_config
+from menet_jax.core.model import MEnet
 from menet_jax.train import main
-from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+from menet_jax.training.state import create_state, make_optimizer
+from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+from menet_jax.training.step import make_train_step
 from training_runs import REPO, finish, params, run_cli, steps
 
 
@@ -33,7 +35,7 @@ def test_optimizer_is_caffe_sgd_with_bias_multiplier():
 
 
 def test_learning_rate_schedule_is_the_papers():
-    from menet_jax.trainer import learning_rate_schedule
+    from menet_jax.training.state import learning_rate_schedule
     schedule = learning_rate_schedule(get_config("paper"))
     for step, lr in [(0, 0.1), (59_999, 0.1), (60_000, 0.01), (90_000, 0.001), (100_000, 1e-4), (109_999, 1e-4)]:
         assert float(schedule(step)) == pytest.approx(lr)
@@ -64,9 +66,11 @@ def test_train_step_compiles_once_and_fits_a_batch():
 
 SHARDING_SCRIPT = """
 import jax, numpy as np
-from menet_jax.config import get_config
-from menet_jax.model import MEnet
-from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+from menet_jax.core.config import get_config
+from menet_jax.core.model import MEnet
+from menet_jax.training.state import create_state, make_optimizer
+from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+from menet_jax.training.step import make_train_step
 config = get_config("tiny", ["image_size=64"])
 model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
 step = make_train_step(model, tx, config, mesh)
@@ -189,7 +193,7 @@ def test_it_really_learns_the_generated_dataset(tmp_path):
     drift 1 % apart within two steps, benchmarks/sensitivity.py), and the metric map's MAE ended at 0.149, 0.181,
     0.140, 0.153, 0.135 and 0.202 (baseline 0.19-0.20) over such runs and seeds, the CE map's at 0.171-0.222. So
     the better of the two maps must beat the baseline's MAE."""
-    from menet_jax.trainer import train
+    from menet_jax.training.loop import train
     config = get_config("tiny", ["steps=800", "batch_size=8", "train_size=2000", "val_size=64",
                                  "eval_every=100000", "checkpoint_every=100000"])
     scores = train(config, tmp_path, progress=False).validation
@@ -200,8 +204,8 @@ def test_it_really_learns_the_generated_dataset(tmp_path):
 
 
 def test_conv_bias_mask_finds_exactly_the_conv_biases():
-    from menet_jax.model import parameter_shapes
-    from menet_jax.trainer import conv_bias_mask
+    from menet_jax.core.model import parameter_shapes
+    from menet_jax.training.state import conv_bias_mask
     params = parameter_shapes(MEnet(image_size=32, width=2))["params"]
     mask = conv_bias_mask(params)
     flagged = [leaf for leaf, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask)) if m]

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from menet_jax import checkpoint as ckpt
+from menet_jax.io import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 
