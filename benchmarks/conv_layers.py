@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.layers import _fast_pays_off, compiler_options, conv2d
+from menet_jax.core.layers import _fast_pays_off, conv2d
+from menet_jax.runtime.xla import compiler_options
 
 # (input size, C_in, C_out, stride): MEnet's 3x3 convolutions at 224 px, width 32
 CASES = [(224, 32, 32, 1), (224, 32, 64, 2), (112, 64, 64, 1), (112, 64, 128, 2), (56, 128, 128, 1),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def images(count: int, size: int):
     """`count` ECSSD photos at the network's size (random pixels where the data is missing)."""
-    from menet_jax.outputs import load_photo, resize_input
+    from menet_jax.io.images import load_photo, resize_input
     folder = Path(os.environ.get("MENET_DATA_DIR", ROOT.parent / "shared" / "data")) / "ECSSD" / "images"
     files = sorted(folder.glob("*.jpg"))[:count]
     if len(files) < count:
@@ -44,8 +44,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import jax
-    from menet_jax.export import OnnxPredictor, onnx_model
-    from menet_jax.inference import Predictor
+    from menet_jax.inference.exported import OnnxPredictor
+    from menet_jax.inference.export import onnx_model
+    from menet_jax.inference.predictor import Predictor
     predictor = Predictor.load(args.checkpoint, batch_size=1)
     size = predictor.config.image_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         runner = OnnxPredictor(path, batch_size=1)
 
     def run_jax(x):
-        return jax.device_get(predictor._predict(predictor.variables, x))
+        return jax.device_get(predictor.predict_batch(predictor.variables, x))
 
     def run_onnx(x):
         return runner.forward(x.astype(np.float32))

@@ -19,7 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch is imported
 import jax
 import numpy as np
 
-from menet_jax.layers import compiler_options, conv2d, conv_transpose2d
+from menet_jax.runtime.xla import compiler_options
+from menet_jax.core.layers import conv2d, conv_transpose2d
 
 # name, input size, C_in, C_out, kernel, stride, padding, transposed, how many in the network (224 px, width 32)
 LAYERS = [("stem", 224, 3, 32, 3, 1, 1, False, 1), ("c224", 224, 32, 32, 3, 1, 1, False, 7),
@@ -98,6 +99,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from menet_jax.host_memory import reexec_with_reused_memory
+    from menet_jax.runtime.host_memory import reexec_with_reused_memory
     reexec_with_reused_memory()
     main()

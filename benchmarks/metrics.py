@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from menet_datasets import FolderSource, load_mask
-from menet_jax.metrics import SODMetrics
+from menet_jax.core.metrics import SODMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 

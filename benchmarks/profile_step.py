@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--batch", type=int, default=5)
-    p.add_argument("--impl", choices=["auto", "mixed", "fast", "plain"], help="convolution formulation (MENET_CONV)")
+    p.add_argument("--impl", choices=["auto", "mixed", "fast", "plain"], help="convolution formulation (the config's conv field)")
     p.add_argument("--top", type=int, default=20, help="how many single operations to list")
     return p.parse_args(argv)
 
@@ -119,17 +119,17 @@ def table(title, counter, total):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.impl:
-        os.environ["MENET_CONV"] = args.impl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import jax
+    import train_step
+    train_step.CONV = args.impl or train_step.CONV
 
-    from menet_jax.layers import conv_impl
+    from menet_jax.core.layers import conv_impl
 
     ops, wall, sources = trace_step(args)
     total = sum(ops.values())
-    print(f"device: {jax.default_backend()} ({os.cpu_count()} CPUs), convolutions: {conv_impl()}, jax {jax.__version__}")
+    print(f"device: {jax.default_backend()} ({os.cpu_count()} CPUs), convolutions: {conv_impl(train_step.CONV)}, jax {jax.__version__}")
     print(f"{args.size}px w{args.width} b{args.batch}: traced step {wall:.2f} s wall, {total / 1e9:.2f} s of operations "
           f"over all threads, {len(ops)} operations")
     by_kind, by_layer = collections.Counter(), collections.Counter()
@@ -146,6 +146,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from menet_jax.host_memory import reexec_with_reused_memory
+    from menet_jax.runtime.host_memory import reexec_with_reused_memory
     reexec_with_reused_memory()
     main()

@@ -14,7 +14,6 @@ other summation orders, one gradient equal to 5e-6) cannot be expected closer th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,11 +26,12 @@ def updates(impl: str, batches, perturbation: float = 0.0, seed: int = 1):
     """The parameter updates after each step, as flat float32 vectors."""
     import jax
 
-    from menet_jax.config import get_config
-    from menet_jax.model import MEnet
-    from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
-    os.environ["MENET_CONV"] = impl
-    config = get_config("tiny", ["image_size=64"])
+    from menet_jax.core.config import get_config
+    from menet_jax.core.model import MEnet
+    from menet_jax.training.state import create_state, make_optimizer
+    from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+    from menet_jax.training.step import make_train_step
+    config = get_config("tiny", ["image_size=64", f"conv={impl}"])
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
     step = _steps.setdefault(impl, make_train_step(model, tx, config, mesh))
     state = create_state(model, tx, 0)

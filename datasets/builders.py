@@ -23,6 +23,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
@@ -121,7 +122,7 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         meta = self.info.metadata
         meta["layouts"].append(f"{found.layout.name} ({found.root})")
         meta["ignored"].extend(str(path) for path in found.ignored)
-        for path, message in found.orphans:
+        for _, message in found.orphans:
             if not self.skip_bad:
                 more = len(found.orphans) - 1
                 raise DataError(message + (f" (and {more} more unmatched files)" if more else ""))
@@ -254,7 +255,6 @@ def _find_file(names, *folders) -> Path | None:
 def read_list(path: Path) -> list[str]:
     """Stems of a split list: a text file (one name a line) or a MATLAB file holding one cell array of names."""
     if path.suffix == ".mat":
-        import scipy.io
         try:
             content = scipy.io.loadmat(path)
         except (OSError, ValueError, TypeError) as error:
@@ -401,7 +401,7 @@ class SalientFolder(SalientBuilder):
     SOFT_MASKS = True
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass the folder as the manual dir. Layouts accepted: " + "; ".join(l.describe() for l in LAYOUTS) + ".")
+        "Pass the folder as the manual dir. Layouts accepted: " + "; ".join(layout.describe() for layout in LAYOUTS) + ".")
 
 
 #: Every builder by name.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .folder import FolderSource
+from .tfds_source import load_source
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, *, split: str | None = "test") -> None:
@@ -36,7 +37,6 @@ def sources_from_args(args: argparse.Namespace, *, required: bool = True) -> lis
         folder.verify()
         sources.append((folder.root.name, folder))
     if args.dataset:
-        from .tfds_source import load_source
         for name in args.dataset:
             sources.append((name, load_source(name, split=args.split, data_dir=args.tfds_dir,
                                               manual_dir=args.manual_dir,

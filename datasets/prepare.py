@@ -19,7 +19,7 @@ from .errors import DataError
 
 
 def parse_args(argv=None):
-    from .builders import BUILDERS
+    from .builders import BUILDERS     # TensorFlow Datasets (heavy): imported when a command runs, not on import
     parser = argparse.ArgumentParser(prog="python -m menet_datasets.prepare", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("name", metavar="NAME", help=f"one of: {', '.join(sorted(BUILDERS))}")
@@ -54,7 +54,7 @@ def report(builder) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from absl import logging as absl_logging
+    from absl import logging as absl_logging     # TFDS's logging, and TFDS itself (heavy): off the --help path
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns that a dataset it is about to build is absent
     from .builders import BUILDERS
     from .tfds_source import prepared_builder
@@ -85,5 +85,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-prepare`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

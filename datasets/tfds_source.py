@@ -13,12 +13,13 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
+from .folder import find_layout
 
 _IMAGES = ("image", "mask", "mask_soft")
 
 
 def _builders() -> dict:
-    from .builders import BUILDERS
+    from .builders import BUILDERS     # they import TensorFlow Datasets (heavy): on first use
     return BUILDERS
 
 
@@ -34,7 +35,7 @@ def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: boo
     """The builder of dataset ``name`` in ``data_dir`` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets),
     prepared from ``manual_dir`` if it is not yet (or again, with ``force``); ``progress=False`` silences TFDS's
     own progress bars (a process-wide TFDS setting)."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds     # heavy: imported on first use
     if not progress:
         tfds.display_progress_bar(False)
     builder = _builder_class(name)(data_dir=str(data_dir) if data_dir else None, file_format="array_record",
@@ -55,7 +56,6 @@ def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: boo
         raise DataError(f"manual dir not found: {manual_dir} (the downloaded {name}, see "
                         f"python -m menet_datasets.prepare --instructions {name})")
     if not any(manual_dir.iterdir()):
-        from .folder import find_layout
         find_layout(manual_dir)  # raises the one-line error naming the folders searched
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if force else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -72,7 +72,7 @@ class TFDSSource:
     """
 
     def __init__(self, builder, split: str):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds     # heavy: imported on first use
         splits = sorted(builder.info.splits)
         if split not in splits:
             raise DataError(f"dataset {builder.name} has no split {split!r} (splits: {', '.join(splits)})")

@@ -15,7 +15,7 @@ from menet_jax.cli import CHECKPOINT_HELP, CHECKPOINT_HELP_FLOAT32, add_checkpoi
 from menet_jax.core.config import PRESETS, Config, get_config
 from menet_jax.core.loss import menet_loss
 from menet_jax.core.metrics import SODMetrics, image_scores, to_8bit
-from menet_jax.core.model import SIDE_MAP_ORDER, MEnet, count_parameters, init_variables, parameter_shapes
+from menet_jax.core.model import SIDE_MAP_ORDER, MEnet, count_parameters, describe, init_variables, parameter_shapes
 from menet_jax.core.network import OUTPUTS, network_function, predict_function
 from menet_jax.core.saliency import metric_distance, resize_map, saliency_maps, salient_probability, scale_to_unit
 from menet_jax.errors import (ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError,
@@ -27,7 +27,7 @@ from menet_jax.runtime.xla import compiler_options, enable_compilation_cache
 __all__ = [
     "CHECKPOINT_HELP", "CHECKPOINT_HELP_FLOAT32", "add_checkpoint_argument", "command", "start",
     "PRESETS", "Config", "get_config", "menet_loss", "SODMetrics", "image_scores", "to_8bit",
-    "SIDE_MAP_ORDER", "MEnet", "count_parameters", "init_variables", "parameter_shapes",
+    "SIDE_MAP_ORDER", "MEnet", "count_parameters", "describe", "init_variables", "parameter_shapes",
     "OUTPUTS", "network_function", "predict_function",
     "metric_distance", "resize_map", "saliency_maps", "salient_probability", "scale_to_unit",
     "ConfigError", "DataError", "ExportError", "MenetError", "OutputError", "WeightsError", "WorkdirError",

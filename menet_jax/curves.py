@@ -21,5 +21,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-curves`): `main` as the process's command."""
     cli.start(main)
+
+
+if __name__ == "__main__":
+    run()

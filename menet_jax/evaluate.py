@@ -76,5 +76,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-evaluate`): `main` as the process's command."""
     cli.start(main, reuse_memory=True)
+
+
+if __name__ == "__main__":
+    run()

@@ -52,5 +52,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-export`): `main` as the process's command."""
     cli.start(main)
+
+
+if __name__ == "__main__":
+    run()

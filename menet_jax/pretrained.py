@@ -44,5 +44,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-pretrained`): `main` as the process's command."""
     cli.start(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -100,5 +100,10 @@ def summary(result, config, seconds: float) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`menet-train`): `main` as the process's command."""
     cli.start(main, reuse_memory=True)
+
+
+if __name__ == "__main__":
+    run()

@@ -62,7 +62,7 @@ DATA = Path(os.environ.get("MENET_DATA_DIR", WORK / "data" if IN_COLAB else "../
 WORK.mkdir(parents=True, exist_ok=True)
 
 import jax
-from menet_jax.trainer import enable_compilation_cache
+from menet_jax.api import enable_compilation_cache
 enable_compilation_cache()                                 # compiled programs are reused by the next run
 print(f"smoke mode: {SMOKE}  devices: {jax.devices()}  work: {WORK.resolve()}  data: {DATA}")'''
 
@@ -83,7 +83,7 @@ def handful(name, n):
 SMOKE_CHECKPOINT = '''\
 if SMOKE:   # the smoke checkpoint the notebooks share: a tiny network, 4 steps on generated scenes (once)
     from menet_jax import get_config
-    from menet_jax.trainer import train
+    from menet_jax.training.loop import train
     train(get_config("tiny", ["steps=4", "train_size=16", "val_size=4"]), WORK / "smoke", progress=False)'''
 
 
@@ -123,7 +123,7 @@ scenes (about a minute on a GPU, 8 minutes on 2 CPU cores). A finished run is no
 the latest checkpoint and only re-scores it."""),
     code('''\
 from menet_jax import get_config
-from menet_jax.trainer import train
+from menet_jax.training.loop import train
 
 if SMOKE:
     CHECKPOINT, config = WORK / "smoke", get_config("tiny", ["steps=4", "train_size=16", "val_size=4"])
@@ -142,13 +142,13 @@ print("checkpoint:", CHECKPOINT)'''),
 `Predictor` takes uint8 RGB images of any size and returns both maps at each image's own size (float in [0, 1]).
 Images come from ECSSD when `DATA/ECSSD` exists, else from the generated scenes the demo was trained on (the demo
 model is small and has seen no photograph: on ECSSD its maps are rough). For your own files use
-`menet_jax.inference.load_photo(path)`, or the CLI:
+`menet_jax.api.load_photo(path)`, or the CLI:
 `python -m menet_jax.predict p photos/ maps/ --checkpoint WORK/paper`."""),
     code('''\
 import menet_datasets
-from menet_jax.inference import Predictor
+from menet_jax.api import Predictor
 
-predictor = Predictor.from_checkpoint(CHECKPOINT)
+predictor = Predictor.load(CHECKPOINT)
 n = 3 if SMOKE else 6
 if (DATA / "ECSSD").is_dir():
     source = menet_datasets.FolderSource(DATA / "ECSSD")
@@ -177,7 +177,7 @@ normalised per image):
 MAE (lower is better) and the F-beta at the adaptive threshold of Eq. 15 (higher is better)."""),
     code('''\
 import numpy as np
-from menet_jax.metrics import image_scores, to_8bit
+from menet_jax.api import image_scores, to_8bit
 
 scores = {name: [image_scores(to_8bit(m[name]), e["mask"]) for e, m in zip(examples, maps)]
           for name in ("metric", "ce")}
@@ -191,7 +191,7 @@ The network is a Flax module: `MEnet.apply(variables, images)` maps uint8 images
 (`config.image_size`) to the 16-d tanh features and the two logits; `saliency_maps` turns them into both maps.
 `background="border"` is the authors' estimate of the background feature (random border pixels, squared distance)
 instead of Eq. 5's mean over all pixels the logit head calls background; it needs a PRNG key.
-`menet_jax.model.init_variables(model, seed)` gives untrained variables of the same structure."""),
+`menet_jax.api.init_variables(model, seed)` gives untrained variables of the same structure."""),
     code('''\
 from menet_jax import MEnet, saliency_maps
 
@@ -274,10 +274,11 @@ for name, source in SOURCES.items():
 PUBLISHED["centre"] = WORK / "maps" / "centre-prior"'''),
     md("## 2. Score"),
     code('''\
-from menet_jax.evaluate import evaluate_source, load_prediction, match_predictions, prediction_folder
-from menet_jax.inference import MAPS, Predictor
+from menet_jax.evaluation import evaluate_source, load_prediction, match_predictions, prediction_folder
+from menet_jax.api import MAPS
+from menet_jax.api import Predictor
 
-predictors = {name: Predictor.from_checkpoint(workdir) for name, workdir in CHECKPOINTS.items()}
+predictors = {name: Predictor.load(workdir) for name, workdir in CHECKPOINTS.items()}
 results, rows = {}, []                                 # results["ECSSD/MEnet-metric"] = dataset scores
 for dataset, source in SOURCES.items():
     for method, predictor in predictors.items():
@@ -319,7 +320,7 @@ PR and F-beta-vs-threshold curves of every dataset and method, as `evaluate` doe
 (Fig. 5, Fig. 7) with the CE map: the metric map is nearly binary and gives short curves."""),
     code('''\
 from IPython.display import Image as Picture, display
-from menet_jax.evaluate import write_outputs
+from menet_jax.evaluation import write_outputs
 
 OUTPUT = WORK / "eval"
 write_outputs(results, rows, OUTPUT)
@@ -411,8 +412,8 @@ The same from a shell:
     code('''\
 import dataclasses
 from menet_jax import get_config
-from menet_jax.train import dry_run
-from menet_jax.trainer import train
+from menet_jax.api import describe
+from menet_jax.training.loop import train
 
 # Compute dtype: "bfloat16" runs convolutions and activations in bfloat16 (parameters, optimizer state, BatchNorm
 # statistics, loss and metrics stay float32), the usual choice on a GPU; float32 is the default.
@@ -424,7 +425,7 @@ if SMOKE:   # the smoke run exercises bfloat16 compute
 else:
     RUN = WORK / "paper"
     config = get_config("paper", ["checkpoint_every=1000", f"dtype={DTYPE}"])
-dry_run(config)'''),
+print(describe(config))'''),
     code('''\
 if SMOKE:   # a stand-in for a disconnect: stop after 4 steps; the next call resumes from that checkpoint
     train(dataclasses.replace(config, steps=4), RUN, dataset=DATASET, tfds_dir=TFDS_DIR, progress=False)
@@ -441,7 +442,7 @@ baseline)."""),
     code('''\
 from IPython.display import Image as ShowImage
 
-from menet_jax.curves import plot_training, read_log
+from menet_jax.training.curves import plot_training, read_log
 
 train_log, val_log = read_log(RUN)
 display(ShowImage(filename=str(plot_training(RUN))))
@@ -498,10 +499,10 @@ JPEG qualities 25 .. 7). Every image has its own seeded generator, so results do
 Under each image, the checkpoint's metric map (Fig. 10 and 11 of the paper show such rows)."""),
     code('''\
 import matplotlib.pyplot as plt
-from menet_jax.inference import Predictor
+from menet_jax.api import Predictor
 from robustness import distort, image_rng, severity_levels
 
-predictor = Predictor.from_checkpoint(CHECKPOINT)
+predictor = Predictor.load(CHECKPOINT)
 example = menet_datasets.FolderSource(FOLDERS[0])[0]
 fig, axes = plt.subplots(4, 6, figsize=(14, 9.5))
 for row, kind in enumerate(("awgn", "jpeg")):

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
 
 from menet_jax import api
 from robustness import corruptions
@@ -87,11 +88,9 @@ def level_table(runs, mode) -> str:
 
 def plot_levels(runs, mode, output: Path) -> None:
     """Retained F-beta (% of the run's clean score, with the seeds' 95 % band) and MAE against the level."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     kind = runs[0]["distortion"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    fig = Figure(figsize=(11, 4), dpi=120)
+    axes = fig.subplots(1, 2)
     for r in runs:
         res = r["results"]
         levels = [lv for lv in res if lv != "random"]
@@ -108,7 +107,6 @@ def plot_levels(runs, mode, output: Path) -> None:
     fig.suptitle(f"{kind} ({mode} maps)")
     fig.tight_layout()
     fig.savefig(output / "compare.png")
-    plt.close(fig)
 
 
 def corruption_kept(run, mode) -> dict:
@@ -149,11 +147,9 @@ def corruption_table(runs, mode, reference=None) -> str:
 
 def plot_corruptions(runs, mode, output: Path) -> None:
     """Horizontal bars: per corruption, the F-beta each run keeps on average over the severities."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     names, kept = _common_corruptions(runs, mode)
-    fig, ax = plt.subplots(figsize=(7, 0.18 * len(names) * len(runs) + 2), dpi=120)
+    fig = Figure(figsize=(7, 0.18 * len(names) * len(runs) + 2), dpi=120)
+    ax = fig.subplots()
     height = 0.8 / len(runs)
     y = np.arange(len(names))
     for i, (r, k) in enumerate(zip(runs, kept)):
@@ -165,7 +161,6 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(output / "compare.png")
-    plt.close(fig)
 
 
 @api.command(compilation_cache=False)

@@ -63,6 +63,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.stats import t as student_t
+from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
 from tqdm.auto import tqdm
 
 import menet_datasets
@@ -105,8 +107,7 @@ def interval95(values) -> list | None:
     values = np.asarray(values, np.float64)
     if values.size < 2:
         return None
-    from scipy.stats import t
-    half = t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+    half = student_t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
     return [float(values.mean() - half), float(values.mean() + half)]
 
 
@@ -288,12 +289,10 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
 def plot_corruptions(all_results, output: Path) -> None:
     """Adaptive F-beta (normalised maps) against severity, one panel per corruption family, the clean score as
     a dotted line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     done = {c for results in all_results.values() for c in results}
     families = {f: names for f, names in corruptions.FAMILIES.items() if done & set(names)}
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 4), dpi=120, sharey=True, squeeze=False)
+    fig = Figure(figsize=(4 * len(families), 4), dpi=120)
+    axes = fig.subplots(1, len(families), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (family, names) in zip(axes, families.items()):
         for dataset, results in all_results.items():
@@ -311,7 +310,6 @@ def plot_corruptions(all_results, output: Path) -> None:
     axes[0].set_ylabel("adaptive F-beta (normalised maps)")
     fig.tight_layout()
     fig.savefig(output / "curves.png")
-    plt.close(fig)
 
 
 def load_reference(path):
@@ -414,10 +412,8 @@ def format_table(name, kind, results, mode="normalised") -> str:
 def plot_curves(all_results, kind, output: Path) -> None:
     """Fig. 9: F-beta and MAE against the level, normalised (solid) and raw (dashed) maps, with the 95 % interval
     over seeds as a band."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    fig = Figure(figsize=(10, 4), dpi=120)
+    axes = fig.subplots(1, 2)
     for name, results in all_results.items():
         levels = [lv for lv in results if lv != "random"]
         x = [float(lv) for lv in levels]
@@ -431,7 +427,6 @@ def plot_curves(all_results, kind, output: Path) -> None:
     label_level_axes(axes, kind, ("adaptive F-beta (beta^2 = 0.3)", "MAE"))
     fig.tight_layout()
     fig.savefig(output / "curves.png")
-    plt.close(fig)
 
 
 def label_level_axes(axes, kind, ylabels) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
 from tqdm.auto import tqdm
 
 from menet_datasets.cli import add_source_arguments, sources_from_args
@@ -152,17 +153,14 @@ def format_table(name, summary, label) -> str:
 
 
 def plot_histogram(grads_log_hist, edges, zeros, output: Path, label: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     ax.stairs(grads_log_hist, edges, fill=True, alpha=0.7)
     ax.set(xlabel="log10 |g|", ylabel="entries (all images)", yscale="log",
            title=f"d sum({label}) / d input" + (f"  ({zeros} exact zeros)" if zeros else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output)
-    plt.close(fig)
 
 
 def parse_args(argv=None):

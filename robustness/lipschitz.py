@@ -40,6 +40,7 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from threadpoolctl import threadpool_limits
 
 from menet_jax import api
 from robustness.norms import power_iteration
@@ -89,12 +90,8 @@ def conv_fft_bound(kernel, in_spatial, *, padding, lhs_dilation=None, rhs_dilati
 
 
 def _single_threaded_blas():
-    """Batched tiny eigenproblems are 20-50x slower with OpenBLAS threads fighting XLA's (measured on 2 cores);
-    threadpoolctl (installed with scipy's stack here) limits them when it is available."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    """Batched tiny eigenproblems are many times slower with OpenBLAS threads fighting XLA's (BENCHMARKS.md);
+    threadpoolctl (a dependency) limits them to one."""
     return threadpool_limits(1, user_api="blas")
 
 

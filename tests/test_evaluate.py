@@ -8,6 +8,7 @@ from PIL import Image, ImageFilter
 
 from menet_jax.evaluate import main
 from menet_jax.core.metrics import SODMetrics, to_8bit
+from cli_errors import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +103,6 @@ def test_checkpoint_scores_both_maps_and_saves_them(small_ecssd, tmp_path, capsy
             assert again[key] == pytest.approx(results[f"ECSSD12/{map_name}"][key], abs=1e-12), (map_name, key)
 
 
-def _one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert str(fragment) in err, err
-    return err
-
-
 def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys):
     afile = tmp_path / "results.txt"
     afile.write_text("keep me")
@@ -118,7 +111,7 @@ def test_bad_output_folders_are_refused_before_any_work(tmp_path, capsys):
         # The data folder does not exist: the output is checked first.
         assert main(["--predictions", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"), "--output", str(output),
                      "--no-progress"]) == 2
-        _one_line_error(capsys, f"error: {output}: {problem}")
+        one_line_error(capsys, f"error: {output}: {problem}")
     assert afile.read_text() == "keep me"
 
 
@@ -129,7 +122,7 @@ def test_two_maps_of_one_stem_are_refused(small_ecssd, tmp_path, capsys):
     Image.open(first).save(preds / f"{first.stem}.jpg")
     assert main(["--predictions", str(preds), "--data-dir", str(small_ecssd), "--no-progress",
                  "--output", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, first.stem, "another file with the same stem")
+    one_line_error(capsys, first.stem, "another file with the same stem")
     assert not (tmp_path / "o").exists()
 
 
@@ -171,9 +164,9 @@ def test_unreadable_maps_are_one_line_errors(small_ecssd, tmp_path, capsys, monk
     first.unlink()
     Image.fromarray(nan_map, mode="F").save(preds / f"{first.stem}.tif")
     assert main(argv) == 2
-    _one_line_error(capsys, f"error: {preds / first.stem}.tif: the map has NaN or infinite values")
+    one_line_error(capsys, f"error: {preds / first.stem}.tif: the map has NaN or infinite values")
     (preds / f"{first.stem}.tif").unlink()
     Image.fromarray(np.zeros((700, 700), np.uint8)).save(first)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)      # the map over twice the limit, the photos under it
     assert main(argv) == 2
-    _one_line_error(capsys, f"error: {first}: cannot read", "decompression bomb")
+    one_line_error(capsys, f"error: {first}: cannot read", "decompression bomb")

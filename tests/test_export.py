@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from menet_jax import export as menet_export
-from menet_jax.inference import exported
+from menet_jax.inference import exported as exported_files
 from menet_jax.core.config import get_config
 from menet_jax.inference.predictor import Predictor
 from menet_jax.io.images import load_photo, resize_input
@@ -70,15 +70,15 @@ def _max_difference(a, b):
 
 def test_exports_give_the_predictors_maps_on_real_images(exported, photos, predictor):
     reference = predictor(photos)                                      # at each image's size
-    onnx_maps = exported.OnnxPredictor(exported["onnx"], batch_size=2)(photos)     # two runs: 2 + 1 images
+    onnx_maps = exported_files.OnnxPredictor(exported["onnx"], batch_size=2)(photos)     # two runs: 2 + 1 images
     for ours, theirs in zip(onnx_maps, reference):
         assert ours["metric"].shape == theirs["metric"].shape
         assert _max_difference(ours, theirs) < TOLERANCE
     size = predictor.config.image_size
     batch = np.stack([resize_input(image, size) for image in photos])
     at_network_size = predictor.predict_batch(predictor.variables, batch)
-    hlo = exported.load(exported["stablehlo"])
-    assert isinstance(hlo, exported.StableHLOModel) and hlo.image_size == size
+    hlo = exported_files.load(exported["stablehlo"])
+    assert isinstance(hlo, exported_files.StableHLOModel) and hlo.image_size == size
     assert _max_difference(hlo(batch.astype(np.float32)), at_network_size) < TOLERANCE
     assert _max_difference(hlo(batch[:1].astype(np.float32)), {k: v[:1] for k, v in at_network_size.items()}) \
         < TOLERANCE                                                    # the batch dimension is symbolic
@@ -115,7 +115,7 @@ def test_export_from_a_weights_file_of_another_size(onnx, tmp_path):
     for fmt in ("onnx", "stablehlo"):
         out = tmp_path / f"tiny.{fmt}"
         assert menet_export.main([str(weights), str(out), "--format", fmt]) == 0
-        runner = exported.load(out)
+        runner = exported_files.load(out)
         maps = runner.forward(batch) if fmt == "onnx" else runner(batch.astype(np.float32))
         assert runner.image_size == size and _max_difference(maps, expected) < TOLERANCE, fmt
 

@@ -4,14 +4,7 @@ import pytest
 from PIL import Image
 
 from menet_jax.predict import main
-
-
-def one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert str(fragment) in err, err
-    return err
+from cli_errors import one_line_error
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from menet_jax.train import main
 from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 from menet_jax.training.step import make_train_step
-from training_runs import REPO, finish, params, run_cli, steps
+from training_runs import REPO, finish, run_cli
 
 
 def test_optimizer_is_caffe_sgd_with_bias_multiplier():
@@ -71,6 +71,7 @@ from menet_jax.core.model import MEnet
 from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 from menet_jax.training.step import make_train_step
+from cli_errors import one_line_error
 config = get_config("tiny", ["image_size=64"])
 model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
 step = make_train_step(model, tx, config, mesh)
@@ -136,17 +137,10 @@ def test_dry_run_prints_the_paper_parameter_count(capsys):
     assert 4.0e10 < flops < 4.6e10        # ~21.5 GMAC: the convs at 224 px dominate
 
 
-def _one_line_error(capsys, argv):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
-
-
 def test_unknown_config_key_is_a_one_line_error(capsys):
-    err = _one_line_error(capsys, ["--config", "tiny", "--set", "widht=3", "--dry-run"])
+    err = one_line_error(capsys, run=(main, ["--config", "tiny", "--set", "widht=3", "--dry-run"]))
     assert "unknown config key 'widht'" in err
-    err = _one_line_error(capsys, ["--config", "tiny", "--set", "width=three", "--dry-run"])
+    err = one_line_error(capsys, run=(main, ["--config", "tiny", "--set", "width=three", "--dry-run"]))
     assert "bad value for width" in err
 
 
@@ -180,8 +174,8 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys, problem):
     else:
         root = tmp_path / "nowhere"
         expected = f"dataset folder not found: {root}"
-    err = _one_line_error(capsys, ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
-                                   "--workdir", str(tmp_path / "w")])
+    err = one_line_error(capsys, run=(main, ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
+                                             "--workdir", str(tmp_path / "w")]))
     assert expected in err
 
 

@@ -1,4 +1,4 @@
-"""Helpers of the tests that run `python -m menet_jax.train` as a subprocess (test_train.py, test_faults.py)."""
+"""Helpers of the tests that run `python -m menet_jax.train` as a subprocess (test_train.py, test_train_faults.py)."""
 import os
 import subprocess
 import sys

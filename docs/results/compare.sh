@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README comparison tables and plots (docs/results/compare/*) from the robustness.json files kept in docs/results.
+# Comparison tables and plots of docs/robustness.md (docs/results/compare/*) from the kept robustness.json files.
 # A comparison whose inputs are missing is skipped with a note.
 cd "$(dirname "$0")/../.." && . .venv/bin/activate
 A=docs/results/ablation R=docs/results/robustness

@@ -37,13 +37,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from menet_jax.core.saliency import scale_to_unit
 
 
 def _cv2():
     """OpenCV, imported when the evaluation protocol first needs it, so training does not pay for the import."""
-    import cv2
+    import cv2     # heavy: imported on first use
     return cv2
 
 
@@ -379,8 +380,6 @@ def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
             np.square(d, out=d)        # float32: |d^2 - k| < 0.4 for the k <= 2e6 of sides <= 1000, so rint is exact
             d2 = np.rint(d, out=d).astype(np.int32)
         else:
-            from scipy.ndimage import distance_transform_edt
-
             _, (fy, fx) = distance_transform_edt(bg, return_indices=True)
             yy, xx = np.indices(g.shape)
             d2 = (fy - yy).astype(np.intp) ** 2 + (fx - xx).astype(np.intp) ** 2

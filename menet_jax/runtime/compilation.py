@@ -28,6 +28,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
 from menet_jax.errors import SettingsError
 from menet_jax.runtime import settings
@@ -87,8 +88,6 @@ def _compile(factory, factory_args, specs):
 
 
 def _compile_in_child(jobs):
-    from jax.experimental.serialize_executable import deserialize_and_load
-
     with tempfile.TemporaryDirectory(prefix="menet-compile-") as tmp:
         path = Path(tmp) / "programs.pickle"
         child = multiprocessing.get_context("spawn").Process(
@@ -106,8 +105,6 @@ def _compile_in_child(jobs):
 
 
 def _child_main(jobs, path):
-    from jax.experimental.serialize_executable import serialize
-
     # An executable that went into (or came from) the persistent cache serializes without its kernels here
     # ("Function ... not found" when called), so the child always compiles.
     jax.config.update("jax_enable_compilation_cache", False)

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from menet_datasets import prepare
+from cli_errors import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,12 +26,6 @@ def _folder(root: Path, stems=("a", "b", "c")) -> Path:
         mask[2:8, 3:9] = 255
         Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
     return root
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("error: "), err
-    return err[-1]
 
 
 def test_cli_builds_and_prints_counts(tmp_path):
@@ -54,7 +49,7 @@ def test_skip_bad_reports_each_skipped_file(tmp_path, capsys):
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(orphan)
     (manual / "images" / "readme.txt").write_text("x")
     assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o1")]) == 2
-    assert str(orphan) in _error_line(capsys)
+    assert str(orphan) in one_line_error(capsys, last_line=True)
     assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"),
                          "--skip-bad"]) == 0
     out = capsys.readouterr().out
@@ -73,17 +68,17 @@ def test_skip_bad_reports_each_skipped_file(tmp_path, capsys):
 
 def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert prepare.main(["imagenet", "--manual-dir", str(tmp_path)]) == 2
-    line = _error_line(capsys)
+    line = one_line_error(capsys, last_line=True)
     assert "unknown dataset 'imagenet'" in line and "ecssd" in line and "pascal_s" in line
     missing = tmp_path / "nowhere"
     assert prepare.main(["ecssd", "--manual-dir", str(missing)]) == 2
-    assert str(missing) in _error_line(capsys)
+    assert str(missing) in one_line_error(capsys, last_line=True)
     assert prepare.main(["ecssd"]) == 2
-    assert "--manual-dir" in _error_line(capsys)
+    assert "--manual-dir" in one_line_error(capsys, last_line=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare.main(["ecssd", "--manual-dir", str(empty), "--data-dir", str(tmp_path / "o")]) == 2
-    line = _error_line(capsys)
+    line = one_line_error(capsys, last_line=True)
     assert str(empty / "images") in line and "ground_truth_mask" in line  # the paths searched
 
 

@@ -346,7 +346,7 @@ def test_prepared_batches_equal_folder_batches_and_resume(ecssd):
     with BatchLoader(prepared, 4, 2, workers=2, **kw) as loader:
         resumed = list(loader)
     assert [s for s, _ in full] == list(range(6)) and [s for s, _ in resumed] == [4, 5]
-    for (step, a), (_, b) in zip(full[4:], resumed):  # a restart at step 4 continues exactly
+    for (_, a), (_, b) in zip(full[4:], resumed):  # a restart at step 4 continues exactly
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["mask"], b["mask"])
     assert not np.array_equal(full[4][1]["image"], full[5][1]["image"])
