@@ -1,5 +1,5 @@
 """Gradient time of single 3x3 convolutions at the paper configuration's shapes: plain lax compiled with XLA's
-default options and with a train step's `menet_jax.layers.compiler_options(training=True)` (convolutions on XLA's
+default options and with a train step's `menet_jax.runtime.xla.compiler_options(training=True)` (convolutions on XLA's
 own kernels, not YNNPACK), and the fast form with those options: the measurements behind the CPU default "mixed"
 (`layers._fast_pays_off`).
 

@@ -1,4 +1,4 @@
-"""Time scoring ECSSD with every saliency metric: menet_jax.metrics.SODMetrics vs PySODMetrics, same run.
+"""Time scoring ECSSD with every saliency metric: menet_jax.core.metrics.SODMetrics vs PySODMetrics, same run.
 
     python benchmarks/metrics.py [--n 1000] [--data DIR]
 

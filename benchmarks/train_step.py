@@ -219,7 +219,7 @@ def train_and_inference(args):
     for dtype in dtypes:
         config = paper_config(args.size, args.width, args.batch, dtype)
         _, state, batch, _ = build(args.size, args.width, args.batch, dtype)
-        # As `trainer.train` does: compiled in a child process on CPU (menet_jax/compilation.py; MENET_COMPILE=here
+        # As `training.loop.train` does: compiled in a child process on CPU (menet_jax/runtime/compilation.py; MENET_COMPILE=here
         # compiles in this process), the train step alone first for its compile time, then the forward passes.
         step_program = compile_programs(train_step_jobs(config, state, batch))
         side = {"state": state, "batch": batch, "step": TrainStep(*step_program.programs),

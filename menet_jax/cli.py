@@ -53,9 +53,13 @@ def command(main=None, *, compilation_cache: bool = True):
                 enable_compilation_cache()
             return main(argv) or 0
         except MenetError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            return _report(error)
     return run
+
+
+def _report(error: MenetError) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 def start(main, *, reuse_memory: bool = False) -> None:
@@ -65,6 +69,5 @@ def start(main, *, reuse_memory: bool = False) -> None:
         try:
             reexec_with_reused_memory()
         except MenetError as error:         # a bad MENET_MALLOC
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(_report(error))
     sys.exit(main())

@@ -93,7 +93,7 @@ def is_random(kind: str, level) -> bool:
 
 
 def to_input_size(image, size: int) -> np.ndarray:
-    """The image as a network of input `size` sees it (square, bilinear, as `menet_jax.inference.Predictor`
+    """The image as a network of input `size` sees it (square, bilinear, as `menet_jax.api.Predictor`
     resizes): distorting this instead of the original puts the noise at the network's own resolution."""
     image = np.asarray(image, np.uint8)
     if image.shape[:2] == (size, size):

@@ -29,6 +29,7 @@ from menet_datasets import (
     resize_pair,
     split,
 )
+from helpers import one_line_message
 
 def _write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -53,14 +54,6 @@ def _make_folder(root: Path, stems=("a", "b", "c"), h=20, w=30) -> Path:
         _write_rgb(root / "images" / f"{stem}.png", h, w, seed=k)
         _write_mask(root / "masks" / f"{stem}.png", h, w)
     return root
-
-
-def _assert_data_error(excinfo, *paths) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg, msg
-    for p in paths:
-        assert str(p) in msg, msg
-    return msg
 
 
 class ListSource:
@@ -234,10 +227,10 @@ def test_corrupt_image_raises_data_error(tmp_path):
     src[0]
     with pytest.raises(DataError) as ei:
         src[1]
-    assert "cannot read image" in _assert_data_error(ei, bad)
+    assert "cannot read image" in one_line_message(ei, bad)
     with pytest.raises(DataError) as ei:
         load_image(bad)
-    _assert_data_error(ei, bad)
+    one_line_message(ei, bad)
 
 
 def test_truncated_image_and_corrupt_mask_raise_data_error(tmp_path):
@@ -247,12 +240,12 @@ def test_truncated_image_and_corrupt_mask_raise_data_error(tmp_path):
     trunc.write_bytes(good.read_bytes()[:200])
     with pytest.raises(DataError) as ei:
         load_image(trunc)
-    _assert_data_error(ei, trunc)
+    one_line_message(ei, trunc)
     bad_mask = tmp_path / "m.png"
     bad_mask.write_bytes(b"\x89PNG garbage")
     with pytest.raises(DataError) as ei:
         load_mask(bad_mask)
-    assert "cannot read mask" in _assert_data_error(ei, bad_mask)
+    assert "cannot read mask" in one_line_message(ei, bad_mask)
 
 
 def test_image_over_the_decompression_bomb_limit_raises_data_error(tmp_path, monkeypatch):
@@ -263,7 +256,7 @@ def test_image_over_the_decompression_bomb_limit_raises_data_error(tmp_path, mon
                        (lambda: load_image(root / "images" / "a.png"), root / "images" / "a.png")):
         with pytest.raises(DataError) as ei:
             read()
-        assert "decompression bomb" in _assert_data_error(ei, path)
+        assert "decompression bomb" in one_line_message(ei, path)
 
 
 def test_mask_of_another_size_raises(tmp_path):
@@ -271,7 +264,7 @@ def test_mask_of_another_size_raises(tmp_path):
     _write_mask(root / "masks" / "a.png", 21, 30)
     with pytest.raises(DataError) as ei:
         FolderSource(root)[0]
-    msg = _assert_data_error(ei, root / "masks" / "a.png", root / "images" / "a.png")
+    msg = one_line_message(ei, root / "masks" / "a.png", root / "images" / "a.png")
     assert "30x21" in msg and "30x20" in msg
 
 
@@ -280,7 +273,7 @@ def test_image_without_mask_raises(tmp_path):
     (root / "masks" / "b.png").unlink()
     with pytest.raises(DataError) as ei:
         find_pairs(root)
-    _assert_data_error(ei, root / "images" / "b.png", root / "masks")
+    one_line_message(ei, root / "images" / "b.png", root / "masks")
 
 
 def test_mask_without_image_raises(tmp_path):
@@ -288,7 +281,7 @@ def test_mask_without_image_raises(tmp_path):
     (root / "images" / "b.png").unlink()
     with pytest.raises(DataError) as ei:
         FolderSource(root)
-    _assert_data_error(ei, root / "masks" / "b.png", root / "images")
+    one_line_message(ei, root / "masks" / "b.png", root / "images")
 
 
 def test_empty_images_folder_raises(tmp_path):
@@ -297,19 +290,19 @@ def test_empty_images_folder_raises(tmp_path):
     (root / "masks").mkdir()
     with pytest.raises(DataError) as ei:
         find_pairs(root)
-    assert "no images" in _assert_data_error(ei, root / "images")
+    assert "no images" in one_line_message(ei, root / "images")
 
 
 def test_missing_folders_raise(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(DataError) as ei:
         FolderSource(missing)
-    assert "not found" in _assert_data_error(ei, missing)
+    assert "not found" in one_line_message(ei, missing)
     root = tmp_path / "ds"
     (root / "images").mkdir(parents=True)
     with pytest.raises(DataError) as ei:
         find_pairs(root)
-    _assert_data_error(ei, root / "masks")
+    one_line_message(ei, root / "masks")
 
 
 def test_duplicate_stems_raise(tmp_path):
@@ -317,7 +310,7 @@ def test_duplicate_stems_raise(tmp_path):
     _write_rgb(root / "images" / "a.jpg", 20, 30)
     with pytest.raises(DataError) as ei:
         find_pairs(root)
-    _assert_data_error(ei, root / "images")
+    one_line_message(ei, root / "images")
 
 
 # --------------------------------------------------------------------------- synthetic

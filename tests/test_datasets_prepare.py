@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from menet_datasets import prepare
-from cli_errors import one_line_error
+from helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 

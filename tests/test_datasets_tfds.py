@@ -14,6 +14,7 @@ from menet_datasets import BatchLoader, DataError, FolderSource, make_batch
 from menet_datasets.builders import BUILDERS, seeded_split
 from menet_datasets.folder import load_mask_grey
 from menet_datasets.tfds_source import TFDSSource, load_source, prepared_builder
+from helpers import one_line_message
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tfds.disable_progress_bar()
@@ -32,14 +33,6 @@ def _link_subset(src_root: Path, dst: Path, stems, image_dir="images", mask_dir=
 
 def _build(name, manual, tmp_path, **kwargs):
     return prepared_builder(name, data_dir=tmp_path / "tfds", manual_dir=manual, **kwargs)
-
-
-def _one_line_error(excinfo, *paths) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg, msg
-    for path in paths:
-        assert str(path) in msg, msg
-    return msg
 
 
 def _assert_same_examples(prepared, folder):
@@ -213,7 +206,7 @@ def test_bad_inputs_stop_the_build_with_the_file_named(case, tmp_path):
         Image.fromarray(_box_mask(20, 30)).save(bad)
     with pytest.raises(DataError) as excinfo:
         _build("salient_folder", root, tmp_path)
-    _one_line_error(excinfo, bad)
+    one_line_message(excinfo, bad)
     builder = BUILDERS["salient_folder"](data_dir=str(tmp_path / "tfds"))
     assert not builder.is_prepared()  # nothing half-built left behind
     # Skip-and-report: the other pairs build, the bad one is listed in the metadata.
@@ -282,7 +275,7 @@ def test_hku_is_lists_and_seeded_80_5_15(tmp_path):
     (manual / "validation.txt").write_text("0001\nnope\n")
     with pytest.raises(DataError) as excinfo:
         _build("hku_is", manual, tmp_path / "c")
-    assert "'nope'" in _one_line_error(excinfo, manual / "validation.txt")
+    assert "'nope'" in one_line_message(excinfo, manual / "validation.txt")
 
 
 def test_duts_official_layout_has_train_and_test(tmp_path):
@@ -321,16 +314,16 @@ def test_load_source_errors_are_one_line(ecssd, tmp_path):
     builder, manual, tmp = ecssd
     with pytest.raises(DataError) as excinfo:
         load_source("ecssd", split="test", data_dir=tmp_path / "empty")
-    assert "python -m menet_datasets.prepare ecssd --manual-dir" in _one_line_error(excinfo, tmp_path / "empty")
+    assert "python -m menet_datasets.prepare ecssd --manual-dir" in one_line_message(excinfo, tmp_path / "empty")
     with pytest.raises(DataError) as excinfo:
         load_source("ecsd", split="test", data_dir=tmp / "tfds")
-    assert "ecssd" in _one_line_error(excinfo) and "salient_folder" in str(excinfo.value)
+    assert "ecssd" in one_line_message(excinfo) and "salient_folder" in str(excinfo.value)
     with pytest.raises(DataError) as excinfo:
         load_source("ecssd", split="train", data_dir=tmp / "tfds")
-    assert "splits: test" in _one_line_error(excinfo)
+    assert "splits: test" in one_line_message(excinfo)
     with pytest.raises(DataError) as excinfo:  # prepared from another folder: never mixed up silently
         load_source("ecssd", split="test", data_dir=tmp / "tfds", manual_dir=tmp_path)
-    _one_line_error(excinfo, manual.resolve(), tmp_path)
+    one_line_message(excinfo, manual.resolve(), tmp_path)
     assert len(load_source("ecssd", split=None, data_dir=tmp / "tfds")) == len(ECSSD_STEMS)  # its only split
 
 

@@ -8,20 +8,13 @@ from PIL import Image, ImageFilter
 
 from menet_jax.evaluate import main
 from menet_jax.core.metrics import SODMetrics, to_8bit
-from cli_errors import one_line_error
+from helpers import ecssd_subset, one_line_error
 
 
 @pytest.fixture(scope="module")
 def small_ecssd(shared_data, tmp_path_factory):
     """Twelve real ECSSD pairs in the images/ + masks/ layout."""
-    root = tmp_path_factory.mktemp("data") / "ECSSD12"
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[550:562]:
-        (root / "images" / image.name).write_bytes(image.read_bytes())
-        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
-        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
-    return root
+    return ecssd_subset(shared_data, tmp_path_factory.mktemp("data") / "ECSSD12", 550, 12)
 
 
 def _write_predictions(data, out):

@@ -94,7 +94,7 @@ def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, pred
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     imported = {m.group(1) for m in re.finditer(r"^import time:.*\|\s+([\w.]+)\s*$", run.stderr, re.M)}
-    assert "menet_jax.export" in imported and "onnxruntime" in imported
+    assert "menet_jax.inference.exported" in imported and "onnxruntime" in imported
     assert not {name for name in imported if name.split(".")[0] in ("jax", "jaxlib", "flax")}
     expected = np.asarray(render(photos[0], predictor([photos[0]])[0]["metric"]), np.int16)
     assert np.abs(np.asarray(Image.open(out), np.int16) - expected).max() <= 1

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from menet_jax.predict import main
-from cli_errors import one_line_error
+from helpers import one_line_error
 
 
 @pytest.fixture()

@@ -10,18 +10,12 @@ from menet_datasets import FolderSource
 @pytest.fixture(scope="module")
 def ecssd6(shared_data, tmp_path_factory):
     """Six real ECSSD pairs in the images/ + masks/ layout."""
-    root = tmp_path_factory.mktemp("data") / "ECSSD6"
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[100:106]:
-        (root / "images" / image.name).write_bytes(image.read_bytes())
-        mask = shared_data / "ECSSD" / "masks" / f"{image.stem}.png"
-        (root / "masks" / mask.name).write_bytes(mask.read_bytes())
-    return root
+    return ecssd_subset(shared_data, tmp_path_factory.mktemp("data") / "ECSSD6", 100, 6)
 
 
 PREDICTOR = '''
 import numpy as np
+from helpers import ecssd_subset
 def brightness(images):
     """A map any model could give: each image's grey level, at half resolution (the evaluator resizes)."""
     return [np.asarray(im, np.float32).mean(-1)[::2, ::2] / 255.0 for im in images]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import menet_datasets
-from cli_errors import one_line_error
+from helpers import one_line_error
 from menet_jax import cli, errors
 from menet_jax.runtime import compilation, settings
 

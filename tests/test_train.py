@@ -16,6 +16,7 @@ from menet_jax.train import main
 from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 from menet_jax.training.step import make_train_step
+from helpers import one_line_error
 from training_runs import REPO, finish, run_cli
 
 
@@ -71,7 +72,6 @@ from menet_jax.core.model import MEnet
 from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 from menet_jax.training.step import make_train_step
-from cli_errors import one_line_error
 config = get_config("tiny", ["image_size=64"])
 model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
 step = make_train_step(model, tx, config, mesh)

@@ -229,7 +229,7 @@ def test_divergence_stops_before_a_non_finite_save(tmp_path, capsys):
 def test_a_second_run_on_a_workdir_in_use_is_refused(data, tmp_path, capsys):
     workdir = tmp_path / "w"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from menet_jax.checkpoint import lock_workdir; "
+        [sys.executable, "-c", "import sys; from menet_jax.io.checkpoint import lock_workdir; "
          "lock = lock_workdir(sys.argv[1]); print('locked', flush=True); sys.stdin.read()", str(workdir)],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

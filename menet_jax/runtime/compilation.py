@@ -3,9 +3,9 @@
 On CPU, XLA's convolutions run on Eigen with oneDNN's sgemm, which allocates a 74 KB page-aligned workspace with
 `posix_memalign` on every call: about 60,000 calls per paper train step. Compiling that step in the process that
 then runs it leaves glibc's heap with about 85,000 free fragments (`malloc_info`); each workspace allocation then
-walks a bin of hundreds of chunks too small for it, and `_int_malloc` takes 8 % of the step's CPU time. The same
-program compiled in a child process and loaded here (`jax.experimental.serialize_executable`) runs in an
-unfragmented heap (BENCHMARKS.md has the numbers). Loading takes 1-3 s; the child pays its own start-up (a few s).
+walks a bin of hundreds of chunks too small for it, and `_int_malloc` takes a visible share of the step's CPU
+time. The same program compiled in a child process and loaded here (`jax.experimental.serialize_executable`) runs
+in an unfragmented heap; loading it and the child's start-up cost seconds (BENCHMARKS.md has the numbers).
 
 `compile_programs([(factory, factory_args, args), ...])` compiles each `factory(*factory_args)`, a jitted function,
 for arguments shaped like `args`: in one child on a single-device CPU backend under glibc, here otherwise, or
