@@ -9,6 +9,7 @@ side of --cache-side), which is the way to feed a GPU. Each row runs BatchLoader
 --workers threads) for --batches batches after one warm-up batch. The table ends with what the train step
 consumes: --step-seconds (66 s/step: the paper config on this 2-core CPU) and --gpu-images-per-s (a GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,18 @@ from menet_datasets.tfds_source import TFDSSource, prepared_builder  # noqa: E40
 
 
 def images_per_s(source, *, batch_size: int, size: int, batches: int, workers: int) -> float:
-    with menet_datasets.BatchLoader(source, 0, batches + 1, batch_size=batch_size, size=size, seed=0, shuffle=True,
-                                    augment=True, workers=workers, prefetch=2 * workers) as loader:
+    with menet_datasets.BatchLoader(
+        source,
+        0,
+        batches + 1,
+        batch_size=batch_size,
+        size=size,
+        seed=0,
+        shuffle=True,
+        augment=True,
+        workers=workers,
+        prefetch=2 * workers,
+    ) as loader:
         next(loader)  # warm-up: thread start, first reads
         started = time.perf_counter()
         for _ in loader:
@@ -64,30 +75,42 @@ def main() -> None:
         started = time.perf_counter()
         small = menet_datasets.CachedSource(prepared, max_side=args.cache_side, workers=args.workers)
         small_s = time.perf_counter() - started
-        sources = [("FolderSource (JPEG/PNG files)", folder), (f"TFDSSource ({args.dataset}, array_record)", prepared),
-                   (f"CachedSource (decoded, {cached.nbytes / 2 ** 20:.0f} MiB)", cached),
-                   (f"CachedSource (side {args.cache_side}, {small.nbytes / 2 ** 20:.0f} MiB)", small)]
-        print(f"{len(folder)} pairs from {args.data}; {args.size} px, augmentation on, {args.workers} worker threads, "
-              f"{os.cpu_count()} CPUs")
-        print(f"prepare ({args.dataset}): {prepare_s}; decode into memory: {cache_s:.1f} s as it is, "
-              f"{small_s:.1f} s pre-resized")
+        sources = [
+            ("FolderSource (JPEG/PNG files)", folder),
+            (f"TFDSSource ({args.dataset}, array_record)", prepared),
+            (f"CachedSource (decoded, {cached.nbytes / 2**20:.0f} MiB)", cached),
+            (f"CachedSource (side {args.cache_side}, {small.nbytes / 2**20:.0f} MiB)", small),
+        ]
+        print(
+            f"{len(folder)} pairs from {args.data}; {args.size} px, augmentation on, {args.workers} worker threads, "
+            f"{os.cpu_count()} CPUs"
+        )
+        print(
+            f"prepare ({args.dataset}): {prepare_s}; decode into memory: {cache_s:.1f} s as it is, "
+            f"{small_s:.1f} s pre-resized"
+        )
         print(f"{'source':44s} {'batch':>5s} {'images/s':>9s} {'batches/s':>9s}")
         rates = []
         for name, source in sources:
             for batch_size in args.batch_sizes:
-                rate = images_per_s(source, batch_size=batch_size, size=args.size, batches=args.batches,
-                                    workers=args.workers)
+                rate = images_per_s(
+                    source, batch_size=batch_size, size=args.size, batches=args.batches, workers=args.workers
+                )
                 rates.append(rate)
                 print(f"{name:44s} {batch_size:5d} {rate:9.1f} {rate / batch_size:9.2f}")
     slowest = min(rates)
     for batch_size in args.batch_sizes:
         need = batch_size / args.step_seconds
-        print(f"CPU train step, paper config, batch {batch_size}: {args.step_seconds:.0f} s/step = {need:.3f} images/s "
-              f"(slowest loader: {slowest / need:,.0f}x that)")
+        print(
+            f"CPU train step, paper config, batch {batch_size}: {args.step_seconds:.0f} s/step = {need:.3f} images/s "
+            f"(slowest loader: {slowest / need:,.0f}x that)"
+        )
     best = max(rates)
     verdict = "enough" if best >= args.gpu_images_per_s else f"{args.gpu_images_per_s / best:.1f}x short"
-    print(f"GPU at {args.gpu_images_per_s:.0f} images/s: fastest loader here {best:.0f} images/s ({verdict}); "
-          f"loaders scale with worker threads (PIL releases the GIL)")
+    print(
+        f"GPU at {args.gpu_images_per_s:.0f} images/s: fastest loader here {best:.0f} images/s ({verdict}); "
+        f"loaders scale with worker threads (PIL releases the GIL)"
+    )
 
 
 if __name__ == "__main__":

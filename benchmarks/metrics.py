@@ -8,6 +8,7 @@ masks with their default normalisation, and compute MAE, adaptive/mean/max F (be
 max E-measure and the weighted F-measure. The two run interleaved, 50 images at a time, so that other load on a
 shared machine falls on both alike. Prints a one-row table and the largest difference between the two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ class Ours:
     def step_many(self, pairs):
         """In batches, as `python -m menet_jax.evaluate` scores (its default --batch-size 8)."""
         for start in range(0, len(pairs), self.batch_size):
-            preds, gts = zip(*pairs[start:start + self.batch_size])
+            preds, gts = zip(*pairs[start : start + self.batch_size])
             self.metrics.step_batch(preds, gts)
 
     def results(self) -> dict:
@@ -66,9 +67,17 @@ class Reference:
     def results(self) -> dict:
         fm, mae, sm, em, wfm = self.all
         f, e = fm.get_results()["fm"], em.get_results()["em"]
-        return {"mae": mae.get_results()["mae"], "adp_f": f["adp"], "mean_f": f["curve"].mean(),
-                "max_f": f["curve"].max(), "s_measure": sm.get_results()["sm"], "adp_e": e["adp"],
-                "mean_e": e["curve"].mean(), "max_e": e["curve"].max(), "w_f": wfm.get_results()["wfm"]}
+        return {
+            "mae": mae.get_results()["mae"],
+            "adp_f": f["adp"],
+            "mean_f": f["curve"].mean(),
+            "max_f": f["curve"].max(),
+            "s_measure": sm.get_results()["sm"],
+            "adp_e": e["adp"],
+            "mean_e": e["curve"].mean(),
+            "max_e": e["curve"].max(),
+            "w_f": wfm.get_results()["wfm"],
+        }
 
 
 def timed_interleaved(pairs, chunk: int = 50):
@@ -81,7 +90,7 @@ def timed_interleaved(pairs, chunk: int = 50):
         for name in order:
             scorer = scorers[name]
             tick = time.perf_counter()
-            scorer.step_many(pairs[start:start + chunk])
+            scorer.step_many(pairs[start : start + chunk])
             seconds[name] += time.perf_counter() - tick
     tick = time.perf_counter()
     ours = scorers["ours"].results()
@@ -95,10 +104,12 @@ def timed_interleaved(pairs, chunk: int = 50):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="number of ECSSD images")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MENET_DATA_DIR", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("MENET_DATA_DIR", REPO.parent / "shared" / "data"))
+    )
     args = parser.parse_args()
     pairs = make_pairs(args.data, args.n)
-    Ours().step_many(pairs[:50])   # compile the batched curve function outside the timer (batches of 8 and 2)
+    Ours().step_many(pairs[:50])  # compile the batched curve function outside the timer (batches of 8 and 2)
     t_ours, t_ref, ours, reference = timed_interleaved(pairs)
 
     diff = max(abs(float(ours[k]) - float(reference[k])) for k in reference)

@@ -7,6 +7,7 @@ Traces one step (after a warm-up) with `jax.profiler`, reads the trace back with
 maps each executed operation to the layer it came from through the compiled HLO's `op_name` metadata. The times
 are per-thread sums, so on 2 cores they add up to about twice the step's wall time. Needs no TensorBoard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--batch", type=int, default=5)
-    p.add_argument("--impl", choices=["auto", "mixed", "fast", "plain"], help="convolution formulation (the config's conv field)")
+    p.add_argument(
+        "--impl", choices=["auto", "mixed", "fast", "plain"], help="convolution formulation (the config's conv field)"
+    )
     p.add_argument("--top", type=int, default=20, help="how many single operations to list")
     return p.parse_args(argv)
 
@@ -41,8 +44,9 @@ def parse_args(argv=None):
 def op_sources(hlo_text: str) -> dict:
     """Instruction name -> the `op_name`s of its metadata and of the computation it calls (fusions); for a copy
     XLA inserted (no metadata), those of its operands, or the name of the parameter it copies."""
-    bodies = {m.group(1): m.group(2) for m in re.finditer(r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)^\}", hlo_text,
-                                                          re.M | re.S)}
+    bodies = {
+        m.group(1): m.group(2) for m in re.finditer(r"^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)^\}", hlo_text, re.M | re.S)
+    }
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$", hlo_text, re.M)}
 
     def sources(name, depth=0):
@@ -52,7 +56,7 @@ def op_sources(hlo_text: str) -> dict:
         if not found and name.startswith("state_params"):
             return [name]
         operands = re.search(r"\w\((%[^)]*)\)", line)
-        for operand in (re.findall(r"%([\w.\-]+)", operands.group(1)) if operands and depth < 3 else []):
+        for operand in re.findall(r"%([\w.\-]+)", operands.group(1)) if operands and depth < 3 else []:
             found = found or sources(operand, depth + 1)
         return found
 
@@ -81,14 +85,13 @@ def trace_step(args):
     """Executed XLA operations of one traced step: {name: total ns}, and the step's wall time."""
     import jax
     from jax.profiler import ProfileData
-
     from train_step import build
 
     _, state, batch, step = build(args.size, args.width, args.batch, "float32")
     started = time.perf_counter()
-    compiled = step.compile(state, batch)       # a TrainStep: the gradient and the update program
+    compiled = step.compile(state, batch)  # a TrainStep: the gradient and the update program
     print(f"compile {time.perf_counter() - started:.1f} s", flush=True)
-    for _ in range(2):   # the first call also touches fresh memory
+    for _ in range(2):  # the first call also touches fresh memory
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
     with tempfile.TemporaryDirectory() as logdir:
@@ -103,7 +106,7 @@ def trace_step(args):
     ops = collections.Counter()
     for plane in data.planes:
         for line in plane.lines:
-            if not line.name.startswith("tf_XLA"):   # XLA's worker threads; skip Python and the executor itself
+            if not line.name.startswith("tf_XLA"):  # XLA's worker threads; skip Python and the executor itself
                 continue
             for event in line.events:
                 if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
@@ -123,15 +126,21 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import jax
     import train_step
+
     train_step.CONV = args.impl or train_step.CONV
 
     from menet_jax.core.layers import conv_impl
 
     ops, wall, sources = trace_step(args)
     total = sum(ops.values())
-    print(f"device: {jax.default_backend()} ({os.cpu_count()} CPUs), convolutions: {conv_impl(train_step.CONV)}, jax {jax.__version__}")
-    print(f"{args.size}px w{args.width} b{args.batch}: traced step {wall:.2f} s wall, {total / 1e9:.2f} s of operations "
-          f"over all threads, {len(ops)} operations")
+    print(
+        f"device: {jax.default_backend()} ({os.cpu_count()} CPUs), convolutions: {conv_impl(train_step.CONV)}, "
+        f"jax {jax.__version__}"
+    )
+    print(
+        f"{args.size}px w{args.width} b{args.batch}: traced step {wall:.2f} s wall, {total / 1e9:.2f} s of operations "
+        f"over all threads, {len(ops)} operations"
+    )
     by_kind, by_layer = collections.Counter(), collections.Counter()
     for op, ns in ops.items():
         by_kind[kind_of(op)] += ns
@@ -147,5 +156,6 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     from menet_jax.runtime.host_memory import reexec_with_reused_memory
+
     reexec_with_reused_memory()
     main()

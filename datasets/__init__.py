@@ -5,7 +5,7 @@ deterministic, threaded input pipeline producing fixed-shape numpy batches."""
 
 import sys as _sys
 
-if __name__ == "datasets":      # imported by the folder's name from the checkout root, not as menet_datasets
+if __name__ == "datasets":  # imported by the folder's name from the checkout root, not as menet_datasets
     from ._by_folder_name import installed_datasets
 
     _sys.modules[__name__] = installed_datasets()

@@ -16,8 +16,10 @@ def installed_datasets():
     path = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
     spec = importlib.machinery.PathFinder.find_spec("datasets", path)
     if spec is None:
-        raise ImportError(f"{root}/datasets is menet-jax's data package, installed as menet_datasets: import that "
-                          "name (`import datasets` is left to HuggingFace datasets, which is not installed)")
+        raise ImportError(
+            f"{root}/datasets is menet-jax's data package, installed as menet_datasets: import that "
+            "name (`import datasets` is left to HuggingFace datasets, which is not installed)"
+        )
     module = importlib.util.module_from_spec(spec)
     sys.modules["datasets"] = module
     spec.loader.exec_module(module)

@@ -16,6 +16,7 @@ Nothing is lost: an 8-bit RGB JPEG keeps its original bytes, every other image (
 policy is that of :mod:`menet_datasets.folder`: a one-line :class:`DataError` naming the file, or with ``skip_bad``
 the pair is skipped and listed in the dataset's metadata (``skipped``) and in ``menet_datasets.prepare``'s report.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -55,7 +56,7 @@ def seeded_split(pairs: list, counts: dict, seed: int = SPLIT_SEED) -> dict:
     out, start = {}, 0
     for name, count in counts.items():
         count = n - fixed if count is None else count
-        out[name] = [pairs[i] for i in np.sort(perm[start:start + count])]
+        out[name] = [pairs[i] for i in np.sort(perm[start : start + count])]
         start += count
     return out
 
@@ -91,10 +92,15 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }
         if self.SOFT_MASKS:
             features["mask_soft"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
-        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
-                                     features=tfds.features.FeaturesDict(features), homepage=self.HOMEPAGE,
-                                     citation=self.CITATION, disable_shuffling=True,
-                                     metadata=tfds.core.MetadataDict())
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(features),
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
 
     # ------------------------------------------------------------------------------------------ splits
     def _split_generators(self, dl_manager):
@@ -102,8 +108,17 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if not manual.is_dir():
             raise DataError(f"manual dir not found: {manual}")
         meta = self.info.metadata
-        meta.update(source=str(manual.resolve()), names={}, skipped=[], ignored=[], image_formats={},
-                    stored_as_png=0, exif_rotated=0, non_binary_masks=0, layouts=[])
+        meta.update(
+            source=str(manual.resolve()),
+            names={},
+            skipped=[],
+            ignored=[],
+            image_formats={},
+            stored_as_png=0,
+            exif_rotated=0,
+            non_binary_masks=0,
+            layouts=[],
+        )
         splits = self._splits(manual)
         if not any(splits.values()):
             raise DataError(f"{manual}: no examples found")
@@ -152,8 +167,7 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if not np.isin(pair.mask_grey, (0, 255)).all():
                 meta["non_binary_masks"] += 1
             stem = Path(image_path).stem
-            example = {"image": image, "mask": _png(pair.mask), "name": stem,
-                       "image_format": pair.image_format}
+            example = {"image": image, "mask": _png(pair.mask), "name": stem, "image_format": pair.image_format}
             if self.SOFT_MASKS:
                 example["mask_soft"] = _png(pair.mask_grey)
             # Integer keys: with shuffling disabled TFDS writes the examples sorted by key, i.e. in stem order.
@@ -162,8 +176,10 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def _instructions(published: str, layouts: str) -> str:
-    return (f"{published}\n\nPass the folder you extracted as the manual dir "
-            f"(python -m menet_datasets.prepare NAME --manual-dir DIR). Layouts accepted: {layouts}; or {_PLAIN}.")
+    return (
+        f"{published}\n\nPass the folder you extracted as the manual dir "
+        f"(python -m menet_datasets.prepare NAME --manual-dir DIR). Layouts accepted: {layouts}; or {_PLAIN}."
+    )
 
 
 class Ecssd(SalientBuilder):
@@ -175,7 +191,8 @@ class Ecssd(SalientBuilder):
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by CUHK at {HOMEPAGE} (images.zip and ground_truth_mask.zip).",
-        "the official images/ + ground_truth_mask/")
+        "the official images/ + ground_truth_mask/",
+    )
 
 
 class DutOmron(SalientBuilder):
@@ -188,7 +205,8 @@ class DutOmron(SalientBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by Dalian University of Technology at {HOMEPAGE} (DUT-OMRON-image.zip and the pixel-wise "
         "ground truth DUT-OMRON-gt-pixelwise.zip).",
-        "the official DUT-OMRON-image/ + pixelwiseGT-new-PNG/ side by side in one folder")
+        "the official DUT-OMRON-image/ + pixelwiseGT-new-PNG/ side by side in one folder",
+    )
 
 
 class HkuIs(SalientBuilder):
@@ -205,14 +223,18 @@ class HkuIs(SalientBuilder):
     CITATION = "Li, Yu. Visual Saliency Based on Multiscale Deep Features. CVPR 2015."
     DESCRIPTION = __doc__
     FRACTIONS = {"test": 0.15, "validation": 0.05, "train": 0.80}
-    LISTS = {"train": ("train.txt", "trainImgSet.mat"), "validation": ("validation.txt", "valImgSet.mat"),
-             "test": ("test.txt", "testImgSet.mat")}
+    LISTS = {
+        "train": ("train.txt", "trainImgSet.mat"),
+        "validation": ("validation.txt", "valImgSet.mat"),
+        "test": ("test.txt", "testImgSet.mat"),
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by Guanbin Li at {HOMEPAGE} (HKU-IS.rar: imgs/, gt/ and the split lists trainImgSet.mat, "
         "valImgSet.mat, testImgSet.mat). Keep the .mat lists (or train.txt / validation.txt / test.txt with one "
         "stem a line) beside imgs/ to use the common 1447-image test split; without them the split is a seeded "
         "80/5/15.",
-        "the official imgs/ + gt/")
+        "the official imgs/ + gt/",
+    )
 
     def _splits(self, manual: Path) -> dict:
         found = self._scan(manual)
@@ -226,8 +248,7 @@ class HkuIs(SalientBuilder):
             stems = read_list(path)
             unknown = [s for s in stems if s not in by_stem]
             if unknown:
-                raise DataError(f"{path}: {len(unknown)} listed images are not in the dataset "
-                                f"(first: {unknown[0]!r})")
+                raise DataError(f"{path}: {len(unknown)} listed images are not in the dataset (first: {unknown[0]!r})")
             twice = listed.intersection(stems)
             if twice:
                 raise DataError(f"{path}: {sorted(twice)[0]!r} is also listed for another split")
@@ -242,8 +263,9 @@ class HkuIs(SalientBuilder):
             counts[names[-1]] = None
             splits.update(seeded_split(rest, counts))
         elif rest:
-            raise DataError(f"{manual}: {len(rest)} images are in none of the split lists "
-                            f"(first: {Path(rest[0][0]).name})")
+            raise DataError(
+                f"{manual}: {len(rest)} images are in none of the split lists (first: {Path(rest[0][0]).name})"
+            )
         return {s: splits.get(s, []) for s in ("train", "validation", "test")}
 
 
@@ -288,7 +310,8 @@ class Msra10k(SalientBuilder):
         f"Published by Ming-Ming Cheng at {HOMEPAGE} (MSRA10K_Imgs_GT.zip). Add msra1000.txt (MSRA1K's stems, one a "
         "line) to test on MSRA1K as the paper does.",
         "the official MSRA10K_Imgs_GT/ (or the folder it was extracted into), with <stem>.jpg images and "
-        "<stem>.png masks side by side in Imgs/")
+        "<stem>.png masks side by side in Imgs/",
+    )
 
     def _splits(self, manual: Path) -> dict:
         found = self._scan(manual)
@@ -299,8 +322,9 @@ class Msra10k(SalientBuilder):
             known = {Path(i).stem for i, _ in pairs}
             missing = sorted(stems - known)
             if missing:
-                raise DataError(f"{list_path}: {len(missing)} listed images are not in the dataset "
-                                f"(first: {missing[0]!r})")
+                raise DataError(
+                    f"{list_path}: {len(missing)} listed images are not in the dataset (first: {missing[0]!r})"
+                )
             test = [p for p in pairs if Path(p[0]).stem in stems]
             rest = [p for p in pairs if Path(p[0]).stem not in stems]
             cut = seeded_split(rest, {"validation": round(len(rest) * 500 / 9000), "train": None})
@@ -320,7 +344,8 @@ class Msra1000(SalientBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by EPFL IVRL at {HOMEPAGE} (the binary masks; the images are MSRA-B's) and in the MSRA10K "
         "release's format by many benchmark collections.",
-        "Imgs/ with <stem>.jpg images and <stem>.png masks side by side; images/ + binarymasks/")
+        "Imgs/ with <stem>.jpg images and <stem>.png masks side by side; images/ + binarymasks/",
+    )
 
     LAYOUTS = (Layout("MSRA1000", "images", "binarymasks"),) + LAYOUTS
 
@@ -333,13 +358,16 @@ class Sod(SalientBuilder):
 
     name = "sod"
     HOMEPAGE = "https://elderlab.yorku.ca/resources/salient-objects-dataset-sod/"
-    CITATION = "Movahedi, Elder. Design and perceptual validation of performance measures for salient object " \
-               "segmentation. CVPR Workshops 2010."
+    CITATION = (
+        "Movahedi, Elder. Design and perceptual validation of performance measures for salient object "
+        "segmentation. CVPR Workshops 2010."
+    )
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by York University's Elder Lab at {HOMEPAGE} (the masks; the images are BSDS300's); the "
         "benchmark collections ship both as image/mask files.",
-        "Imgs/ with <stem>.jpg images and <stem>.png masks side by side; image/ + mask/")
+        "Imgs/ with <stem>.jpg images and <stem>.png masks side by side; image/ + mask/",
+    )
 
 
 class Duts(SalientBuilder):
@@ -353,14 +381,17 @@ class Duts(SalientBuilder):
     name = "duts"
     SOFT_MASKS = True
     HOMEPAGE = "http://saliencydetection.net/duts/"
-    CITATION = "Wang, Lu, Wang, Feng, Wang, Yin, Ruan. Learning to Detect Salient Objects with Image-level " \
-               "Supervision. CVPR 2017."
+    CITATION = (
+        "Wang, Lu, Wang, Feng, Wang, Yin, Ruan. Learning to Detect Salient Objects with Image-level "
+        "Supervision. CVPR 2017."
+    )
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by Dalian University of Technology at {HOMEPAGE} (DUTS-TR.zip and DUTS-TE.zip); extract both "
         "into one folder.",
         "DUTS-TR/DUTS-TR-Image/ + DUTS-TR/DUTS-TR-Mask/ and DUTS-TE/DUTS-TE-Image/ + DUTS-TE/DUTS-TE-Mask/ (or "
-        "the four folders side by side); a folder in another layout is read as DUTS-TR")
+        "the four folders side by side); a folder in another layout is read as DUTS-TR",
+    )
 
     def _splits(self, manual: Path) -> dict:
         splits = {}
@@ -387,7 +418,8 @@ class PascalS(SalientBuilder):
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
         f"Published by Georgia Tech at {HOMEPAGE} (salObj.zip; pass its datasets/ folder).",
-        "the official imgs/pascal/ + masks/pascal/")
+        "the official imgs/pascal/ + masks/pascal/",
+    )
 
 
 class SalientFolder(SalientBuilder):
@@ -401,7 +433,10 @@ class SalientFolder(SalientBuilder):
     SOFT_MASKS = True
     DESCRIPTION = __doc__
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Pass the folder as the manual dir. Layouts accepted: " + "; ".join(layout.describe() for layout in LAYOUTS) + ".")
+        "Pass the folder as the manual dir. Layouts accepted: "
+        + "; ".join(layout.describe() for layout in LAYOUTS)
+        + "."
+    )
 
 
 #: Every builder by name.

@@ -133,10 +133,16 @@ def scan(root, layouts=LAYOUTS) -> Scan:
     masks = list_images(mask_dir, layout.mask_exts, None if same else ignored)
     if not images:
         raise DataError(f"no images found in {image_dir}")
-    orphans = [(path, f"{path}: no mask with the same stem in {mask_dir}")
-               for stem, path in images.items() if stem not in masks]
-    orphans += [(path, f"{path}: no image with the same stem in {image_dir}")
-                for stem, path in masks.items() if stem not in images]
+    orphans = [
+        (path, f"{path}: no mask with the same stem in {mask_dir}")
+        for stem, path in images.items()
+        if stem not in masks
+    ]
+    orphans += [
+        (path, f"{path}: no image with the same stem in {image_dir}")
+        for stem, path in masks.items()
+        if stem not in images
+    ]
     pairs = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
     root = image_dir.parents[len(Path(layout.images).parts) - 1]
     return Scan(layout, root, pairs, orphans, ignored)
@@ -151,8 +157,10 @@ def find_pairs(root, layouts=LAYOUTS) -> list[tuple[Path, Path]]:
     """
     found = scan(root, layouts)
     if found.orphans:
-        raise DataError(found.orphans[0][1] + (f" (and {len(found.orphans) - 1} more unmatched files)"
-                                               if len(found.orphans) > 1 else ""))
+        raise DataError(
+            found.orphans[0][1]
+            + (f" (and {len(found.orphans) - 1} more unmatched files)" if len(found.orphans) > 1 else "")
+        )
     return found.pairs
 
 

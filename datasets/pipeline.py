@@ -101,8 +101,9 @@ class CachedSource:
             scale = max_side / max(h, w)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-            mask = np.where(np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR)) >= 128,
-                            np.uint8(255), np.uint8(0))
+            mask = np.where(
+                np.asarray(Image.fromarray(mask).resize(size, Image.BILINEAR)) >= 128, np.uint8(255), np.uint8(0)
+            )
         return {"image": image, "mask": mask, "name": ex["name"]}
 
     def __len__(self) -> int:
@@ -112,7 +113,7 @@ class CachedSource:
         return self.items[operator.index(i)]
 
     def __repr__(self) -> str:
-        return f"CachedSource({len(self)} examples, {self.nbytes / 2 ** 20:.0f} MiB)"
+        return f"CachedSource({len(self)} examples, {self.nbytes / 2**20:.0f} MiB)"
 
 
 # --------------------------------------------------------------------------- resizing / augmentation
@@ -162,9 +163,7 @@ def augment(image: np.ndarray, mask: np.ndarray, size: int, rng, crop_min: float
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
     flip = bool(rng.random() < 0.5)
-    image, mask = resize_pair(
-        image[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw], size
-    )
+    image, mask = resize_pair(image[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw], size)
     if flip:
         image = np.ascontiguousarray(image[:, ::-1])
         mask = np.ascontiguousarray(mask[:, ::-1])
@@ -291,9 +290,7 @@ class BatchLoader:
         self._prefetch = prefetch
         self._lock = threading.Lock()
         self._closed = False
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="BatchLoader"
-        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="BatchLoader")
         self._fill()
 
     def _fill(self) -> None:

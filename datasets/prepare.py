@@ -9,6 +9,7 @@ Prints the number of examples per split and what was converted, skipped or ignor
 corrupt files, a mask of another size, an image without a mask) stop the build with a one-line error naming the
 file; with --skip-bad they are skipped and listed at the end instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,27 @@ from .errors import DataError
 
 
 def parse_args(argv=None):
-    from .builders import BUILDERS     # TensorFlow Datasets (heavy): imported when a command runs, not on import
-    parser = argparse.ArgumentParser(prog="python -m menet_datasets.prepare", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from .builders import BUILDERS  # TensorFlow Datasets (heavy): imported when a command runs, not on import
+
+    parser = argparse.ArgumentParser(
+        prog="python -m menet_datasets.prepare",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("name", metavar="NAME", help=f"one of: {', '.join(sorted(BUILDERS))}")
     parser.add_argument("--manual-dir", type=Path, metavar="DIR", help="the downloaded, extracted dataset")
-    parser.add_argument("--data-dir", type=Path, metavar="OUT",
-                        help="where prepared datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable files, size mismatches and unmatched images or masks, and list them")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="OUT",
+        help="where prepared datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable files, size mismatches and unmatched images or masks, and list them",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is prepared")
     parser.add_argument("--instructions", action="store_true", help="print where to download NAME and exit")
     return parser.parse_args(argv)
@@ -40,8 +53,10 @@ def report(builder) -> list[str]:
     lines = [f"{builder.name} {builder.version} in {builder.data_dir} (from {meta.get('source', '?')})"]
     lines += [f"  {split:10s} {splits[split].num_examples:6d} examples" for split in sorted(splits)]
     formats = ", ".join(f"{k} {v}" for k, v in sorted(meta.get("image_formats", {}).items()))
-    lines.append(f"  image formats: {formats}; stored as lossless PNG (not 8-bit RGB JPEG): "
-                 f"{meta.get('stored_as_png', 0)}; EXIF-rotated to match the mask: {meta.get('exif_rotated', 0)}")
+    lines.append(
+        f"  image formats: {formats}; stored as lossless PNG (not 8-bit RGB JPEG): "
+        f"{meta.get('stored_as_png', 0)}; EXIF-rotated to match the mask: {meta.get('exif_rotated', 0)}"
+    )
     soft = "kept as mask_soft" if "mask_soft" in builder.info.features else "binarised at 128"
     lines.append(f"  masks not strictly 0/255: {meta.get('non_binary_masks', 0)} ({soft})")
     for key, what in (("ignored", "non-image files ignored"), ("skipped", "bad inputs skipped")):
@@ -54,10 +69,12 @@ def report(builder) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from absl import logging as absl_logging     # TFDS's logging, and TFDS itself (heavy): off the --help path
+    from absl import logging as absl_logging  # TFDS's logging, and TFDS itself (heavy): off the --help path
+
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns that a dataset it is about to build is absent
     from .builders import BUILDERS
     from .tfds_source import prepared_builder
+
     try:
         if args.name not in BUILDERS:
             raise DataError(f"unknown dataset {args.name!r} (known: {', '.join(sorted(BUILDERS))})")
@@ -65,14 +82,17 @@ def main(argv=None) -> int:
             print(BUILDERS[args.name].MANUAL_DOWNLOAD_INSTRUCTIONS)
             return 0
         if args.manual_dir is None:
-            raise DataError(f"--manual-dir DIR is needed (the downloaded {args.name}; "
-                            f"python -m menet_datasets.prepare {args.name} --instructions says where to get it)")
+            raise DataError(
+                f"--manual-dir DIR is needed (the downloaded {args.name}; "
+                f"python -m menet_datasets.prepare {args.name} --instructions says where to get it)"
+            )
         if not args.manual_dir.is_dir():
             raise DataError(f"manual dir not found: {args.manual_dir.resolve()}")
         existing = BUILDERS[args.name](data_dir=str(args.data_dir) if args.data_dir else None)
         reused = existing.is_prepared() and not args.force
-        builder = prepared_builder(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                   skip_bad=args.skip_bad, force=args.force)
+        builder = prepared_builder(
+            args.name, data_dir=args.data_dir, manual_dir=args.manual_dir, skip_bad=args.skip_bad, force=args.force
+        )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

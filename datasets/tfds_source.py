@@ -3,6 +3,7 @@
 ``load_source("ecssd", split="test", data_dir=None, manual_dir=None)`` opens a dataset prepared by
 ``python -m menet_datasets.prepare`` (building it first when ``manual_dir`` is given and it is not prepared yet).
 """
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,8 @@ _IMAGES = ("image", "mask", "mask_soft")
 
 
 def _builders() -> dict:
-    from .builders import BUILDERS     # they import TensorFlow Datasets (heavy): on first use
+    from .builders import BUILDERS  # they import TensorFlow Datasets (heavy): on first use
+
     return BUILDERS
 
 
@@ -30,36 +32,46 @@ def _builder_class(name: str):
     return builders[name]
 
 
-def prepared_builder(name: str, *, data_dir=None, manual_dir=None, skip_bad: bool = False, force: bool = False,
-                     progress: bool = True):
+def prepared_builder(
+    name: str, *, data_dir=None, manual_dir=None, skip_bad: bool = False, force: bool = False, progress: bool = True
+):
     """The builder of dataset ``name`` in ``data_dir`` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets),
     prepared from ``manual_dir`` if it is not yet (or again, with ``force``); ``progress=False`` silences TFDS's
     own progress bars (a process-wide TFDS setting)."""
-    import tensorflow_datasets as tfds     # heavy: imported on first use
+    import tensorflow_datasets as tfds  # heavy: imported on first use
+
     if not progress:
         tfds.display_progress_bar(False)
-    builder = _builder_class(name)(data_dir=str(data_dir) if data_dir else None, file_format="array_record",
-                                   skip_bad=skip_bad)
+    builder = _builder_class(name)(
+        data_dir=str(data_dir) if data_dir else None, file_format="array_record", skip_bad=skip_bad
+    )
     if builder.is_prepared() and not force:
         source = builder.info.metadata.get("source")
         # TFDS reads MANUAL/<name> instead of MANUAL when that folder exists.
         given = (Path(manual_dir).resolve(), (Path(manual_dir) / name).resolve()) if manual_dir is not None else ()
         if given and source and Path(source) not in given:
-            raise DataError(f"{builder.data_dir}: {name} was prepared from {source}, not {Path(manual_dir).resolve()}"
-                            f" (use another --tfds-dir, or --force to rebuild)")
+            raise DataError(
+                f"{builder.data_dir}: {name} was prepared from {source}, not {Path(manual_dir).resolve()}"
+                f" (use another --tfds-dir, or --force to rebuild)"
+            )
         return builder
     if manual_dir is None:
-        raise DataError(f"dataset {name} is not prepared in {builder.data_dir_root}: run "
-                        f"python -m menet_datasets.prepare {name} --manual-dir DIR (DIR: the downloaded {name})")
+        raise DataError(
+            f"dataset {name} is not prepared in {builder.data_dir_root}: run "
+            f"python -m menet_datasets.prepare {name} --manual-dir DIR (DIR: the downloaded {name})"
+        )
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
-        raise DataError(f"manual dir not found: {manual_dir} (the downloaded {name}, see "
-                        f"python -m menet_datasets.prepare --instructions {name})")
+        raise DataError(
+            f"manual dir not found: {manual_dir} (the downloaded {name}, see "
+            f"python -m menet_datasets.prepare --instructions {name})"
+        )
     if not any(manual_dir.iterdir()):
         find_layout(manual_dir)  # raises the one-line error naming the folders searched
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if force else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(manual_dir), download_mode=mode))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir), download_mode=mode)
+    )
     return builder
 
 
@@ -72,7 +84,8 @@ class TFDSSource:
     """
 
     def __init__(self, builder, split: str):
-        import tensorflow_datasets as tfds     # heavy: imported on first use
+        import tensorflow_datasets as tfds  # heavy: imported on first use
+
         splits = sorted(builder.info.splits)
         if split not in splits:
             raise DataError(f"dataset {builder.name} has no split {split!r} (splits: {', '.join(splits)})")
@@ -82,8 +95,10 @@ class TFDSSource:
         skip = {key: tfds.decode.SkipDecoding() for key in _IMAGES if key in builder.info.features}
         self._records = builder.as_data_source(split=split, decoders=skip)
         if len(self._names) != len(self._records):
-            raise DataError(f"{self.root}: metadata lists {len(self._names)} names for {len(self._records)} "
-                            f"{split} examples (rebuild with python -m menet_datasets.prepare {builder.name} --force)")
+            raise DataError(
+                f"{self.root}: metadata lists {len(self._names)} names for {len(self._records)} "
+                f"{split} examples (rebuild with python -m menet_datasets.prepare {builder.name} --force)"
+            )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -99,8 +114,11 @@ class TFDSSource:
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} examples")
         record = self._records[i % n]
-        example = {"image": _decode(record["image"], 3), "mask": _decode(record["mask"], 1)[:, :, 0],
-                   "name": _text(record["name"])}
+        example = {
+            "image": _decode(record["image"], 3),
+            "mask": _decode(record["mask"], 1)[:, :, 0],
+            "name": _text(record["name"]),
+        }
         if "mask_soft" in record:
             example["mask_soft"] = _decode(record["mask_soft"], 1)[:, :, 0]
         return example
@@ -137,5 +155,6 @@ def default_train_split(builder) -> str:
         return "train"
     if len(splits) == 1:
         return splits[0]
-    raise DataError(f"dataset {builder.name} has no train split and several others ({', '.join(splits)}): "
-                    f"choose one with --split")
+    raise DataError(
+        f"dataset {builder.name} has no train split and several others ({', '.join(splits)}): choose one with --split"
+    )

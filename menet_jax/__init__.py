@@ -4,6 +4,7 @@ The public names are those of `menet_jax.api` (`from menet_jax import Predictor`
 first use, so importing a JAX-free module of the package (`menet_jax.inference.exported`, the ONNX path of
 `predict`) loads no JAX. The layers of the package are described in ARCHITECTURE.md.
 """
+
 import importlib
 import importlib.util
 

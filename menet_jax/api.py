@@ -11,6 +11,7 @@ Training lives in `menet_jax.training` (`from menet_jax.training.loop import tra
     variables, config = load_network("runs/duts", dtype="float32")
     f = network_function(config, output="salient_prob")  # f(variables, images) -> (N, S, S)
 """
+
 from menet_jax.cli import CHECKPOINT_HELP, CHECKPOINT_HELP_FLOAT32, add_checkpoint_argument, command, start
 from menet_jax.core.config import PRESETS, Config, get_config
 from menet_jax.core.loss import menet_loss
@@ -18,19 +19,51 @@ from menet_jax.core.metrics import SODMetrics, image_scores, to_8bit
 from menet_jax.core.model import SIDE_MAP_ORDER, MEnet, count_parameters, describe, init_variables, parameter_shapes
 from menet_jax.core.network import OUTPUTS, network_function, predict_function
 from menet_jax.core.saliency import metric_distance, resize_map, saliency_maps, salient_probability, scale_to_unit
-from menet_jax.errors import (ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError,
-                              WorkdirError)
+from menet_jax.errors import ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError, WorkdirError
 from menet_jax.inference.predictor import Predictor, load_network
 from menet_jax.io.images import MAPS, load_photo, resize_input, resize_to
 from menet_jax.runtime.xla import compiler_options, enable_compilation_cache
 
 __all__ = [
-    "CHECKPOINT_HELP", "CHECKPOINT_HELP_FLOAT32", "add_checkpoint_argument", "command", "start",
-    "PRESETS", "Config", "get_config", "menet_loss", "SODMetrics", "image_scores", "to_8bit",
-    "SIDE_MAP_ORDER", "MEnet", "count_parameters", "describe", "init_variables", "parameter_shapes",
-    "OUTPUTS", "network_function", "predict_function",
-    "metric_distance", "resize_map", "saliency_maps", "salient_probability", "scale_to_unit",
-    "ConfigError", "DataError", "ExportError", "MenetError", "OutputError", "WeightsError", "WorkdirError",
-    "Predictor", "load_network", "MAPS", "load_photo", "resize_input", "resize_to",
-    "compiler_options", "enable_compilation_cache",
+    "CHECKPOINT_HELP",
+    "CHECKPOINT_HELP_FLOAT32",
+    "add_checkpoint_argument",
+    "command",
+    "start",
+    "PRESETS",
+    "Config",
+    "get_config",
+    "menet_loss",
+    "SODMetrics",
+    "image_scores",
+    "to_8bit",
+    "SIDE_MAP_ORDER",
+    "MEnet",
+    "count_parameters",
+    "describe",
+    "init_variables",
+    "parameter_shapes",
+    "OUTPUTS",
+    "network_function",
+    "predict_function",
+    "metric_distance",
+    "resize_map",
+    "saliency_maps",
+    "salient_probability",
+    "scale_to_unit",
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "MenetError",
+    "OutputError",
+    "WeightsError",
+    "WorkdirError",
+    "Predictor",
+    "load_network",
+    "MAPS",
+    "load_photo",
+    "resize_input",
+    "resize_to",
+    "compiler_options",
+    "enable_compilation_cache",
 ]

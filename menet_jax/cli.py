@@ -9,6 +9,7 @@
 
 This module imports no JAX, so `predict --backend onnx` stays JAX-free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,12 @@ def command(main=None, *, compilation_cache: bool = True):
             if compilation_cache:
                 # Imported here, not above: a command that never runs JAX (predict --backend onnx) never loads it.
                 from menet_jax.runtime.xla import enable_compilation_cache
+
                 enable_compilation_cache()
             return main(argv) or 0
         except MenetError as error:
             return _report(error)
+
     return run
 
 
@@ -68,6 +71,6 @@ def start(main, *, reuse_memory: bool = False) -> None:
     if reuse_memory:
         try:
             reexec_with_reused_memory()
-        except MenetError as error:         # a bad MENET_MALLOC
+        except MenetError as error:  # a bad MENET_MALLOC
             sys.exit(_report(error))
     sys.exit(main())

@@ -1,7 +1,8 @@
 """`python -m menet_jax.curves WORKDIR`: redraw a training run's curves (WORKDIR/curves.png, or --output).
 
-    python -m menet_jax.curves runs/duts128            # writes runs/duts128/curves.png
+python -m menet_jax.curves runs/duts128            # writes runs/duts128/curves.png
 """
+
 from __future__ import annotations
 
 import argparse

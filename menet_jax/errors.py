@@ -3,12 +3,23 @@
 `menet_jax.cli.run` turns any `MenetError` into `error: <message>` on stderr and exit code 2; a notebook can catch
 `MenetError` to catch them all. This module is the bottom of the package: every layer may import it.
 """
+
 from __future__ import annotations
 
 from menet_datasets.errors import DataError, MenetError
 
-__all__ = ["MenetError", "DataError", "SettingsError", "ConfigError", "OutputError", "WeightsError",
-           "ExportError", "WorkdirError", "DistributedError", "TrainingDiverged"]
+__all__ = [
+    "MenetError",
+    "DataError",
+    "SettingsError",
+    "ConfigError",
+    "OutputError",
+    "WeightsError",
+    "ExportError",
+    "WorkdirError",
+    "DistributedError",
+    "TrainingDiverged",
+]
 
 
 class SettingsError(MenetError, ValueError):
@@ -24,7 +35,8 @@ class OutputError(MenetError):
 
 
 class WeightsError(MenetError):
-    """Trained weights that cannot be used: missing, damaged, a checksum mismatch, not fitting the network, non-finite."""
+    """Trained weights that cannot be used: missing, damaged, a checksum mismatch, not fitting the network, or
+    non-finite."""
 
 
 class ExportError(MenetError):

@@ -14,6 +14,7 @@ inf, or two maps of one stem (x.png and x.jpg), is an error.
 Writes DIR/results.json, DIR/per_image.csv, DIR/pr_curve.png and DIR/f_curve.png; with --save-maps also the maps,
 as DIR/maps/<dataset>/<map>/<stem>.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,21 +22,34 @@ from pathlib import Path
 
 from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax import cli
-from menet_jax.evaluation import (evaluate_source, format_tables, load_prediction, match_predictions,
-                                  prediction_folder, write_outputs)
+from menet_jax.evaluation import (
+    evaluate_source,
+    format_tables,
+    load_prediction,
+    match_predictions,
+    prediction_folder,
+    write_outputs,
+)
 from menet_jax.inference.predictor import Predictor
 from menet_jax.io.images import MAPS
 from menet_jax.io.outputs import check_folder
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m menet_jax.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help=cli.CHECKPOINT_HELP)
     source.add_argument("--predictions", type=Path, help="folder of saliency maps (PNG per stem, any size)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="compute dtype (default: the one the weights were trained with)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="compute dtype (default: the one the weights were trained with)",
+    )
     parser.add_argument("--map", default="both", choices=["metric", "ce", "both"], help="with --checkpoint")
     parser.add_argument("--output", type=Path, default=Path("eval"), help="results folder (default: eval)")
     parser.add_argument("--save-maps", action="store_true", help="also write the maps as PNGs")
@@ -49,7 +63,7 @@ def parse_args(argv=None):
 @cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_folder(args.output)                          # before the data is read and the network loaded
+    check_folder(args.output)  # before the data is read and the network loaded
     sources = sources_from_args(args)
     if args.predictions is None:
         predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
@@ -62,12 +76,19 @@ def main(argv=None) -> int:
         if args.predictions is not None:
             paths = match_predictions(name, source.names, prediction_folder(args.predictions, name))
             maps_for = lambda indices, examples, paths=paths: [
-                {"": load_prediction(paths[i], *e["mask"].shape)} for i, e in zip(indices, examples)]
+                {"": load_prediction(paths[i], *e["mask"].shape)} for i, e in zip(indices, examples)
+            ]
         scores, source_rows = evaluate_source(
-            name, source, maps_for, map_names, normalize=not args.no_normalize,
-            save_dir=args.output / "maps" if args.save_maps else None, progress=not args.no_progress,
-            batch_size=args.batch_size)
-        for map_name, r in scores.items():     # NAME, or NAME/metric and NAME/ce when both maps are scored
+            name,
+            source,
+            maps_for,
+            map_names,
+            normalize=not args.no_normalize,
+            save_dir=args.output / "maps" if args.save_maps else None,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+        )
+        for map_name, r in scores.items():  # NAME, or NAME/metric and NAME/ce when both maps are scored
             results[f"{name}/{map_name}" if len(map_names) > 1 else name] = r
         rows += source_rows
     write_outputs(results, rows, args.output)

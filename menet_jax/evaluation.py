@@ -8,6 +8,7 @@ Saved maps are read as: 8-bit images / 255 (colour ones by luminance), 16-bit on
 with values in [0, 1] as they are and float maps of any other range min-max rescaled to [0, 1]; a map with NaN or
 inf, or two maps of one stem (x.png and x.jpg), is an error.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure          # no pyplot: leaves a notebook's backend alone
+from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -42,7 +43,7 @@ def map_values(img: Image.Image, path) -> np.ndarray:
     values = np.asarray(img, np.float64)
     if not np.isfinite(values).all():
         raise menet_datasets.DataError(f"{path}: the map has NaN or infinite values")
-    if img.mode != "F":                       # I;16, or I: 16-bit data when any value exceeds 8 bit
+    if img.mode != "F":  # I;16, or I: 16-bit data when any value exceeds 8 bit
         values = values / (255 if img.mode == "I" and values.max(initial=0) <= 255 else 65535)
     low, high = values.min(), values.max()
     if low < 0 or high > 1:
@@ -60,19 +61,21 @@ def match_predictions(name: str, stems, predictions: Path):
     """Prediction paths in the order of the ground truth's `stems`; every stem must be on both sides."""
     if not predictions.is_dir():
         raise menet_datasets.DataError(f"prediction folder not found: {predictions}")
-    found = menet_datasets.list_images(predictions)           # two maps of one stem: an error, not one scored
+    found = menet_datasets.list_images(predictions)  # two maps of one stem: an error, not one scored
     for stem in stems:
         if stem not in found:
             raise menet_datasets.DataError(f"{name}/{stem}: no prediction with the same stem in {predictions}")
     extra = sorted(set(found) - set(stems))
     if extra:
-        raise menet_datasets.DataError(f"{found[extra[0]]}: no ground truth with the same stem in {name} "
-                                       f"({len(extra)} such predictions)")
+        raise menet_datasets.DataError(
+            f"{found[extra[0]]}: no ground truth with the same stem in {name} ({len(extra)} such predictions)"
+        )
     return [found[stem] for stem in stems]
 
 
-def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, save_dir=None,
-                    progress=True, batch_size=8):
+def evaluate_source(
+    name: str, source, maps_for, map_names, *, normalize=True, save_dir=None, progress=True, batch_size=8
+):
     """Score every image of `source`; `maps_for(indices, examples)` returns one {map name: (H, W) map} each.
 
     Returns ({map name: dataset results}, [per-image rows]).
@@ -88,8 +91,14 @@ def evaluate_source(name: str, source, maps_for, map_names, *, normalize=True, s
             preds = [to_8bit(maps[map_name]) for maps in batch_maps]
             scores = meters[map_name].step_batch(preds, [example["mask"] for example in examples])
             for example, pred, image_scores in zip(examples, preds, scores):
-                rows.append({"dataset": name, "map": map_name, "name": example["name"],
-                             **{key: float(image_scores[key]) for key in IMAGE_KEYS}})
+                rows.append(
+                    {
+                        "dataset": name,
+                        "map": map_name,
+                        "name": example["name"],
+                        **{key: float(image_scores[key]) for key in IMAGE_KEYS},
+                    }
+                )
                 if save_dir is not None:
                     save_image(Image.fromarray(pred), Path(save_dir) / name / map_name / f"{example['name']}.png")
         bar.update(len(examples))
@@ -121,8 +130,9 @@ def plot_curves(results, output: Path) -> None:
     """PR curves and F-beta-vs-threshold curves, one line per dataset (and map)."""
     thresholds = np.arange(256) / 255
     for filename, draw, xlabel, ylabel in (
-            ("pr_curve.png", lambda r: (r["recall"], r["precision"]), "recall", "precision"),
-            ("f_curve.png", lambda r: (thresholds, r["f_curve"]), "threshold", "F-beta (beta^2 = 0.3)")):
+        ("pr_curve.png", lambda r: (r["recall"], r["precision"]), "recall", "precision"),
+        ("f_curve.png", lambda r: (thresholds, r["f_curve"]), "threshold", "F-beta (beta^2 = 0.3)"),
+    ):
         fig = Figure(figsize=(5, 4), dpi=120)
         ax = fig.subplots()
         for key, r in results.items():

@@ -10,6 +10,7 @@ values 0..255 (NHWC, S the config's image_size, N free), outputs `metric` (Eq. 5
 [0, 1], min-max normalised per image; images are resized to S x S and the maps back outside the file
 (`menet_jax.inference.export` has the details). `predict --backend onnx` runs an ONNX file without JAX.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,24 @@ from menet_jax.inference.exported import OnnxPredictor, load
 
 @cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.export", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("paths", nargs="+", metavar="[CHECKPOINT] OUT",
-                        help="training workdir or weights .npz (default: the shipped weights), and the file to "
-                             "write; with --check, the one exported file to load and run")
-    parser.add_argument("--format", choices=FORMATS, help="onnx or stablehlo (default: from OUT's extension, "
-                                                          ".onnx -> onnx, anything else -> stablehlo)")
+    parser = argparse.ArgumentParser(
+        prog="python -m menet_jax.export",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[CHECKPOINT] OUT",
+        help="training workdir or weights .npz (default: the shipped weights), and the file to "
+        "write; with --check, the one exported file to load and run",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="onnx or stablehlo (default: from OUT's extension, .onnx -> onnx, anything else -> stablehlo)",
+    )
     parser.add_argument("--check", action="store_true", help="load an exported file and run it on one blank image")
     args = parser.parse_args(argv)
     if args.check:
@@ -40,8 +52,10 @@ def main(argv=None) -> int:
         size = runner.image_size
         blank = np.zeros((1, size, size, 3), np.float32)
         maps = runner.forward(blank) if isinstance(runner, OnnxPredictor) else runner(blank)
-        print(f"{args.paths[0]}: input [N, {size}, {size}, 3] float32, outputs "
-              + ", ".join(f"{k} {list(v.shape)}" for k, v in maps.items()))
+        print(
+            f"{args.paths[0]}: input [N, {size}, {size}, 3] float32, outputs "
+            + ", ".join(f"{k} {list(v.shape)}" for k, v in maps.items())
+        )
         return 0
     if len(args.paths) > 2:
         parser.error("give at most CHECKPOINT and OUT")

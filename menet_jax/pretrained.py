@@ -6,6 +6,7 @@
 The format (float16 parameters, float32 BatchNorm statistics, the config, a SHA-256 recorded for the shipped file)
 is `menet_jax.io.weights`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,12 @@ from menet_jax.io import checkpoint, weights
 
 @cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.pretrained", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m menet_jax.pretrained",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ex = commands.add_parser("export", help="a training workdir's checkpoint to one .npz file")
     ex.add_argument("workdir", type=Path)
@@ -39,8 +44,10 @@ def main(argv=None) -> int:
         print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
     else:
         _, config, meta = weights.load(args.path)
-        print(f"{args.path}: image_size {config.image_size}, width {config.width}, meta {meta}, "
-              f"sha256 {weights.sha256(args.path)}")
+        print(
+            f"{args.path}: image_size {config.image_size}, width {config.width}, meta {meta}, "
+            f"sha256 {weights.sha256(args.path)}"
+        )
     return 0
 
 

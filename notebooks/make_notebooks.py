@@ -6,6 +6,7 @@
 Edit the cells here, not in Jupyter, and commit both: tests/test_notebooks.py checks that the two agree and
 executes every notebook in smoke mode (MENET_SMOKE=1).
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
-INSTALL = '''\
+INSTALL = """\
 # Where menet-jax is installed from: the one setting of this cell.
 #   ".."                                  this checkout, when the notebook runs inside a clone (the default)
 #   "/path/to/menet-jax"                  any local clone (installed editable)
@@ -42,9 +43,9 @@ if importlib.util.find_spec("menet_jax") is None:
     else:
         raise FileNotFoundError(f"MENET_SOURCE={MENET_SOURCE!r} is neither a folder, a file nor a URL: set it to a "
                                 "clone of menet-jax, a wheel file or a git+ URL (see the comments above)")
-    importlib.invalidate_caches()'''
+    importlib.invalidate_caches()"""
 
-SETTINGS = '''\
+SETTINGS = """\
 # Settings. MENET_SMOKE=1 is the smoke mode CI runs: a tiny network, a handful of images, a few steps, on a CPU.
 import os, sys
 from pathlib import Path
@@ -64,7 +65,7 @@ WORK.mkdir(parents=True, exist_ok=True)
 import jax
 from menet_jax.api import enable_compilation_cache
 enable_compilation_cache()                                 # compiled programs are reused by the next run
-print(f"smoke mode: {SMOKE}  devices: {jax.devices()}  work: {WORK.resolve()}  data: {DATA}")'''
+print(f"smoke mode: {SMOKE}  devices: {jax.devices()}  work: {WORK.resolve()}  data: {DATA}")"""
 
 HANDFUL = '''\
 def handful(name, n):
@@ -80,11 +81,11 @@ def handful(name, n):
     return out'''
 
 
-SMOKE_CHECKPOINT = '''\
+SMOKE_CHECKPOINT = """\
 if SMOKE:   # the smoke checkpoint the notebooks share: a tiny network, 4 steps on generated scenes (once)
     from menet_jax import get_config
     from menet_jax.training.loop import train
-    train(get_config("tiny", ["steps=4", "train_size=16", "val_size=4"]), WORK / "smoke", progress=False)'''
+    train(get_config("tiny", ["steps=4", "train_size=16", "val_size=4"]), WORK / "smoke", progress=False)"""
 
 
 def md(text):
@@ -106,14 +107,17 @@ def opening(title, intro):
 
 
 # ------------------------------------------------------------------------------------------------- quickstart
-QUICKSTART = opening("MEnet quickstart: saliency maps from a trained model", """\
+QUICKSTART = opening(
+    "MEnet quickstart: saliency maps from a trained model",
+    """\
 MEnet (the Metric Expression Network of the Ro-SOS paper) turns an image into two saliency maps: the **metric map** of
 Eq. 5 (distance of each pixel's 16-d feature to the background's mean feature) and the **CE map** (the salient
 probability of the two-class head). This notebook loads a trained checkpoint (or trains the small demo model when
 there is none), predicts a few images and shows both maps next to the ground truth, then does the same with the
 pure functions (`MEnet.apply`, `saliency_maps`).
 
-Run it on Colab (*Runtime > Change runtime type > GPU*) or locally; set `MENET_SMOKE=1` for a CPU smoke run.""") + [
+Run it on Colab (*Runtime > Change runtime type > GPU*) or locally; set `MENET_SMOKE=1` for a CPU smoke run.""",
+) + [
     md("""\
 ## 1. A checkpoint
 
@@ -121,7 +125,7 @@ A checkpoint is a training workdir (`config.json` + `checkpoints/<step>`). The n
 the `paper` run of `02_train_gpu.ipynb` (in `WORK/paper`), else the demo model, trained here on the generated
 scenes (about a minute on a GPU, 8 minutes on 2 CPU cores). A finished run is not retrained: `train` resumes from
 the latest checkpoint and only re-scores it."""),
-    code('''\
+    code("""\
 from menet_jax import get_config
 from menet_jax.training.loop import train
 
@@ -135,7 +139,7 @@ if config is not None:
     result = train(config, CHECKPOINT, progress=not SMOKE)
     print(f"step {result.final_step}, held-out validation: " +
           ", ".join(f"{k} {v:.4f}" for k, v in result.validation.items()))
-print("checkpoint:", CHECKPOINT)'''),
+print("checkpoint:", CHECKPOINT)"""),
     md("""\
 ## 2. Predict
 
@@ -144,7 +148,7 @@ Images come from ECSSD when `DATA/ECSSD` exists, else from the generated scenes 
 model is small and has seen no photograph: on ECSSD its maps are rough). For your own files use
 `menet_jax.api.load_photo(path)`, or the CLI:
 `python -m menet_jax.predict p photos/ maps/ --checkpoint WORK/paper`."""),
-    code('''\
+    code("""\
 import menet_datasets
 from menet_jax.api import Predictor
 
@@ -156,8 +160,8 @@ else:
     source = menet_datasets.SyntheticSource(n, 256, seed=12345)
 examples = [source[i] for i in range(n)]
 maps = predictor([e["image"] for e in examples])
-print([(e["name"], e["image"].shape, m["metric"].shape) for e, m in zip(examples, maps)])'''),
-    code('''\
+print([(e["name"], e["image"].shape, m["metric"].shape) for e, m in zip(examples, maps)])"""),
+    code("""\
 import matplotlib.pyplot as plt
 
 fig, axes = plt.subplots(len(examples), 4, figsize=(11, 2.8 * len(examples)), squeeze=False)
@@ -170,12 +174,12 @@ for row, e, m in zip(axes, examples, maps):
         ax.axis("off")
 fig.tight_layout()
 fig.savefig(WORK / "quickstart.png", dpi=80)
-plt.show()'''),
+plt.show()"""),
     md("""\
 The scores of the field (computed as PySODMetrics computes them on saved 8-bit maps; each map is min-max
 normalised per image):
 MAE (lower is better) and the F-beta at the adaptive threshold of Eq. 15 (higher is better)."""),
-    code('''\
+    code("""\
 import numpy as np
 from menet_jax.api import image_scores, to_8bit
 
@@ -183,7 +187,7 @@ scores = {name: [image_scores(to_8bit(m[name]), e["mask"]) for e, m in zip(examp
           for name in ("metric", "ce")}
 for name, per_image in scores.items():
     print(f"{name:6s} map: mean MAE {np.mean([s['mae'] for s in per_image]):.4f}, "
-          f"mean adaptive F-beta {np.mean([s['adp_f'] for s in per_image]):.4f}")'''),
+          f"mean adaptive F-beta {np.mean([s['adp_f'] for s in per_image]):.4f}")"""),
     md("""\
 ## 3. The pure functions
 
@@ -192,7 +196,7 @@ The network is a Flax module: `MEnet.apply(variables, images)` maps uint8 images
 `background="border"` is the authors' estimate of the background feature (random border pixels, squared distance)
 instead of Eq. 5's mean over all pixels the logit head calls background; it needs a PRNG key.
 `menet_jax.api.init_variables(model, seed)` gives untrained variables of the same structure."""),
-    code('''\
+    code("""\
 from menet_jax import MEnet, saliency_maps
 
 model = MEnet.from_config(predictor.config)
@@ -203,11 +207,13 @@ print({k: v.shape for k, v in outputs.items()})
 eq5 = saliency_maps(outputs)
 border = saliency_maps(outputs, background="border", key=jax.random.key(0))
 print(f"metric map, Eq. 5 vs the authors' border estimate: mean |difference| "
-      f"{float(np.abs(eq5['metric'] - border['metric']).mean()):.4f}")'''),
+      f"{float(np.abs(eq5['metric'] - border['metric']).mean()):.4f}")"""),
 ]
 
 # --------------------------------------------------------------------------------------------------- evaluate
-EVALUATE = opening("Evaluate checkpoints and published saliency maps", """\
+EVALUATE = opening(
+    "Evaluate checkpoints and published saliency maps",
+    """\
 The table of the paper's Table I (F-beta at the adaptive threshold and MAE, one row pair per dataset, one column
 per method) plus every metric users expect today (max / mean F, S-measure, E-measure, weighted F), and PR and
 F-beta curves, for one or more MEnet checkpoints and for any method's saliency maps. The numbers are PySODMetrics's
@@ -216,7 +222,8 @@ F-beta curves, for one or more MEnet checkpoints and for any method's saliency m
 The same from a shell:
 
     python -m menet_jax.evaluate --checkpoint WORK/paper --data-dir DATA/ECSSD --output eval/menet
-    python -m menet_jax.evaluate --predictions maps_of_method/ --data-dir DATA/ECSSD --output eval/method""") + [
+    python -m menet_jax.evaluate --predictions maps_of_method/ --data-dir DATA/ECSSD --output eval/method""",
+) + [
     code(HANDFUL),
     code(SMOKE_CHECKPOINT),
     md("""\
@@ -234,7 +241,7 @@ The same from a shell:
 
 As a reference method that needs no download, the notebook adds the **centre prior**, a fixed Gaussian blob in the
 middle of every image, written in that layout by the cell below; any method should beat it."""),
-    code('''\
+    code("""\
 import menet_datasets
 from menet_datasets.builders import BUILDERS
 from menet_datasets.tfds_source import load_source
@@ -252,7 +259,7 @@ else:
         SOURCES["MSRA10K-test"] = load_source("msra10k", split="test", data_dir=WORK / "tfds")
 PUBLISHED = {}                                         # e.g. {"U2-Netp": WORK / "maps" / "u2netp"}
 print("checkpoints:", CHECKPOINTS)
-print("datasets:", {name: len(source) for name, source in SOURCES.items()})'''),
+print("datasets:", {name: len(source) for name, source in SOURCES.items()})"""),
     code('''\
 import numpy as np
 from PIL import Image
@@ -273,7 +280,7 @@ for name, source in SOURCES.items():
             Image.fromarray(centre_prior(*source[i]["mask"].shape)).save(out / f"{stem}.png")
 PUBLISHED["centre"] = WORK / "maps" / "centre-prior"'''),
     md("## 2. Score"),
-    code('''\
+    code("""\
 from menet_jax.evaluation import evaluate_source, load_prediction, match_predictions, prediction_folder
 from menet_jax.api import MAPS
 from menet_jax.api import Predictor
@@ -291,7 +298,7 @@ for dataset, source in SOURCES.items():
         read = lambda idx, ex, paths=paths: [{"": load_prediction(paths[i], *e["mask"].shape)} for i, e in zip(idx, ex)]
         scores, per_image = evaluate_source(dataset, source, read, ("",), progress=not SMOKE)
         results[f"{dataset}/{method}"] = scores[""]
-        rows += [{**r, "map": method} for r in per_image]'''),
+        rows += [{**r, "map": method} for r in per_image]"""),
     code('''\
 def table_one(results):
     """Table I's layout: an F-beta (adaptive) / MAE row pair per dataset, one column per method."""
@@ -318,24 +325,26 @@ for name, r in results.items():
 `write_outputs` writes `results.json` (every number above), `per_image.csv` (one row per image and map) and the
 PR and F-beta-vs-threshold curves of every dataset and method, as `evaluate` does. The paper draws its PR curves
 (Fig. 5, Fig. 7) with the CE map: the metric map is nearly binary and gives short curves."""),
-    code('''\
+    code("""\
 from IPython.display import Image as Picture, display
 from menet_jax.evaluation import write_outputs
 
 OUTPUT = WORK / "eval"
 write_outputs(results, rows, OUTPUT)
 print("wrote", sorted(p.name for p in OUTPUT.iterdir()))
-display(Picture(filename=str(OUTPUT / "pr_curve.png")), Picture(filename=str(OUTPUT / "f_curve.png")))'''),
+display(Picture(filename=str(OUTPUT / "pr_curve.png")), Picture(filename=str(OUTPUT / "f_curve.png")))"""),
     md("The images a checkpoint gets most wrong (highest MAE of its metric map), to look at:"),
-    code('''\
+    code("""\
 first = f"{next(iter(CHECKPOINTS))}-metric"
 worst = sorted((r for r in rows if r["map"] == first), key=lambda r: -r["mae"])[:5]
 for r in worst:
-    print(f"{r['dataset']}/{r['name']}: MAE {r['mae']:.4f}, adaptive F-beta {r['adp_f']:.4f}")'''),
+    print(f"{r['dataset']}/{r['name']}: MAE {r['mae']:.4f}, adaptive F-beta {r['adp_f']:.4f}")"""),
 ]
 
 # ------------------------------------------------------------------------------------------------- train (GPU)
-TRAIN_GPU = opening("Train MEnet on a GPU (the paper's configuration)", """\
+TRAIN_GPU = opening(
+    "Train MEnet on a GPU (the paper's configuration)",
+    """\
 Prepares a benchmark with the dataset builders, trains the `paper` configuration (224 px, 184,959,166 parameters,
 batch 5, SGD 0.1 divided by 10 at 60k / 90k / 100k steps, 110k steps) with checkpoints in a folder that survives
 a Colab disconnect, and plots the curves of `metrics.jsonl`.
@@ -344,13 +353,14 @@ On Colab: *Runtime > Change runtime type > GPU*, then *Run all*. The settings ce
 everything in `MyDrive/menet-jax`. After a disconnect (or when the session's time is up) reconnect and *Run all*
 again: training resumes from the latest checkpoint, and a batch is a function of the seed and the step, so the
 resumed run ends with the parameters of an uninterrupted one. With `MENET_SMOKE=1` it trains the tiny network on a
-handful of DUTS-TR pairs for a few steps on a CPU instead.""") + [
+handful of DUTS-TR pairs for a few steps on a CPU instead.""",
+) + [
     code(HANDFUL),
-    code('''\
+    code("""\
 print(jax.devices())
 if not SMOKE and jax.default_backend() == "cpu":
     print("no GPU: the paper configuration needs hours on a GPU and far longer on a CPU "
-          "(Runtime > Change runtime type > GPU)")'''),
+          "(Runtime > Change runtime type > GPU)")"""),
     md("""\
 ## 1. Prepare a benchmark
 
@@ -368,7 +378,7 @@ The cell below extracts the archive to the local disk and builds the TFDS datase
 `DATASET = "duts"` with `DUTS-TR.zip` and `DUTS-TE.zip` from http://saliencydetection.net/duts/ instead.
 `python -m menet_datasets.prepare NAME --instructions` says where each benchmark is published and which layouts it reads
 (names: dut_omron, duts, ecssd, hku_is, msra1000, msra10k, pascal_s, salient_folder, sod)."""),
-    code('''\
+    code("""\
 import shutil
 from menet_datasets.builders import BUILDERS
 from menet_datasets.prepare import main as prepare
@@ -385,8 +395,8 @@ if not BUILDERS[DATASET](data_dir=str(TFDS_DIR)).is_prepared():
         print(f"extracting {ARCHIVE} to {MANUAL}")
         shutil.unpack_archive(ARCHIVE, MANUAL)
     assert prepare([DATASET, "--manual-dir", str(MANUAL), "--data-dir", str(TFDS_DIR)]) == 0
-print(DATASET, "prepared in", TFDS_DIR)'''),
-    code('''\
+print(DATASET, "prepared in", TFDS_DIR)"""),
+    code("""\
 import matplotlib.pyplot as plt
 from menet_datasets.tfds_source import load_source
 
@@ -398,7 +408,7 @@ for i, (top, bottom) in enumerate(zip(*axes)):
     top.imshow(example["image"]), top.set_title(example["name"], fontsize=8)
     bottom.imshow(example["mask"], cmap="gray")
     top.axis("off"), bottom.axis("off")
-plt.show()'''),
+plt.show()"""),
     md("""\
 ## 2. Train
 
@@ -408,8 +418,9 @@ during a save leaves the previous one intact), scores the validation split every
 to `RUN/metrics.jsonl`. The paper preset saves every 5000 steps; here every 1000, so a disconnect loses little.
 The same from a shell:
 
-    python -m menet_jax.train --config paper --dataset msra10k --tfds-dir WORK/tfds --workdir WORK/paper --set checkpoint_every=1000"""),
-    code('''\
+    python -m menet_jax.train --config paper --dataset msra10k --tfds-dir WORK/tfds --workdir WORK/paper \\
+        --set checkpoint_every=1000"""),
+    code("""\
 import dataclasses
 from menet_jax import get_config
 from menet_jax.api import describe
@@ -425,13 +436,13 @@ if SMOKE:   # the smoke run exercises bfloat16 compute
 else:
     RUN = WORK / "paper"
     config = get_config("paper", ["checkpoint_every=1000", f"dtype={DTYPE}"])
-print(describe(config))'''),
-    code('''\
+print(describe(config))"""),
+    code("""\
 if SMOKE:   # a stand-in for a disconnect: stop after 4 steps; the next call resumes from that checkpoint
     train(dataclasses.replace(config, steps=4), RUN, dataset=DATASET, tfds_dir=TFDS_DIR, progress=False)
 result = train(config, RUN, dataset=DATASET, tfds_dir=TFDS_DIR, progress=not SMOKE)
 print(f"trained steps {result.start_step}..{result.final_step}; checkpoint: {result.checkpoint}")
-print("validation:", ", ".join(f"{k} {v:.4f}" for k, v in result.validation.items()))'''),
+print("validation:", ", ".join(f"{k} {v:.4f}" for k, v in result.validation.items()))"""),
     md("""\
 ## 3. Curves
 
@@ -439,21 +450,23 @@ print("validation:", ", ".join(f"{k} {v:.4f}" for k, v in result.validation.item
 fraction of pixels kept by the 1:1 mining, learning rate, gradient norm, images/s) and one per validation
 (`split: validation`: MAE and adaptive F-beta of the metric map, the CE map and, at the end, the all-background
 baseline)."""),
-    code('''\
+    code("""\
 from IPython.display import Image as ShowImage
 
 from menet_jax.training.curves import plot_training, read_log
 
 train_log, val_log = read_log(RUN)
 display(ShowImage(filename=str(plot_training(RUN))))
-print(f"{len(train_log)} training records up to step {train_log[-1]['step']}, {len(val_log)} validations")'''),
+print(f"{len(train_log)} training records up to step {train_log[-1]['step']}, {len(val_log)} validations")"""),
     md("""\
 Next: `01_quickstart.ipynb` shows this checkpoint's maps, `03_evaluate.ipynb` scores it on the test sets
 (Table I), `04_robustness.ipynb` measures its robustness (Table II, Fig. 9, Table III)."""),
 ]
 
 # ------------------------------------------------------------------------------------------------- robustness
-ROBUSTNESS = opening("Robustness of a MEnet checkpoint: distortions, Jacobians, Lipschitz bounds", """\
+ROBUSTNESS = opening(
+    "Robustness of a MEnet checkpoint: distortions, Jacobians, Lipschitz bounds",
+    """\
 The paper's robustness claims, measured on a checkpoint:
 
 * **Table II**: adaptive F-beta on images distorted by additive white Gaussian noise (AWGN) or JPEG compression
@@ -467,7 +480,8 @@ The paper does not give its distortion strengths, and the authors' Table III scr
 sum of both softmax channels), so `robustness/` defines its own protocol; the cells say which choices are made.
 Everything runs through `python -m robustness.evaluate`, `robustness.jacobian` and `robustness.lipschitz`,
 called here in the notebook's process: each cell's arguments are the command's. `docs/robustness.md` says what
-each number means, what it costs and how the estimators were validated.""") + [
+each number means, what it costs and how the estimators were validated.""",
+) + [
     code(HANDFUL),
     code(SMOKE_CHECKPOINT),
     md("""\
@@ -476,7 +490,7 @@ each number means, what it costs and how the estimators were validated.""") + [
 The `paper` run of `02_train_gpu.ipynb`, else the demo of `01_quickstart.ipynb`; the paper's test sets found in
 `DATA` (folders with `images/` and `masks/`; `--dataset NAME` reads a prepared one instead). The Jacobian analysis
 costs a few backward passes per image: `JACOBIAN_LIMIT` images per dataset."""),
-    code('''\
+    code("""\
 import menet_datasets
 
 if SMOKE:
@@ -488,7 +502,7 @@ else:
 assert FOLDERS, f"no benchmark folder in {DATA}"
 DATA_ARGS = [arg for folder in FOLDERS for arg in ("--data-dir", str(folder))]
 OUT = WORK / "robustness"
-print("checkpoint:", CHECKPOINT, "\\ndatasets:", [f.name for f in FOLDERS])'''),
+print("checkpoint:", CHECKPOINT, "\\ndatasets:", [f.name for f in FOLDERS])"""),
     md("""\
 ## 1. Distortions
 
@@ -497,7 +511,7 @@ model. AWGN: N(0, variance) per pixel and channel on the 0..255 scale, rounded a
 trip at a quality, chroma 4:2:0. The levels below are the five ImageNet-C severities (AWGN variances 416 .. 9390,
 JPEG qualities 25 .. 7). Every image has its own seeded generator, so results do not depend on the batch.
 Under each image, the checkpoint's metric map (Fig. 10 and 11 of the paper show such rows)."""),
-    code('''\
+    code("""\
 import matplotlib.pyplot as plt
 from menet_jax.api import Predictor
 from robustness import distort, image_rng, severity_levels
@@ -516,15 +530,16 @@ for row, kind in enumerate(("awgn", "jpeg")):
 for ax in axes.flat:
     ax.axis("off")
 fig.tight_layout()
-plt.show()'''),
+plt.show()"""),
     md("""\
 ## 2. Table II and Fig. 9
 
 The level `random` is Table II's protocol: one strength per image, uniform over the ImageNet-C range (AWGN sigma
 0.08 .. 0.38 on the [0, 1] scale, JPEG quality 7 .. 25): the last row of each table. The fixed levels (clean and
-the five severities) give the curves of Fig. 9. Maps are scored against the untouched ground truth both with the field's per-image
-min-max normalisation and without it (`raw`): normalising stretches a flat, noise-damaged map and hides damage."""),
-    code('''\
+the five severities) give the curves of Fig. 9. Maps are scored against the untouched ground truth both with the
+field's per-image min-max normalisation and without it (`raw`): normalising stretches a flat, noise-damaged map and
+hides damage."""),
+    code("""\
 from IPython.display import Image as Picture, Markdown, display
 from robustness.evaluate import main as robustness_evaluate
 
@@ -532,7 +547,7 @@ for kind, clean in (("awgn", 0), ("jpeg", 100)):
     levels = [clean, *severity_levels(kind), "random"]
     assert robustness_evaluate(["--checkpoint", str(CHECKPOINT), *DATA_ARGS, *LIMIT, "--distortion", kind,
                                 "--levels", *map(str, levels), "--output", str(OUT / kind), "--no-progress"]) == 0
-    display(Markdown((OUT / kind / "table.md").read_text()), Picture(filename=str(OUT / kind / "curves.png")))'''),
+    display(Markdown((OUT / kind / "table.md").read_text()), Picture(filename=str(OUT / kind / "curves.png")))"""),
     md("""\
 ## 3. Table III, Jacobian norms and the Monte Carlo estimates of Eq. 12
 
@@ -542,22 +557,22 @@ III) in evaluation mode, and reports per image the statistics of |g|, ||J||_2 (p
 (Gaussian, AWGN and JPEG residuals) for a schedule of t and in the limit t -> 0. The second run repeats the
 authors' objective (both softmax channels, BatchNorm in training mode): its gradient is exactly zero in exact
 arithmetic, so what it prints is float32 round-off, as are the 1e-8 .. 1e-19 values of the paper's table."""),
-    code('''\
+    code("""\
 import json
 from robustness.jacobian import main as robustness_jacobian
 
 QUICK = ["--power-iterations", "3", "--probes", "2", "--mc-directions", "1", "--t-schedule", "1"] if SMOKE else []
 common = ["--checkpoint", str(CHECKPOINT), *DATA_ARGS, "--limit", str(JACOBIAN_LIMIT), "--no-progress"]
 assert robustness_jacobian([*common, *QUICK, "--output-dir", str(OUT / "jacobian")]) == 0
-assert robustness_jacobian([*common, "--authors-objective", "--bn-train-mode", "--power-iterations", "0",
-                            "--probes", "0", "--mc-directions", "0", "--output-dir", str(OUT / "jacobian-authors")]) == 0
-display(Picture(filename=str(OUT / "jacobian" / "gradient_histogram.png")))'''),
-    code('''\
+authors = ["--authors-objective", "--bn-train-mode", "--power-iterations", "0", "--probes", "0", "--mc-directions", "0"]
+assert robustness_jacobian([*common, *authors, "--output-dir", str(OUT / "jacobian-authors")]) == 0
+display(Picture(filename=str(OUT / "jacobian" / "gradient_histogram.png")))"""),
+    code("""\
 ours = json.loads((OUT / "jacobian" / "jacobian.json").read_text())["datasets"]
 authors = json.loads((OUT / "jacobian-authors" / "jacobian.json").read_text())["datasets"]
 for name in ours:
     print(f"{name}: max |g|, salient probability (eval mode) {ours[name]['summary']['gradient']['max']:.4g}; "
-          f"both channels, train-mode BN (authors) {authors[name]['summary']['gradient']['max']:.4g}")'''),
+          f"both channels, train-mode BN (authors) {authors[name]['summary']['gradient']['max']:.4g}")"""),
     md("""\
 ## 4. Lipschitz bounds (Eq. 13)
 
@@ -565,24 +580,26 @@ Two certified upper bounds of ||f(x) - f(y)|| / ||x - y|| for each output, read 
 computation: the paper's element-wise bound (|W| through every linear layer, slope 1 for ReLU and tanh) and the
 layerwise product of operator norms (convolutions by the largest singular value of their kernel's DFT). The metric
 map has no bound: it L2-normalises the features, and x / ||x|| is not Lipschitz near 0."""),
-    code('''\
+    code("""\
 from robustness.lipschitz import main as robustness_lipschitz
 
 outputs = "salient_prob" if SMOKE else "all"          # all: logits, features, salient_prob and metric_map
-assert robustness_lipschitz(["--checkpoint", str(CHECKPOINT), "--output", outputs, "--json", str(OUT / "lipschitz.json")]
-                            + (["--power-iterations", "0"] if SMOKE else [])) == 0'''),
+quick = ["--power-iterations", "0"] if SMOKE else []
+assert robustness_lipschitz(["--checkpoint", str(CHECKPOINT), "--output", outputs,
+                             "--json", str(OUT / "lipschitz.json"), *quick]) == 0"""),
     md("""\
 ## 5. One report
 
 `python -m robustness.report` puts the certified bounds, the local Jacobian norms, the Eq. 12 estimates and the
 measured degradation under each distortion side by side (`report.md`, `report.json`)."""),
-    code('''\
+    code("""\
 from robustness.report import main as robustness_report
 
-assert robustness_report(["--lipschitz", str(OUT / "lipschitz.json"), "--jacobian", str(OUT / "jacobian" / "jacobian.json"),
+assert robustness_report(["--lipschitz", str(OUT / "lipschitz.json"),
+                          "--jacobian", str(OUT / "jacobian" / "jacobian.json"),
                           "--evaluate", str(OUT / "awgn" / "robustness.json"), str(OUT / "jpeg" / "robustness.json"),
                           "--output", str(OUT / "report")]) == 0
-display(Markdown((OUT / "report" / "report.md").read_text()))'''),
+display(Markdown((OUT / "report" / "report.md").read_text()))"""),
 ]
 
 NOTEBOOKS = {
@@ -594,13 +611,16 @@ NOTEBOOKS = {
 
 
 def build(cells) -> nbformat.NotebookNode:
-    notebook = new_notebook(cells=cells, metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": []},
-    })
-    for i, cell in enumerate(notebook.cells):    # stable ids: regenerating gives the same file
+    notebook = new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+            "accelerator": "GPU",
+            "colab": {"provenance": []},
+        },
+    )
+    for i, cell in enumerate(notebook.cells):  # stable ids: regenerating gives the same file
         cell["id"] = f"cell-{i:02d}"
     nbformat.validate(notebook)
     return notebook

@@ -5,6 +5,7 @@ any JAX function of an image; see docs/robustness.md.
 
 Names are imported lazily, so `python -m robustness.lipschitz` (and the other CLIs) run their module only once.
 """
+
 import importlib
 
 _EXPORTS = {
@@ -12,8 +13,14 @@ _EXPORTS = {
     "corruptions": ("corrupt",),
     "distortions": ("awgn", "distort", "distort_batch", "image_rng", "jpeg", "severity_levels"),
     "lipschitz": ("LipschitzError", "conv_fft_bound", "elementwise_bound", "layerwise_bound"),
-    "norms": ("directional_estimates", "exact_norms", "frobenius_hutchinson", "jacobian_matrix", "power_iteration",
-              "spectral_norm"),
+    "norms": (
+        "directional_estimates",
+        "exact_norms",
+        "frobenius_hutchinson",
+        "jacobian_matrix",
+        "power_iteration",
+        "spectral_norm",
+    ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -19,6 +19,7 @@
 The attack space is the network's own input: images already resized to its input size, perturbed as floats (not
 re-quantised to 8 bits, which would round away most of a 1/255 budget).
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,7 +73,7 @@ def _pgd(f, params, x, y, delta0, eps, step_size, *, norm, steps, loss):
     def body(_, state):
         z, best, best_loss = state
         g, losses = grad_fn(z)
-        better = losses > best_loss                                   # the loss at z, before the step
+        better = losses > best_loss  # the loss at z, before the step
         mask = better.reshape((-1,) + (1,) * (z.ndim - 1))
         best, best_loss = jnp.where(mask, z, best), jnp.where(better, losses, best_loss)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
@@ -100,8 +101,19 @@ def random_start(shape, eps: float, norm: str, rng: np.random.Generator) -> np.n
     return (v * radius.reshape((-1,) + (1,) * (len(shape) - 1))).astype(np.float32)
 
 
-def pgd(f, params, x, y, *, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-        loss: str = "bce", start=None):
+def pgd(
+    f,
+    params,
+    x,
+    y,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    loss: str = "bce",
+    start=None,
+):
     """Adversarial images for `f(params, x) -> maps in [0, 1]` (see the module docstring).
 
     x: (N, S, S, 3) on 0..255; y: (N, S, S) in {0, 1}; eps in pixel levels (0..255 scale); `start` an initial
@@ -118,5 +130,6 @@ def pgd(f, params, x, y, *, eps: float, norm: str = "linf", steps: int = 10, ste
         return x, map_loss(f(params, x), y, loss)
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else float(step_size)
     delta0 = jnp.zeros_like(x) if start is None else jnp.asarray(start, jnp.float32)
-    return _pgd(f, params, x, y, delta0, jnp.float32(eps), jnp.float32(step_size), norm=norm, steps=int(steps),
-                loss=loss)
+    return _pgd(
+        f, params, x, y, delta0, jnp.float32(eps), jnp.float32(step_size), norm=norm, steps=int(steps), loss=loss
+    )

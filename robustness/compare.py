@@ -11,6 +11,7 @@ against the level (compare.png). ImageNet-C: per corruption the F-beta kept on a
 and with --reference LABEL the corruption error CE and mCE relative to that run; a bar chart per corruption.
 Comparing by the kept share puts models of different clean quality on one scale: the robustness question.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
+from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
 from menet_jax import api
 from robustness import corruptions
@@ -47,13 +48,18 @@ def load_run(spec: str, dataset: str | None, mode: str) -> dict:
     if (dataset or names[0]) not in data["datasets"]:
         raise CompareError(f"{path}: no dataset {dataset!r} (it has {', '.join(names)})")
     results = data["datasets"][dataset or names[0]]
-    maps = sorted(next(iter(results.values()))[mode])       # the first level (imagenet-c: "clean") has every map
+    maps = sorted(next(iter(results.values()))[mode])  # the first level (imagenet-c: "clean") has every map
     if not name and len(maps) != 1:
         raise CompareError(f"{path}: has the maps {', '.join(maps)}; name one as {label}={path}:MAP")
     if name and name not in maps:
         raise CompareError(f"{path}: no map {name!r} (it has {', '.join(maps)})")
-    return {"label": label, "distortion": data["distortion"], "results": results, "map": name or maps[0],
-            "settings": {k: data.get(k) for k in ("noise_at", "input_size", "seeds", "model")}}
+    return {
+        "label": label,
+        "distortion": data["distortion"],
+        "results": results,
+        "map": name or maps[0],
+        "settings": {k: data.get(k) for k in ("noise_at", "input_size", "seeds", "model")},
+    }
 
 
 def _kept(value, clean):
@@ -64,8 +70,14 @@ def level_table(runs, mode) -> str:
     """One row per level of the first run; per run F-beta (± 95 % half-width) with the kept share, then MAE."""
     kind = runs[0]["distortion"]
     levels = list(runs[0]["results"])
-    lines = [f"| {UNITS.get(kind, kind)} | " + " | ".join(r["label"] for r in runs) + " | " +
-             " | ".join(f"MAE {r['label']}" for r in runs) + " |", "|---|" + "---|" * (2 * len(runs))]
+    lines = [
+        f"| {UNITS.get(kind, kind)} | "
+        + " | ".join(r["label"] for r in runs)
+        + " | "
+        + " | ".join(f"MAE {r['label']}" for r in runs)
+        + " |",
+        "|---|" + "---|" * (2 * len(runs)),
+    ]
     for level in levels:
         first = runs[0]["results"][level]
         name = f"{float(level):g}" if level != "random" else f"random (mean {first['levels_used']['mean']:.4g})"
@@ -79,8 +91,11 @@ def level_table(runs, mode) -> str:
             value = res[level][mode][r["map"]]
             clean = res[next(iter(res))][mode][r["map"]]["adp_f"]
             ci = res[level]["interval"][mode][r["map"]]["adp_f"]
-            f_cells.append(f"{value['adp_f']:.4f}" + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "") +
-                           f" ({_kept(value['adp_f'], clean):.0f} %)")
+            f_cells.append(
+                f"{value['adp_f']:.4f}"
+                + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
+                + f" ({_kept(value['adp_f'], clean):.0f} %)"
+            )
             mae_cells.append(f"{value['mae']:.4f}")
         lines.append(f"| {name} | " + " | ".join(f_cells) + " | " + " | ".join(mae_cells) + " |")
     return "\n".join(lines)
@@ -97,11 +112,16 @@ def plot_levels(runs, mode, output: Path) -> None:
         x = [float(lv) for lv in levels]
         clean = res[levels[0]][mode][r["map"]]["adp_f"]
         kept = [_kept(res[lv][mode][r["map"]]["adp_f"], clean) for lv in levels]
-        line, = axes[0].plot(x, kept, "-o", ms=3, label=r["label"])
+        (line,) = axes[0].plot(x, kept, "-o", ms=3, label=r["label"])
         band = [res[lv]["interval"][mode][r["map"]]["adp_f"] for lv in levels]
         if all(band):
-            axes[0].fill_between(x, [_kept(b[0], clean) for b in band], [_kept(b[1], clean) for b in band],
-                                 color=line.get_color(), alpha=0.2)
+            axes[0].fill_between(
+                x,
+                [_kept(b[0], clean) for b in band],
+                [_kept(b[1], clean) for b in band],
+                color=line.get_color(),
+                alpha=0.2,
+            )
         axes[1].plot(x, [res[lv][mode][r["map"]]["mae"] for lv in levels], "-o", ms=3, color=line.get_color())
     label_level_axes(axes, kind, ("F-beta kept (% of clean)", "MAE"))
     fig.suptitle(f"{kind} ({mode} maps)")
@@ -113,8 +133,11 @@ def corruption_kept(run, mode) -> dict:
     """corruption -> mean over severities of the F-beta kept (% of the run's clean F-beta)."""
     res = run["results"]
     clean = res["clean"][mode][run["map"]]["adp_f"]
-    return {c: float(np.mean([_kept(v[mode][run["map"]]["adp_f"], clean) for v in sev.values()]))
-            for c, sev in res.items() if c != "clean"}
+    return {
+        c: float(np.mean([_kept(v[mode][run["map"]]["adp_f"], clean) for v in sev.values()]))
+        for c, sev in res.items()
+        if c != "clean"
+    }
 
 
 def _common_corruptions(runs, mode):
@@ -127,8 +150,7 @@ def corruption_table(runs, mode, reference=None) -> str:
     names, kept = _common_corruptions(runs, mode)
     errors = None
     if reference is not None:
-        errors = [corruption_errors(r["results"], reference["results"], mode, r["map"], reference["map"])
-                  for r in runs]
+        errors = [corruption_errors(r["results"], reference["results"], mode, r["map"], reference["map"]) for r in runs]
     head = "| corruption | family | " + " | ".join(f"kept {r['label']}" for r in runs)
     head += (" | " + " | ".join(f"CE {r['label']}" for r in runs)) if errors else ""
     lines = [head + " |", "|---|---|" + "---|" * (len(runs) * (2 if errors else 1))]
@@ -165,8 +187,12 @@ def plot_corruptions(runs, mode, output: Path) -> None:
 
 @api.command(compilation_cache=False)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robustness.compare", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m robustness.compare",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="LABEL=PATH[:MAP]")
     parser.add_argument("--output", type=Path, required=True, help="folder for compare.md and compare.png")
     parser.add_argument("--dataset", help="the dataset of the files (default: their only one)")
@@ -196,8 +222,9 @@ def main(argv=None) -> int:
     else:
         table = level_table(runs, mode)
         plot_levels(runs, mode, args.output)
-    settings = "; ".join(f"{r['label']}: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items() if v is not None)
-                         for r in runs)
+    settings = "; ".join(
+        f"{r['label']}: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items() if v is not None) for r in runs
+    )
     text = f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta.\n\n"
     (args.output / "compare.md").write_text(text + table + f"\n\nRuns: {settings}\n")
     print(text + table)

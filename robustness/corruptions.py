@@ -28,6 +28,7 @@ What differs from the ImageNet-C release, and why:
 * JPEG uses ``distortions.jpeg`` (Pillow, 4:2:0), gaussian_noise ``distortions.awgn``: the two presets the
   AWGN / JPEG protocol already uses, so the two suites agree.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,32 +50,57 @@ FAMILIES = {
 NAMES = tuple(name for names in FAMILIES.values() for name in names)
 FAMILY_OF = {name: family for family, names in FAMILIES.items() for name in names}
 # Corruptions that draw random numbers (and so need several seeds); the rest are deterministic.
-RANDOM = frozenset({"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
-                    "fog", "elastic_transform"})
+RANDOM = frozenset(
+    {
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "glass_blur",
+        "motion_blur",
+        "snow",
+        "frost",
+        "fog",
+        "elastic_transform",
+    }
+)
 
 # The published ImageNet-C severity parameters (224 px images), one tuple entry per severity.
 PARAMS = {
-    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),                       # sigma on [0, 1]
-    "shot_noise": (60, 25, 12, 5, 3),                                       # photons per unit intensity
-    "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),                        # salt-and-pepper fraction
-    "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),    # disk radius, anti-alias sigma
+    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),  # sigma on [0, 1]
+    "shot_noise": (60, 25, 12, 5, 3),  # photons per unit intensity
+    "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),  # salt-and-pepper fraction
+    "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),  # disk radius, anti-alias sigma
     "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),  # sigma, max shift, passes
-    "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),         # radius, sigma
-    "zoom_blur": (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
-                  np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03)),      # zoom factors averaged
+    "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),  # radius, sigma
+    "zoom_blur": (
+        np.arange(1, 1.11, 0.01),
+        np.arange(1, 1.16, 0.01),
+        np.arange(1, 1.21, 0.02),
+        np.arange(1, 1.26, 0.02),
+        np.arange(1, 1.31, 0.03),
+    ),  # zoom factors averaged
     # mean, std, zoom, threshold, blur radius, blur sigma, blend of the greyed image
-    "snow": ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-             (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)),
+    "snow": (
+        (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+        (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+        (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+    ),
     "frost": ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)),  # image weight, frost weight
-    "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),        # fog strength, fractal decay
-    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),                                # added to HSV value
-    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),                                 # factor around the channel means
+    "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),  # fog strength, fractal decay
+    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),  # added to HSV value
+    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),  # factor around the channel means
     # elastic alpha, elastic sigma, affine jitter (pixels; the release's "244" kept as published)
-    "elastic_transform": ((244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2),
-                          (244 * 0.05, 244 * 0.01, 244 * 0.02), (244 * 0.07, 244 * 0.01, 244 * 0.02),
-                          (244 * 0.12, 244 * 0.01, 244 * 0.02)),
-    "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),                                 # downscale factor
-    "jpeg_compression": (25, 18, 15, 10, 7),                                # JPEG quality
+    "elastic_transform": (
+        (244 * 2, 244 * 0.7, 244 * 0.1),
+        (244 * 2, 244 * 0.08, 244 * 0.2),
+        (244 * 0.05, 244 * 0.01, 244 * 0.02),
+        (244 * 0.07, 244 * 0.01, 244 * 0.02),
+        (244 * 0.12, 244 * 0.01, 244 * 0.02),
+    ),
+    "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),  # downscale factor
+    "jpeg_compression": (25, 18, 15, 10, 7),  # JPEG quality
 }
 
 
@@ -117,7 +143,7 @@ def plasma_fractal(size: int, decay: float, rng: np.random.Generator) -> np.ndar
         half = step // 2
         corners = grid[0::step, 0::step]
         # square step: centre = mean of the four corners (the grid wraps around)
-        centre = (corners + np.roll(corners, -1, 0) + np.roll(corners, -1, 1) + np.roll(corners, (-1, -1), (0, 1)))
+        centre = corners + np.roll(corners, -1, 0) + np.roll(corners, -1, 1) + np.roll(corners, (-1, -1), (0, 1))
         grid[half::step, half::step] = displaced(centre / 4.0)
         # diamond step: points between two corners horizontally (rows 0::step) and vertically (cols 0::step)
         centres = grid[half::step, half::step]
@@ -143,7 +169,7 @@ def _shift(x, dy: int, dx: int):
     h, w = x.shape[:2]
     pad = ((abs(dy), abs(dy)), (abs(dx), abs(dx))) + ((0, 0),) * (x.ndim - 2)
     padded = np.pad(x, pad, mode="edge")
-    return padded[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+    return padded[abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
 
 
 def motion_kernel_blur(x, radius: float, sigma: float, angle: float):
@@ -151,7 +177,7 @@ def motion_kernel_blur(x, radius: float, sigma: float, angle: float):
     `angle` degrees, taps at rounded integer offsets, borders replicated."""
     width = 2 * int(math.ceil(radius)) + 1
     taps = np.arange(width, dtype=np.float64)
-    weights = np.exp(-taps ** 2 / (2.0 * sigma ** 2))
+    weights = np.exp(-(taps**2) / (2.0 * sigma**2))
     weights /= weights.sum()
     a = math.radians(angle)
     out = np.zeros_like(x, dtype=np.float32)
@@ -165,13 +191,13 @@ def clipped_zoom(x, zoom: float):
     h, w = x.shape[:2]
     ch, cw = max(1, math.ceil(h / zoom)), max(1, math.ceil(w / zoom))
     top, left = (h - ch) // 2, (w - cw) // 2
-    crop = x[top:top + ch, left:left + cw]
+    crop = x[top : top + ch, left : left + cw]
     oh, ow = max(h, int(round(ch * zoom))), max(w, int(round(cw * zoom)))
     out = cv2.resize(np.ascontiguousarray(crop, np.float32), (ow, oh), interpolation=cv2.INTER_LINEAR)
     if out.ndim < x.ndim:
         out = out[..., None]
     t, lft = (oh - h) // 2, (ow - w) // 2
-    return out[t:t + h, lft:lft + w]
+    return out[t : t + h, lft : lft + w]
 
 
 def frost_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -179,7 +205,7 @@ def frost_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarr
     a plasma-fractal haze plus branching antialiased ice strokes, lightly blurred and tinted blue-white."""
     size = _next_power_of_two(max(height, width))
     haze = plasma_fractal(size, 1.6, rng)[:height, :width]
-    canvas = np.zeros((height, width), np.uint8)      # 8 bit: OpenCV antialiases lines only there
+    canvas = np.zeros((height, width), np.uint8)  # 8 bit: OpenCV antialiases lines only there
     scale = max(height, width)
     strokes = int(height * width / 350) + 8
     for _ in range(strokes):
@@ -188,8 +214,15 @@ def frost_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarr
         for _branch in range(int(rng.integers(1, 4))):
             length = rng.exponential(0.04 * scale) + 2
             y2, x2 = y + length * np.sin(angle), x + length * np.cos(angle)
-            cv2.line(canvas, (int(x * 16), int(y * 16)), (int(x2 * 16), int(y2 * 16)),
-                     int(rng.integers(90, 256)), 1, cv2.LINE_AA, 4)
+            cv2.line(
+                canvas,
+                (int(x * 16), int(y * 16)),
+                (int(x2 * 16), int(y2 * 16)),
+                int(rng.integers(90, 256)),
+                1,
+                cv2.LINE_AA,
+                4,
+            )
             y, x, angle = y2, x2, angle + rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.2)
     canvas = cv2.GaussianBlur(canvas.astype(np.float32) / 255.0, (0, 0), 0.6)
     grey = np.clip(0.4 * haze + 0.35 + 0.8 * canvas, 0.0, 1.0)
@@ -224,7 +257,7 @@ def _disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     extent = 8 if radius <= 8 else int(radius)
     coords = np.arange(-extent, extent + 1)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    disk = (xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float32)
+    disk = (xx**2 + yy**2 <= radius**2).astype(np.float32)
     disk /= disk.sum()
     ksize = 3 if radius <= 8 else 5
     return cv2.GaussianBlur(disk, (ksize, ksize), alias_blur)
@@ -245,7 +278,7 @@ def glass_blur(image, severity, rng):
     h, w = x.shape[:2]
     blurred = _to_uint8(ndimage.gaussian_filter(x, (sigma, sigma, 0), mode="nearest"))
     # RGB packed into one int per pixel: the sequential swaps run on a Python list (fast enough at 400 x 300).
-    packed = (blurred[..., 0].astype(np.int64) << 16 | blurred[..., 1].astype(np.int64) << 8 | blurred[..., 2])
+    packed = blurred[..., 0].astype(np.int64) << 16 | blurred[..., 1].astype(np.int64) << 8 | blurred[..., 2]
     flat = packed.ravel().tolist()
     rows = list(range(h - shift, shift, -1))
     cols = list(range(w - shift, shift, -1))
@@ -293,7 +326,7 @@ def snow(image, severity, rng):
     layer[layer < threshold] = 0
     layer = np.clip(layer, 0.0, 1.0)
     layer = motion_kernel_blur(layer, radius, sigma, rng.uniform(-135, -45))
-    layer = (np.rint(layer * 255.0) / 255.0)[..., None]          # the release passes the layer through 8 bits
+    layer = (np.rint(layer * 255.0) / 255.0)[..., None]  # the release passes the layer through 8 bits
     grey = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
     x = blend * x + (1 - blend) * np.maximum(x, grey * 1.5 + 0.5)
     return _to_uint8(x + layer + np.rot90(layer, 2))
@@ -353,8 +386,9 @@ def elastic_transform(image, severity, rng):
     dy = ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="reflect", truncate=3) * alpha
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     coords = [(yy + dy).ravel(), (xx + dx).ravel()]
-    out = np.stack([ndimage.map_coordinates(warped[..., k], coords, order=1, mode="reflect").reshape(h, w)
-                    for k in range(3)], -1)
+    out = np.stack(
+        [ndimage.map_coordinates(warped[..., k], coords, order=1, mode="reflect").reshape(h, w) for k in range(3)], -1
+    )
     return _to_uint8(out)
 
 
@@ -392,8 +426,9 @@ def parse_names(text: str | None) -> list[str]:
     for item in (t.strip() for t in text.split(",") if t.strip()):
         for name in FAMILIES.get(item, (item,)):
             if name not in CORRUPTIONS:
-                raise ValueError(f"unknown corruption {name!r} (one of {', '.join(NAMES)}, or a family: "
-                                 f"{', '.join(FAMILIES)})")
+                raise ValueError(
+                    f"unknown corruption {name!r} (one of {', '.join(NAMES)}, or a family: {', '.join(FAMILIES)})"
+                )
             if name not in names:
                 names.append(name)
     if not names:

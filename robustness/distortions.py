@@ -16,6 +16,7 @@ an image's noise does not depend on batch composition, order or what else is eva
 strength per image, uniform over the ImageNet-C severity range: AWGN sigma ~ U(0.08, 0.38) x 255, JPEG quality
 uniform on the integers 7..25.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,8 @@ from PIL import Image
 KINDS = ("awgn", "jpeg")
 # ImageNet-C (Hendrycks & Dietterich 2019) severities 1..5: gaussian_noise sigma on [0, 1], jpeg quality.
 IMAGENET_C = {"awgn": (0.08, 0.12, 0.18, 0.26, 0.38), "jpeg": (25, 18, 15, 10, 7)}
-RANDOM_RANGES = {"awgn": (0.08, 0.38), "jpeg": (7, 25)}   # sigma on [0, 1] / JPEG quality, inclusive
-JPEG_SUBSAMPLING = 2                                        # Pillow's code for 4:2:0
+RANDOM_RANGES = {"awgn": (0.08, 0.38), "jpeg": (7, 25)}  # sigma on [0, 1] / JPEG quality, inclusive
+JPEG_SUBSAMPLING = 2  # Pillow's code for 4:2:0
 
 
 def severity_levels(kind: str) -> list[float]:
@@ -70,8 +71,9 @@ def jpeg(image, quality: int):
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="JPEG", quality=quality,
-                                                       subsampling=JPEG_SUBSAMPLING)
+    Image.fromarray(np.asarray(image, np.uint8)).save(
+        buffer, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING
+    )
     buffer.seek(0)
     with Image.open(buffer) as img:
         return np.asarray(img.convert("RGB"))

@@ -53,6 +53,7 @@ is a float, not re-quantised), clipped to 0..255. Budgets --levels in /255 units
 
 Robustness commands run in float32 (the checkpoint's compute dtype is not changed here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 from scipy.stats import t as student_t
-from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
 from tqdm.auto import tqdm
 
 import menet_datasets
@@ -131,17 +132,22 @@ def _add_seed(per_seed, meters):
 
 def _summarise(per_seed, level_seeds, used) -> dict:
     """Mean over seeds, the 95 % interval, every seed's scores and the strengths used, for one level."""
-    r = {mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
-         for mode, by_map in per_seed.items()}
-    r["interval"] = {mode: {name: {k: interval95(v) for k, v in by_key.items()} for name, by_key in by_map.items()}
-                     for mode, by_map in per_seed.items()}
+    r = {
+        mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
+        for mode, by_map in per_seed.items()
+    }
+    r["interval"] = {
+        mode: {name: {k: interval95(v) for k, v in by_key.items()} for name, by_key in by_map.items()}
+        for mode, by_map in per_seed.items()
+    }
     r["per_seed"], r["seeds"] = per_seed, level_seeds
     r["levels_used"] = {"mean": float(np.mean(used)), "min": float(np.min(used)), "max": float(np.max(used))}
     return r
 
 
-def _evaluate_levels(source, predict, levels, distort_batch, is_random, *, seeds, prepare, batch_size, progress,
-                     desc, label):
+def _evaluate_levels(
+    source, predict, levels, distort_batch, is_random, *, seeds, prepare, batch_size, progress, desc, label
+):
     """The protocol's loop for any distortion: `distort_batch(images, level, seed, indices, names)` ->
     (images, strengths), `is_random(level)` says whether the level needs every seed."""
     results = {}
@@ -150,8 +156,7 @@ def _evaluate_levels(source, predict, levels, distort_batch, is_random, *, seeds
         per_seed, used = {}, []
         for seed in level_seeds:
             meters = {}
-            bar = tqdm(total=len(source), desc=f"{desc} {label} {level} seed {seed}", unit="img",
-                       disable=not progress)
+            bar = tqdm(total=len(source), desc=f"{desc} {label} {level} seed {seed}", unit="img", disable=not progress)
             for start in range(0, len(source), batch_size):
                 indices = list(range(start, min(start + batch_size, len(source))))
                 examples = [source[i] for i in indices]
@@ -172,12 +177,26 @@ def _preparation(noise_at, input_size):
         raise ConfigError(f"noise_at must be original or input, got {noise_at!r}")
     if noise_at == "input" and not input_size:
         raise ConfigError("distorting at the input size needs the model's input size (--input-size)")
-    return (lambda image: image) if noise_at == "original" else \
-        (lambda image: distortions.to_input_size(image, input_size))
+    return (
+        (lambda image: image)
+        if noise_at == "original"
+        else (lambda image: distortions.to_input_size(image, input_size))
+    )
 
 
-def evaluate_distorted(source, predict, kind, levels, *, seeds=(0,), noise_at="original", input_size=None,
-                       batch_size=8, progress=True, desc=""):
+def evaluate_distorted(
+    source,
+    predict,
+    kind,
+    levels,
+    *,
+    seeds=(0,),
+    noise_at="original",
+    input_size=None,
+    batch_size=8,
+    progress=True,
+    desc="",
+):
     """Scores of `predict` on `source` at each level, as the mean over `seeds` with a 95 % interval.
 
     {level: {"normalised" | "raw": {map: {adp_f, max_f, mae}}, "interval": {mode: {map: {key: [lo, hi] | None}}},
@@ -188,31 +207,70 @@ def evaluate_distorted(source, predict, kind, levels, *, seeds=(0,), noise_at="o
     """
     prepare = _preparation(noise_at, input_size)
     return _evaluate_levels(
-        source, predict, levels,
-        lambda images, level, seed, indices, names: distortions.distort_batch(images, kind, level, seed=seed,
-                                                                              indices=indices, names=names),
-        lambda level: distortions.is_random(kind, level), seeds=seeds, prepare=prepare, batch_size=batch_size,
-        progress=progress, desc=desc, label=kind)
+        source,
+        predict,
+        levels,
+        lambda images, level, seed, indices, names: distortions.distort_batch(
+            images, kind, level, seed=seed, indices=indices, names=names
+        ),
+        lambda level: distortions.is_random(kind, level),
+        seeds=seeds,
+        prepare=prepare,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+        label=kind,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ImageNet-C
-def evaluate_corruptions(source, predict, names, severities, *, seeds=(0,), noise_at="original", input_size=None,
-                         batch_size=8, progress=True, desc=""):
+def evaluate_corruptions(
+    source,
+    predict,
+    names,
+    severities,
+    *,
+    seeds=(0,),
+    noise_at="original",
+    input_size=None,
+    batch_size=8,
+    progress=True,
+    desc="",
+):
     """The ImageNet-C suite: {"clean": level result, corruption: {severity: level result}} (level results as
     `evaluate_distorted`'s). Image i uses `distortions.image_rng(seed, i, name)` for every corruption and
     severity (common random numbers); deterministic corruptions run once, random ones once per seed."""
     prepare = _preparation(noise_at, input_size)
     common = dict(seeds=seeds, prepare=prepare, batch_size=batch_size, progress=progress, desc=desc)
-    results = {"clean": _evaluate_levels(source, predict, ["clean"], lambda images, level, seed, indices, n:
-                                         (images, [0.0] * len(images)), lambda level: False, label="imagenet-c",
-                                         **common)["clean"]}
+    results = {
+        "clean": _evaluate_levels(
+            source,
+            predict,
+            ["clean"],
+            lambda images, level, seed, indices, n: (images, [0.0] * len(images)),
+            lambda level: False,
+            label="imagenet-c",
+            **common,
+        )["clean"]
+    }
     for name in names:
+
         def distort_batch(images, severity, seed, indices, image_names, name=name):
-            out = [corruptions.corrupt(image, name, severity, distortions.image_rng(seed, index, image_name))
-                   for image, index, image_name in zip(images, indices, image_names)]
+            out = [
+                corruptions.corrupt(image, name, severity, distortions.image_rng(seed, index, image_name))
+                for image, index, image_name in zip(images, indices, image_names)
+            ]
             return out, [float(severity)] * len(out)
-        results[name] = _evaluate_levels(source, predict, severities, distort_batch,
-                                         lambda level, name=name: name in corruptions.RANDOM, label=name, **common)
+
+        results[name] = _evaluate_levels(
+            source,
+            predict,
+            severities,
+            distort_batch,
+            lambda level, name=name: name in corruptions.RANDOM,
+            label=name,
+            **common,
+        )
     return results
 
 
@@ -253,14 +311,20 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
     corruptions_done = [c for c in results if c != "clean"]
     severities = list(results[corruptions_done[0]]) if corruptions_done else []
     with_ce = errors is not None
-    head = (f"| {dataset} ({mode} maps, {name}) | family | " + " | ".join(f"F s{s}" for s in severities) +
-            " | F mean | " + " | ".join(f"MAE s{s}" for s in severities) + " | MAE mean |" + (" CE |" if with_ce
-                                                                                               else ""))
+    head = (
+        f"| {dataset} ({mode} maps, {name}) | family | "
+        + " | ".join(f"F s{s}" for s in severities)
+        + " | F mean | "
+        + " | ".join(f"MAE s{s}" for s in severities)
+        + " | MAE mean |"
+        + (" CE |" if with_ce else "")
+    )
     lines = [head, "|---|---|" + "---|" * (2 * len(severities) + 2) + ("---|" if with_ce else "")]
     clean = results["clean"][mode][name]
     blank = " | ".join("" for _ in severities)
-    lines.append(f"| clean | | {blank} | {clean['adp_f']:.4f} | {blank} | {clean['mae']:.4f} |" +
-                 (" |" if with_ce else ""))
+    lines.append(
+        f"| clean | | {blank} | {clean['adp_f']:.4f} | {blank} | {clean['mae']:.4f} |" + (" |" if with_ce else "")
+    )
     f_means, mae_means = [], []
     for c in corruptions_done:
         f = [results[c][s][mode][name]["adp_f"] for s in severities]
@@ -270,19 +334,29 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
         ce = ""
         if with_ce:
             ce = " - |" if errors.get(c) is None else f" {errors[c]:.3f} |"
-        lines.append(f"| {c} | {corruptions.FAMILY_OF[c]} | " + " | ".join(f"{v:.4f}" for v in f) +
-                     f" | {f_means[-1]:.4f} | " + " | ".join(f"{v:.4f}" for v in mae) + f" | {mae_means[-1]:.4f} |"
-                     + ce)
+        lines.append(
+            f"| {c} | {corruptions.FAMILY_OF[c]} | "
+            + " | ".join(f"{v:.4f}" for v in f)
+            + f" | {f_means[-1]:.4f} | "
+            + " | ".join(f"{v:.4f}" for v in mae)
+            + f" | {mae_means[-1]:.4f} |"
+            + ce
+        )
     if corruptions_done:
         mce = ""
         if with_ce:
             mce = " - |" if errors.get("mCE") is None else f" mCE {errors['mCE']:.3f} |"
         lines.append(f"| mean | | {blank} | {np.mean(f_means):.4f} | {blank} | {np.mean(mae_means):.4f} |" + mce)
     seeds = max((len(results[c][s]["seeds"]) for c in corruptions_done for s in results[c]), default=1)
-    note = (f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s), intervals in "
-            f"robustness.json. ")
-    note += (f"CE = sum over severities of (1 - F) / the same for {reference_label}." if with_ce else
-             "No CE column: no --reference given (CE needs a reference model's robustness.json).")
+    note = (
+        f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s), intervals in "
+        f"robustness.json. "
+    )
+    note += (
+        f"CE = sum over severities of (1 - F) / the same for {reference_label}."
+        if with_ce
+        else "No CE column: no --reference given (CE needs a reference model's robustness.json)."
+    )
     return "\n".join(lines) + "\n\n" + note
 
 
@@ -301,8 +375,13 @@ def plot_corruptions(all_results, output: Path) -> None:
                 for c in names:
                     if c in results:
                         sev = list(results[c])
-                        ax.plot([int(s) for s in sev], [results[c][s]["normalised"][m]["adp_f"] for s in sev],
-                                "-o", ms=3, label=f"{dataset}/{m}: {c}")
+                        ax.plot(
+                            [int(s) for s in sev],
+                            [results[c][s]["normalised"][m]["adp_f"] for s in sev],
+                            "-o",
+                            ms=3,
+                            label=f"{dataset}/{m}: {c}",
+                        )
         ax.set(title=family, xlabel="severity", xticks=list(corruptions.SEVERITIES))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -324,8 +403,22 @@ def load_reference(path):
 
 
 # ---------------------------------------------------------------------------------------------- PGD attacks
-def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,), random_start=False, steps=10,
-                    step_size=None, loss="bce", batch_size=8, progress=True, desc=""):
+def evaluate_attack(
+    source,
+    predictor,
+    norm,
+    budgets,
+    *,
+    maps=("ce",),
+    seeds=(0,),
+    random_start=False,
+    steps=10,
+    step_size=None,
+    loss="bce",
+    batch_size=8,
+    progress=True,
+    desc="",
+):
     """PGD on each map of `maps` (each attacked separately, scored on the attacked map), at every budget (pixel
     levels, 0..255 scale), in the network's input space. Level results as `evaluate_distorted`'s, plus
     "attack_loss" {map: mean loss over the images at the returned point}; `step_size` a multiple of eps per
@@ -340,30 +433,48 @@ def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,
         per_seed, losses = {}, {m: [] for m in maps}
         for seed in level_seeds:
             meters = {}
-            bar = tqdm(total=len(source), desc=f"{desc} pgd-{norm} {eps} seed {seed}", unit="img",
-                       disable=not progress)
+            bar = tqdm(total=len(source), desc=f"{desc} pgd-{norm} {eps} seed {seed}", unit="img", disable=not progress)
             for start in range(0, len(source), batch_size):
                 indices = list(range(start, min(start + batch_size, len(source))))
                 examples = [source[i] for i in indices]
                 pairs = [menet_datasets.resize_pair(e["image"], e["mask"], size) for e in examples]
-                pad = [pairs[-1]] * (batch_size - len(pairs))            # one shape: the attack compiles once
+                pad = [pairs[-1]] * (batch_size - len(pairs))  # one shape: the attack compiles once
                 x = np.stack([p[0] for p in pairs + pad]).astype(np.float32)
                 y = np.stack([p[1] for p in pairs + pad]).astype(np.float32)
                 init = None
                 if random_start and eps > 0:
-                    init = np.concatenate([attacks.random_start((1, *x.shape[1:]), eps, norm, distortions.image_rng(
-                        seed, i, e["name"])) for i, e in zip(indices, examples)] +
-                        [np.zeros((len(pad), *x.shape[1:]), np.float32)])
+                    init = np.concatenate(
+                        [
+                            attacks.random_start(
+                                (1, *x.shape[1:]), eps, norm, distortions.image_rng(seed, i, e["name"])
+                            )
+                            for i, e in zip(indices, examples)
+                        ]
+                        + [np.zeros((len(pad), *x.shape[1:]), np.float32)]
+                    )
                 for m in maps:
-                    adv = x if eps == 0 else attacks.pgd(
-                        functions[m], variables, x, y, eps=float(eps), norm=norm, steps=steps,
-                        step_size=None if step_size is None else step_size * eps, loss=loss, start=init)[0]
+                    adv = (
+                        x
+                        if eps == 0
+                        else attacks.pgd(
+                            functions[m],
+                            variables,
+                            x,
+                            y,
+                            eps=float(eps),
+                            norm=norm,
+                            steps=steps,
+                            step_size=None if step_size is None else step_size * eps,
+                            loss=loss,
+                            start=init,
+                        )[0]
+                    )
                     raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
                     # The loss of the map the attack saw (the metric map in its normalised form), from the maps
                     # already computed: no extra network pass.
                     attacked = raw if m == "ce" else api.scale_to_unit(raw * 2.0, 2.0)
                     loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), loss))
-                    losses[m] += [float(v) for v in loss_values[:len(examples)]]
+                    losses[m] += [float(v) for v in loss_values[: len(examples)]]
                     for j, example in enumerate(examples):
                         _score_maps(meters, example, {m: raw[j]})
                 bar.update(len(examples))
@@ -377,8 +488,10 @@ def evaluate_attack(source, predictor, norm, budgets, *, maps=("ce",), seeds=(0,
 
 def format_attack_losses(name, results, loss) -> str:
     maps = sorted(next(iter(results.values()))["attack_loss"])
-    lines = [f"| {name}: attacked loss ({loss}, mean per image) | budget (/255) | " + " | ".join(maps) + " |",
-             "|---|---|" + "---|" * len(maps)]
+    lines = [
+        f"| {name}: attacked loss ({loss}, mean per image) | budget (/255) | " + " | ".join(maps) + " |",
+        "|---|---|" + "---|" * len(maps),
+    ]
     for level, r in results.items():
         lines.append(f"| | {float(level):.6g} | " + " | ".join(f"{r['attack_loss'][m]:.4f}" for m in maps) + " |")
     return "\n".join(lines)
@@ -396,16 +509,27 @@ def format_table(name, kind, results, mode="normalised") -> str:
     first = next(iter(results.values()))
     maps = sorted(first[mode])
     unit = UNITS[kind]
-    lines = [f"| {name} ({mode} maps) | {kind} {unit} | seeds | " +
-             " | ".join(f"F-beta {m} | kept {m}" for m in maps) + " | " + " | ".join(f"MAE {m}" for m in maps) + " |",
-             "|---|---|---|" + "---|" * (3 * len(maps))]
+    lines = [
+        f"| {name} ({mode} maps) | {kind} {unit} | seeds | "
+        + " | ".join(f"F-beta {m} | kept {m}" for m in maps)
+        + " | "
+        + " | ".join(f"MAE {m}" for m in maps)
+        + " |",
+        "|---|---|---|" + "---|" * (3 * len(maps)),
+    ]
     for level, r in results.items():
         label = f"{float(level):.6g}" if level != "random" else f"random (mean {r['levels_used']['mean']:.4g})"
-        kept = [f"{100 * r[mode][m]['adp_f'] / first[mode][m]['adp_f']:.0f} %" if first[mode][m]['adp_f'] else "-"
-                for m in maps]
-        lines.append(f"| | {label} | {len(r['seeds'])} | " +
-                     " | ".join(f"{_cell(r, mode, m, 'adp_f')} | {k}" for m, k in zip(maps, kept)) + " | " +
-                     " | ".join(_cell(r, mode, m, "mae") for m in maps) + " |")
+        kept = [
+            f"{100 * r[mode][m]['adp_f'] / first[mode][m]['adp_f']:.0f} %" if first[mode][m]["adp_f"] else "-"
+            for m in maps
+        ]
+        lines.append(
+            f"| | {label} | {len(r['seeds'])} | "
+            + " | ".join(f"{_cell(r, mode, m, 'adp_f')} | {k}" for m, k in zip(maps, kept))
+            + " | "
+            + " | ".join(_cell(r, mode, m, "mae") for m in maps)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -421,7 +545,7 @@ def plot_curves(all_results, kind, output: Path) -> None:
             for m in sorted(results[levels[0]][mode]):
                 for ax, key in zip(axes, ("adp_f", "mae")):
                     y = [results[lv][mode][m][key] for lv in levels]
-                    line, = ax.plot(x, y, style, ms=3, label=f"{name}/{m} ({mode})")
+                    (line,) = ax.plot(x, y, style, ms=3, label=f"{name}/{m} ({mode})")
                     ci = [results[lv]["interval"][mode][m][key] or (v, v) for lv, v in zip(levels, y)]
                     ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.2)
     label_level_axes(axes, kind, ("adaptive F-beta (beta^2 = 0.3)", "MAE"))
@@ -446,8 +570,11 @@ def parse_levels(kind, items):
     if kind in ATTACKS:
         return parse_budgets(kind, items)
     if not items:
-        return [0.0, *distortions.severity_levels("awgn"), "random"] if kind == "awgn" else \
-            [100.0, *distortions.severity_levels("jpeg"), "random"]
+        return (
+            [0.0, *distortions.severity_levels("awgn"), "random"]
+            if kind == "awgn"
+            else [100.0, *distortions.severity_levels("jpeg"), "random"]
+        )
     levels = []
     for item in items:
         if item == "random":
@@ -495,40 +622,69 @@ def parse_budgets(kind, items):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m robustness.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m robustness.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", type=Path, help=api.CHECKPOINT_HELP_FLOAT32)
     model.add_argument("--predictor", help="MODULE:FUNCTION, images -> maps (see above)")
     parser.add_argument("--distortion", choices=KINDS, required=True)
-    parser.add_argument("--levels", nargs="+",
-                        help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'; imagenet-c: severities "
-                             "1..5 (default all); pgd-*: budgets in /255 units (default linf 0 1 2 4 8, l2 0 32 64 "
-                             "128 255)")
-    parser.add_argument("--map", choices=["metric", "ce", "both"],
-                        help="with --checkpoint: the maps scored (default both); pgd-*: the map attacked, each "
-                             "separately with both (default ce, the salient probability)")
-    parser.add_argument("--corruptions", help="imagenet-c: comma-separated corruptions or families (noise, blur, "
-                                              "weather, digital); default all 15")
-    parser.add_argument("--reference", type=Path,
-                        help="imagenet-c: a reference model's robustness.json (from --distortion imagenet-c) for "
-                             "the corruption error CE; without it the CE column is left out")
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        help="AWGN variances (0..255 scale) or JPEG qualities, or 'random'; imagenet-c: severities "
+        "1..5 (default all); pgd-*: budgets in /255 units (default linf 0 1 2 4 8, l2 0 32 64 "
+        "128 255)",
+    )
+    parser.add_argument(
+        "--map",
+        choices=["metric", "ce", "both"],
+        help="with --checkpoint: the maps scored (default both); pgd-*: the map attacked, each "
+        "separately with both (default ce, the salient probability)",
+    )
+    parser.add_argument(
+        "--corruptions",
+        help="imagenet-c: comma-separated corruptions or families (noise, blur, weather, digital); default all 15",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="imagenet-c: a reference model's robustness.json (from --distortion imagenet-c) for "
+        "the corruption error CE; without it the CE column is left out",
+    )
     parser.add_argument("--pgd-steps", type=int, help="pgd-*: iterations (default 10)")
-    parser.add_argument("--pgd-step-size", type=float,
-                        help="pgd-*: step as a multiple of the budget (default 2.5 / steps)")
+    parser.add_argument(
+        "--pgd-step-size", type=float, help="pgd-*: step as a multiple of the budget (default 2.5 / steps)"
+    )
     parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="pgd-*: loss maximised (default bce)")
-    parser.add_argument("--random-start", action="store_true",
-                        help="pgd-*: start at a uniform point of the ball (per-image generator; then --seeds apply)")
+    parser.add_argument(
+        "--random-start",
+        action="store_true",
+        help="pgd-*: start at a uniform point of the ball (per-image generator; then --seeds apply)",
+    )
     parser.add_argument("--output", type=Path, default=Path("robustness_eval"))
     parser.add_argument("--seed", type=int, default=0, help="first base seed of the per-image generators")
-    parser.add_argument("--seeds", type=int, default=3,
-                        help="noise seeds per random level (seed, seed + 1, ...): mean and 95%% interval (default 3)")
-    parser.add_argument("--noise-at", choices=("original", "input"), default="original",
-                        help="distort each image at its own size (original, default) or after resizing it to the "
-                             "model's input size (input)")
-    parser.add_argument("--input-size", type=int,
-                        help="the model's square input side, for --noise-at input with --predictor (a checkpoint "
-                             "knows its own)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="noise seeds per random level (seed, seed + 1, ...): mean and 95%% interval (default 3)",
+    )
+    parser.add_argument(
+        "--noise-at",
+        choices=("original", "input"),
+        default="original",
+        help="distort each image at its own size (original, default) or after resizing it to the "
+        "model's input size (input)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        help="the model's square input side, for --noise-at input with --predictor (a checkpoint knows its own)",
+    )
     parser.add_argument("--limit", type=int, help="first N images of each source")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true")
@@ -544,14 +700,20 @@ def check_flags(args):
             if value is not None:
                 raise ConfigError(f"{flag} is for --distortion imagenet-c, not {kind}")
     if kind not in ATTACKS:
-        for flag, value in (("--pgd-steps", args.pgd_steps), ("--pgd-step-size", args.pgd_step_size),
-                            ("--pgd-loss", args.pgd_loss), ("--random-start", args.random_start or None)):
+        for flag, value in (
+            ("--pgd-steps", args.pgd_steps),
+            ("--pgd-step-size", args.pgd_step_size),
+            ("--pgd-loss", args.pgd_loss),
+            ("--random-start", args.random_start or None),
+        ):
             if value is not None:
                 raise ConfigError(f"{flag} is for --distortion pgd-linf / pgd-l2, not {kind}")
         return
     if args.predictor is not None:
-        raise ConfigError(f"--distortion {kind} needs --checkpoint: gradient attacks differentiate the MEnet "
-                          "network, and a --predictor is a black box")
+        raise ConfigError(
+            f"--distortion {kind} needs --checkpoint: gradient attacks differentiate the MEnet "
+            "network, and a --predictor is a black box"
+        )
     if args.pgd_steps is not None and args.pgd_steps < 1:
         raise ConfigError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
     if args.pgd_step_size is not None and not args.pgd_step_size > 0:
@@ -585,8 +747,7 @@ def main(argv=None) -> int:
     if args.predictor is None:
         # Raw maps (the CE probability and the Eq. 5 distance / 2 as the network gives them); the normalised
         # scores min-max them here, as the network's normalised maps are.
-        predictor = api.Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False,
-                                   dtype="float32")
+        predictor = api.Predictor.load(args.checkpoint, batch_size=args.batch_size, normalize=False, dtype="float32")
         input_size = predictor.config.image_size
         default = ("ce",) if kind in ATTACKS else ("metric", "ce")
         map_names = default if args.map is None else ("metric", "ce") if args.map == "both" else (args.map,)
@@ -600,42 +761,69 @@ def main(argv=None) -> int:
             source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
         common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
         if kind == "imagenet-c":
-            all_results[name] = evaluate_corruptions(source, predict, names, levels, noise_at=args.noise_at,
-                                                     input_size=input_size, **common)
+            all_results[name] = evaluate_corruptions(
+                source, predict, names, levels, noise_at=args.noise_at, input_size=input_size, **common
+            )
         elif kind in ATTACKS:
             all_results[name] = evaluate_attack(
-                source, predictor, ATTACKS[kind], levels, maps=map_names, random_start=args.random_start,
-                steps=args.pgd_steps or 10, step_size=args.pgd_step_size, loss=args.pgd_loss or "bce",
-                **common)
+                source,
+                predictor,
+                ATTACKS[kind],
+                levels,
+                maps=map_names,
+                random_start=args.random_start,
+                steps=args.pgd_steps or 10,
+                step_size=args.pgd_step_size,
+                loss=args.pgd_loss or "bce",
+                **common,
+            )
         else:
-            all_results[name] = evaluate_distorted(source, predict, kind, levels, noise_at=args.noise_at,
-                                                   input_size=input_size, **common)
+            all_results[name] = evaluate_distorted(
+                source, predict, kind, levels, noise_at=args.noise_at, input_size=input_size, **common
+            )
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     if kind == "imagenet-c":
         return _write_corruptions(args, out, all_results, names, levels, input_size, reference, reference_model)
-    tables = "\n\n".join(format_table(name, kind, r, mode)
-                         for name, r in all_results.items() for mode in ("normalised", "raw"))
+    tables = "\n\n".join(
+        format_table(name, kind, r, mode) for name, r in all_results.items() for mode in ("normalised", "raw")
+    )
     if kind in ATTACKS:
         loss = args.pgd_loss or "bce"
         tables += "\n\n" + "\n\n".join(format_attack_losses(name, r, loss) for name, r in all_results.items())
-        summary = {"distortion": kind, "model": model_name(args), "levels": [str(float(lv)) for lv in levels],
-                   "level_unit": "budget in pixel levels of the 0..255 scale (k means k/255 of [0, 1])",
-                   "norm": ATTACKS[kind], "attacked_maps": list(map_names), "loss": loss,
-                   "steps": args.pgd_steps or 10,
-                   "step_size": f"{args.pgd_step_size} x budget" if args.pgd_step_size else "2.5 x budget / steps",
-                   "random_start": args.random_start, "seed": args.seed, "seeds": args.seeds,
-                   "attack_space": f"network input ({input_size} px, float, not re-quantised)",
-                   "input_size": input_size, "datasets": all_results}
+        summary = {
+            "distortion": kind,
+            "model": model_name(args),
+            "levels": [str(float(lv)) for lv in levels],
+            "level_unit": "budget in pixel levels of the 0..255 scale (k means k/255 of [0, 1])",
+            "norm": ATTACKS[kind],
+            "attacked_maps": list(map_names),
+            "loss": loss,
+            "steps": args.pgd_steps or 10,
+            "step_size": f"{args.pgd_step_size} x budget" if args.pgd_step_size else "2.5 x budget / steps",
+            "random_start": args.random_start,
+            "seed": args.seed,
+            "seeds": args.seeds,
+            "attack_space": f"network input ({input_size} px, float, not re-quantised)",
+            "input_size": input_size,
+            "datasets": all_results,
+        }
     else:
-        summary = {"distortion": kind, "levels": [str(lv) for lv in levels], "seed": args.seed,
-                   "seeds": args.seeds, "noise_at": args.noise_at, "input_size": input_size,
-                   "level_unit": "noise variance, 0..255 scale" if kind == "awgn" else "JPEG quality",
-                   "random_ranges": distortions.RANDOM_RANGES[kind], "datasets": all_results}
+        summary = {
+            "distortion": kind,
+            "levels": [str(lv) for lv in levels],
+            "seed": args.seed,
+            "seeds": args.seeds,
+            "noise_at": args.noise_at,
+            "input_size": input_size,
+            "level_unit": "noise variance, 0..255 scale" if kind == "awgn" else "JPEG quality",
+            "random_ranges": distortions.RANDOM_RANGES[kind],
+            "datasets": all_results,
+        }
     (out / "table.md").write_text(tables + "\n")
     (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
     written = [out / "robustness.json", out / "table.md"]
-    if any(level != "random" for level in levels):      # Fig. 9 needs fixed levels; "random" alone is Table II
+    if any(level != "random" for level in levels):  # Fig. 9 needs fixed levels; "random" alone is Table II
         plot_curves(all_results, kind, out)
         written.append(out / "curves.png")
     print(tables)
@@ -656,14 +844,21 @@ def _write_corruptions(args, out, all_results, names, severities, input_size, re
                 tables.append(format_corruption_table(dataset, results, mode, m, ce, label))
     text = "\n\n".join(tables)
     (out / "table.md").write_text(text + "\n")
-    summary = {"distortion": "imagenet-c", "model": model_name(args), "corruptions": names,
-               "severities": [str(s) for s in severities], "seed": args.seed, "seeds": args.seeds,
-               "noise_at": args.noise_at, "input_size": input_size,
-               "parameters": "ImageNet-C (Hendrycks & Dietterich 2019) published severities; see "
-                             "robustness/corruptions.py",
-               "frost": "procedural seeded texture (not the ImageNet-C frost photos)",
-               "reference": None if reference is None else {"path": str(args.reference), "model": reference_model},
-               "corruption_errors": errors if reference is not None else None, "datasets": all_results}
+    summary = {
+        "distortion": "imagenet-c",
+        "model": model_name(args),
+        "corruptions": names,
+        "severities": [str(s) for s in severities],
+        "seed": args.seed,
+        "seeds": args.seeds,
+        "noise_at": args.noise_at,
+        "input_size": input_size,
+        "parameters": "ImageNet-C (Hendrycks & Dietterich 2019) published severities; see robustness/corruptions.py",
+        "frost": "procedural seeded texture (not the ImageNet-C frost photos)",
+        "reference": None if reference is None else {"path": str(args.reference), "model": reference_model},
+        "corruption_errors": errors if reference is not None else None,
+        "datasets": all_results,
+    }
     (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_corruptions(all_results, out)
     print(text)

@@ -20,6 +20,7 @@ evaluation mode (BatchNorm with its running statistics):
 Writes DIR/jacobian.json (settings, averages, per-image rows) and DIR/gradient_histogram.png (log10 |g| pooled
 over the images).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure     # no pyplot: a notebook's backend is left alone
+from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 from tqdm.auto import tqdm
 
 from menet_datasets.cli import add_source_arguments, sources_from_args
@@ -50,14 +51,20 @@ def output_function(config, variables, output: str, *, authors_objective: bool =
     def f(x):
         out = network(variables, x)
         return jax.nn.softmax(out, axis=-1) if authors_objective else out
+
     return f
 
 
 def gradient_stats(g) -> dict:
     """Table III's per-image statistics of |g| (variance unbiased, as torch.var)."""
     a = np.abs(np.asarray(g, np.float64)).ravel()
-    return {"max": float(a.max()), "min": float(a.min()), "median": float(np.median(a)), "mean": float(a.mean()),
-            "var": float(a.var(ddof=1))}
+    return {
+        "max": float(a.max()),
+        "min": float(a.min()),
+        "median": float(np.median(a)),
+        "mean": float(a.mean()),
+        "var": float(a.var(ddof=1)),
+    }
 
 
 def mc_directions(image, kind, count, seed, index):
@@ -68,13 +75,30 @@ def mc_directions(image, kind, count, seed, index):
         return rng.standard_normal((count, *image.shape)).astype(np.float32)
     if kind == "awgn":
         sigma = distortions.IMAGENET_C["awgn"][0] * 255.0
-        return np.stack([distortions.awgn(image, distortions.image_rng(seed, index, f"awgn{k}"), sigma=sigma)
-                         .astype(np.float32) - clean for k in range(count)])
+        return np.stack(
+            [
+                distortions.awgn(image, distortions.image_rng(seed, index, f"awgn{k}"), sigma=sigma).astype(np.float32)
+                - clean
+                for k in range(count)
+            ]
+        )
     return np.stack([distortions.jpeg(image, q).astype(np.float32) - clean for q in distortions.IMAGENET_C["jpeg"]])
 
 
-def analyse_image(f, x, *, image=None, index=0, seed=0, power_iterations=30, tol=1e-3, probes=16,
-                  mc_count=8, t_schedule=(100.0, 10.0, 1.0, 0.1), grad_fn=None):
+def analyse_image(
+    f,
+    x,
+    *,
+    image=None,
+    index=0,
+    seed=0,
+    power_iterations=30,
+    tol=1e-3,
+    probes=16,
+    mc_count=8,
+    t_schedule=(100.0, 10.0, 1.0, 0.1),
+    grad_fn=None,
+):
     """Everything this CLI reports for one input x (1, S, S, 3) float32 (`grad_fn`: a jitted gradient of
     sum(f), reused across images)."""
     grad = (grad_fn or jax.grad(lambda z: jnp.sum(f(z))))(x)
@@ -88,7 +112,7 @@ def analyse_image(f, x, *, image=None, index=0, seed=0, power_iterations=30, tol
         row["eq12"] = {}
         for kind in ("gaussian", "awgn", "jpeg"):
             d = mc_directions(image, kind, mc_count, seed, index)
-            d = d[np.linalg.norm(d.reshape(len(d), -1), axis=1) > 0]      # JPEG can leave a flat image unchanged
+            d = d[np.linalg.norm(d.reshape(len(d), -1), axis=1) > 0]  # JPEG can leave a flat image unchanged
             if len(d):
                 est = norms.directional_estimates(f, x, d[:, None], t_schedule)
                 est.pop("per_direction_limit")
@@ -112,43 +136,57 @@ def _mean(rows, *path):
 def summarize(rows) -> dict:
     summary = {"n_images": len(rows), "gradient": {s: _mean(rows, "stats", s) for s in STATS}}
     if rows and "spectral" in rows[0]:
-        summary["spectral"] = {"mean": _mean(rows, "spectral", "value"),
-                               "max": float(max(r["spectral"]["value"] for r in rows)),
-                               "mean_iterations": _mean(rows, "spectral", "iterations"),
-                               "all_converged": all(r["spectral"]["converged"] for r in rows)}
+        summary["spectral"] = {
+            "mean": _mean(rows, "spectral", "value"),
+            "max": float(max(r["spectral"]["value"] for r in rows)),
+            "mean_iterations": _mean(rows, "spectral", "iterations"),
+            "all_converged": all(r["spectral"]["converged"] for r in rows),
+        }
     if rows and "frobenius" in rows[0]:
-        summary["frobenius"] = {"mean": _mean(rows, "frobenius", "value"),
-                                "mean_ci_low": _mean(rows, "frobenius", "ci_low"),
-                                "mean_ci_high": _mean(rows, "frobenius", "ci_high")}
+        summary["frobenius"] = {
+            "mean": _mean(rows, "frobenius", "value"),
+            "mean_ci_low": _mean(rows, "frobenius", "ci_low"),
+            "mean_ci_high": _mean(rows, "frobenius", "ci_high"),
+        }
     if rows and "eq12" in rows[0]:
         summary["eq12"] = {}
         for kind in rows[0]["eq12"]:
             kept = [r["eq12"][kind] for r in rows if kind in r.get("eq12", {})]
             summary["eq12"][kind] = {
                 "limit": float(np.mean([k["limit"]["mean"] for k in kept])),
-                "finite_differences": {str(fd["t"]): float(np.mean([k["finite_differences"][i]["mean"] for k in kept]))
-                                       for i, fd in enumerate(kept[0]["finite_differences"])}}
+                "finite_differences": {
+                    str(fd["t"]): float(np.mean([k["finite_differences"][i]["mean"] for k in kept]))
+                    for i, fd in enumerate(kept[0]["finite_differences"])
+                },
+            }
     return summary
 
 
 def format_table(name, summary, label) -> str:
     g = summary["gradient"]
-    lines = [f"Table III ({label}, mean over {summary['n_images']} images)",
-             f"{'Data':12s}" + "".join(f"{s + '(|g|)':>15s}" for s in STATS),
-             f"{name:12s}" + "".join(f"{g[s]:15.4e}" for s in STATS)]
+    lines = [
+        f"Table III ({label}, mean over {summary['n_images']} images)",
+        f"{'Data':12s}" + "".join(f"{s + '(|g|)':>15s}" for s in STATS),
+        f"{name:12s}" + "".join(f"{g[s]:15.4e}" for s in STATS),
+    ]
     if "spectral" in summary:
         s = summary["spectral"]
-        lines.append(f"||J||_2 (power iteration): mean {s['mean']:.4e}, max {s['max']:.4e}, "
-                     f"{s['mean_iterations']:.1f} iterations on average, all converged: {s['all_converged']}")
+        lines.append(
+            f"||J||_2 (power iteration): mean {s['mean']:.4e}, max {s['max']:.4e}, "
+            f"{s['mean_iterations']:.1f} iterations on average, all converged: {s['all_converged']}"
+        )
     if "frobenius" in summary:
         s = summary["frobenius"]
-        lines.append(f"||J||_F (Hutchinson): mean {s['mean']:.4e} (mean 95% interval {s['mean_ci_low']:.4e} .. "
-                     f"{s['mean_ci_high']:.4e})")
+        lines.append(
+            f"||J||_F (Hutchinson): mean {s['mean']:.4e} (mean 95% interval {s['mean_ci_low']:.4e} .. "
+            f"{s['mean_ci_high']:.4e})"
+        )
     for kind, e in summary.get("eq12", {}).items():
         fd = ", ".join(f"t={t}: {v:.4e}" for t, v in e["finite_differences"].items())
         note = "  (= ||J||_F^2 / d for uniform unit directions, d = input size)" if kind == "gaussian" else ""
-        lines.append(f"Eq. 12 {kind:8s} E||J n||^2 over unit directions n = {e['limit']:.4e}{note}  "
-                     f"(finite differences {fd})")
+        lines.append(
+            f"Eq. 12 {kind:8s} E||J n||^2 over unit directions n = {e['limit']:.4e}{note}  (finite differences {fd})"
+        )
     return "\n".join(lines)
 
 
@@ -156,20 +194,31 @@ def plot_histogram(grads_log_hist, edges, zeros, output: Path, label: str) -> No
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
     ax.stairs(grads_log_hist, edges, fill=True, alpha=0.7)
-    ax.set(xlabel="log10 |g|", ylabel="entries (all images)", yscale="log",
-           title=f"d sum({label}) / d input" + (f"  ({zeros} exact zeros)" if zeros else ""))
+    ax.set(
+        xlabel="log10 |g|",
+        ylabel="entries (all images)",
+        yscale="log",
+        title=f"d sum({label}) / d input" + (f"  ({zeros} exact zeros)" if zeros else ""),
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m robustness.jacobian", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m robustness.jacobian",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     api.add_checkpoint_argument(parser, float32=True, preset=True)
     parser.add_argument("--output", choices=OUTPUTS, default="salient_prob")
-    parser.add_argument("--authors-objective", action="store_true",
-                        help="differentiate the sum of both softmax channels (a constant), as the authors did")
+    parser.add_argument(
+        "--authors-objective",
+        action="store_true",
+        help="differentiate the sum of both softmax channels (a constant), as the authors did",
+    )
     parser.add_argument("--bn-train-mode", action="store_true", help="BatchNorm with batch statistics (authors)")
     parser.add_argument("--limit", type=int, help="first N images of each source")
     parser.add_argument("--output-dir", type=Path, default=Path("jacobian"))
@@ -192,8 +241,9 @@ def main(argv=None) -> int:
     # Jacobians and bounds need float32.
     variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
     label = "softmax, both channels (authors)" if args.authors_objective else args.output
-    f = output_function(config, variables, args.output, authors_objective=args.authors_objective,
-                        bn_train=args.bn_train_mode)
+    f = output_function(
+        config, variables, args.output, authors_objective=args.authors_objective, bn_train=args.bn_train_mode
+    )
     grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))), compiler_options=api.compiler_options())
     size = config.image_size
     edges = np.linspace(-24, 4, 113)
@@ -205,10 +255,19 @@ def main(argv=None) -> int:
             example = source[i]
             image = api.resize_input(example["image"], size)
             x = jnp.asarray(image[None], jnp.float32)
-            grad, row = analyse_image(f, x, image=image, index=i, seed=args.seed,
-                                      power_iterations=args.power_iterations, tol=args.tol,
-                                      probes=args.probes, mc_count=args.mc_directions,
-                                      t_schedule=tuple(args.t_schedule), grad_fn=grad_fn)
+            grad, row = analyse_image(
+                f,
+                x,
+                image=image,
+                index=i,
+                seed=args.seed,
+                power_iterations=args.power_iterations,
+                tol=args.tol,
+                probes=args.probes,
+                mc_count=args.mc_directions,
+                t_schedule=tuple(args.t_schedule),
+                grad_fn=grad_fn,
+            )
             a = np.abs(np.asarray(grad, np.float64)).ravel()
             zeros += int(np.sum(a == 0))
             hist += np.histogram(np.log10(a[a > 0]), edges)[0]
@@ -218,12 +277,20 @@ def main(argv=None) -> int:
         print(format_table(name, summary, label))
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"output": args.output, "authors_objective": args.authors_objective,
-                "bn_mode": "train" if args.bn_train_mode else "eval", "image_size": size,
-                "input_scale": "0..255" if config.input_scale == "raw" else "0..255 (network normalises)",
-                "power_iterations": args.power_iterations, "tol": args.tol, "probes": args.probes,
-                "mc_directions": args.mc_directions, "t_schedule": args.t_schedule, "seed": args.seed,
-                "config": dataclasses.asdict(config)}
+    settings = {
+        "output": args.output,
+        "authors_objective": args.authors_objective,
+        "bn_mode": "train" if args.bn_train_mode else "eval",
+        "image_size": size,
+        "input_scale": "0..255" if config.input_scale == "raw" else "0..255 (network normalises)",
+        "power_iterations": args.power_iterations,
+        "tol": args.tol,
+        "probes": args.probes,
+        "mc_directions": args.mc_directions,
+        "t_schedule": args.t_schedule,
+        "seed": args.seed,
+        "config": dataclasses.asdict(config),
+    }
     (out / "jacobian.json").write_text(json.dumps({"settings": settings, "datasets": report}, indent=2) + "\n")
     plot_histogram(hist, edges, zeros, out / "gradient_histogram.png", label)
     print(f"results: {out / 'jacobian.json'}, histogram: {out / 'gradient_histogram.png'}")

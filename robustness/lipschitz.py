@@ -26,10 +26,10 @@ through it unbounded; asking for such an output raises `LipschitzError` naming t
 logits, the tanh features and the salient probability are bounded; the metric map is not (it L2-normalises the
 features, and x / ||x|| is not Lipschitz near 0).
 """
+
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -53,12 +53,21 @@ class LipschitzError(api.MenetError, ValueError):
 # ----------------------------------------------------------------------------------------------- convolutions
 def _kernel_spatial_io(kernel, dimension_numbers):
     """The kernel as (spatial..., in features, out features), whatever its layout in the jaxpr."""
-    rhs_spec = dimension_numbers.rhs_spec            # (out feature dim, in feature dim, spatial dims...)
+    rhs_spec = dimension_numbers.rhs_spec  # (out feature dim, in feature dim, spatial dims...)
     return np.transpose(np.asarray(kernel, np.float64), (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
 
 
-def conv_fft_bound(kernel, in_spatial, *, padding, lhs_dilation=None, rhs_dilation=None, groups: int = 1,
-                   in_scale=None, chunk_elems: int = 2 ** 24) -> float:
+def conv_fft_bound(
+    kernel,
+    in_spatial,
+    *,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    groups: int = 1,
+    in_scale=None,
+    chunk_elems: int = 2**24,
+) -> float:
     """Certified upper bound of the operator norm of x -> conv(x, kernel) on inputs of spatial size `in_spatial`.
 
     `kernel`: (spatial..., in features per group, out features). The zero-padded (and input-dilated,
@@ -82,9 +91,9 @@ def conv_fft_bound(kernel, in_spatial, *, padding, lhs_dilation=None, rhs_dilati
     out_per_group = out // groups
     best = 0.0
     for g in range(groups):
-        kg = k[..., g * out_per_group:(g + 1) * out_per_group]
+        kg = k[..., g * out_per_group : (g + 1) * out_per_group]
         if in_scale is not None:
-            kg = kg * np.asarray(in_scale, np.float64)[g * in_per_group:(g + 1) * in_per_group][:, None]
+            kg = kg * np.asarray(in_scale, np.float64)[g * in_per_group : (g + 1) * in_per_group][:, None]
         best = max(best, _circular_norm(kg, grid, chunk_elems))
     return best
 
@@ -111,17 +120,18 @@ def _circular_norm_impl(k, grid, chunk_elems):
     step = max(1, chunk_elems // per_freq)
     best = 0.0
     for start in range(0, len(freqs), step):
-        w = freqs[start:start + step]
-        phase = np.exp(-2j * np.pi * np.outer(w, np.arange(k0)) / n0)          # (chunk, k0)
-        spectrum = np.tensordot(phase, rest, axes=(1, 0))                      # (chunk, n1.., I, O)
+        w = freqs[start : start + step]
+        phase = np.exp(-2j * np.pi * np.outer(w, np.arange(k0)) / n0)  # (chunk, k0)
+        spectrum = np.tensordot(phase, rest, axes=(1, 0))  # (chunk, n1.., I, O)
         m = spectrum.reshape(-1, *spectrum.shape[-2:])
         gram = m.conj().transpose(0, 2, 1) @ m if m.shape[-1] <= m.shape[-2] else m @ m.conj().transpose(0, 2, 1)
         best = max(best, float(np.sqrt(max(np.linalg.eigvalsh(gram)[:, -1].max(), 0.0))))
     return best
 
 
-def conv_power_norm(params, kernel, lhs_shape, *, key, in_scale=None, feature_axis=-1, iters: int = 100,
-                    tol: float = 1e-5):
+def conv_power_norm(
+    params, kernel, lhs_shape, *, key, in_scale=None, feature_axis=-1, iters: int = 100, tol: float = 1e-5
+):
     """Power-iteration estimate (from below) of the same convolution's operator norm on the actual input shape,
     with an optional per-input-channel scaling applied first (a folded BatchNorm)."""
     kernel = jnp.asarray(kernel, jnp.float32)
@@ -132,13 +142,21 @@ def conv_power_norm(params, kernel, lhs_shape, *, key, in_scale=None, feature_ax
         scale = jnp.asarray(in_scale, jnp.float32).reshape(shape)
     apply = lambda v: lax.conv_general_dilated(v * scale, kernel, **params)
     transpose = jax.linear_transpose(apply, jax.ShapeDtypeStruct(lhs_shape, jnp.float32))
-    return power_iteration(jax.jit(apply), jax.jit(lambda u: transpose(u)[0]), lhs_shape, key=key, iters=iters,
-                           tol=tol)
+    return power_iteration(jax.jit(apply), jax.jit(lambda u: transpose(u)[0]), lhs_shape, key=key, iters=iters, tol=tol)
 
 
 def _conv_params(eqn_params):
-    keep = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
-            "feature_group_count", "batch_group_count", "precision", "preferred_element_type")
+    keep = (
+        "window_strides",
+        "padding",
+        "lhs_dilation",
+        "rhs_dilation",
+        "dimension_numbers",
+        "feature_group_count",
+        "batch_group_count",
+        "precision",
+        "preferred_element_type",
+    )
     return {k: eqn_params[k] for k in keep if k in eqn_params}
 
 
@@ -146,9 +164,10 @@ def _conv_params(eqn_params):
 @dataclasses.dataclass
 class Dep:
     """An input-dependent value: Jacobian = diag(scale) M with ||M||_2 <= cert (certified) and ~ est."""
+
     cert: float
     est: float
-    scale: object = None            # None or an array broadcastable to the value's shape
+    scale: object = None  # None or an array broadcastable to the value's shape
 
     def flushed(self):
         if self.scale is None:
@@ -167,14 +186,53 @@ class Const:
     value: object
 
 
-STRUCTURAL = {"reshape", "squeeze", "expand_dims", "transpose", "rev", "slice", "convert_element_type", "copy",
-              "copy_p", "reduce_precision", "dynamic_slice"}
+STRUCTURAL = {
+    "reshape",
+    "squeeze",
+    "expand_dims",
+    "transpose",
+    "rev",
+    "slice",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "reduce_precision",
+    "dynamic_slice",
+}
 IDENTITY = {"stop_gradient", "optimization_barrier"}
-SLOPE = {"tanh": 1.0, "logistic": 0.25, "abs": 1.0, "neg": 1.0, "sin": 1.0, "cos": 1.0, "atan": 1.0,
-         "round": None, "floor": None, "ceil": None, "sign": None, "exp": None, "log": None, "sqrt": None,
-         "rsqrt": None, "integer_pow": None, "pow": None, "log1p": None, "expm1": None, "erf_inv": None}
-CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
-         "remat", "checkpoint")
+SLOPE = {
+    "tanh": 1.0,
+    "logistic": 0.25,
+    "abs": 1.0,
+    "neg": 1.0,
+    "sin": 1.0,
+    "cos": 1.0,
+    "atan": 1.0,
+    "round": None,
+    "floor": None,
+    "ceil": None,
+    "sign": None,
+    "exp": None,
+    "log": None,
+    "sqrt": None,
+    "rsqrt": None,
+    "integer_pow": None,
+    "pow": None,
+    "log1p": None,
+    "expm1": None,
+    "erf_inv": None,
+}
+CALLS = (
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+)
 
 
 def _sub_jaxpr(eqn):
@@ -266,7 +324,7 @@ class _Interpreter:
                 return Dep(d.cert, d.est, c if d.scale is None else d.scale * c)
             return unbounded("division by an input-dependent value (not Lipschitz near 0)")
         if name in ("max", "min"):
-            if len(dep) == 1:                       # ReLU-like: slope 0 or 1, a diagonal commuting with scales
+            if len(dep) == 1:  # ReLU-like: slope 0 or 1, a diagonal commuting with scales
                 return dep[0]
             a, b = (d.flushed() for d in dep)
             return Dep(math.hypot(a.cert, b.cert), math.hypot(a.est, b.est))
@@ -279,7 +337,7 @@ class _Interpreter:
             if not isinstance(ins[0], Const):
                 return unbounded("the selector depends on the input (a step function)")
             cases = [c.flushed() for c in ins[1:] if not isinstance(c, Const)]
-            return Dep(math.sqrt(sum(c.cert ** 2 for c in cases)), math.sqrt(sum(c.est ** 2 for c in cases)))
+            return Dep(math.sqrt(sum(c.cert**2 for c in cases)), math.sqrt(sum(c.est**2 for c in cases)))
         if name in STRUCTURAL or name == "pad":
             d = ins[0]
             if name == "dynamic_slice" and not all(isinstance(i, Const) for i in ins[1:]):
@@ -292,18 +350,28 @@ class _Interpreter:
         if name == "broadcast_in_dim":
             d = ins[0]
             copies = math.sqrt(np.prod(shape) / max(np.prod(eqn.invars[0].aval.shape), 1))
-            scale = None if d.scale is None else np.asarray(_evaluate(eqn, [jnp.broadcast_to(
-                jnp.asarray(d.scale, jnp.float32), eqn.invars[0].aval.shape)])[0])
+            scale = (
+                None
+                if d.scale is None
+                else np.asarray(
+                    _evaluate(eqn, [jnp.broadcast_to(jnp.asarray(d.scale, jnp.float32), eqn.invars[0].aval.shape)])[0]
+                )
+            )
             return Dep(d.cert * copies, d.est * copies, scale)
         if name in ("concatenate", "stack"):
             parts = [i if isinstance(i, Dep) else Dep(0.0, 0.0) for i in ins]
             scale = None
             if any(part.scale is not None for part in parts):
-                full = [np.broadcast_to(np.ones(()) if part.scale is None else part.scale, var.aval.shape)
-                        for var, part in zip(eqn.invars, parts)]
-                scale = (np.concatenate(full, axis=p["dimension"]) if name == "concatenate"
-                         else np.stack(full, axis=p["axis"]))
-            return Dep(math.sqrt(sum(x.cert ** 2 for x in parts)), math.sqrt(sum(x.est ** 2 for x in parts)), scale)
+                full = [
+                    np.broadcast_to(np.ones(()) if part.scale is None else part.scale, var.aval.shape)
+                    for var, part in zip(eqn.invars, parts)
+                ]
+                scale = (
+                    np.concatenate(full, axis=p["dimension"])
+                    if name == "concatenate"
+                    else np.stack(full, axis=p["axis"])
+                )
+            return Dep(math.sqrt(sum(x.cert**2 for x in parts)), math.sqrt(sum(x.est**2 for x in parts)), scale)
         if name in ("reduce_sum", "reduce_max", "reduce_min", "argmax"):
             if name == "argmax":
                 return unbounded("argmax is a step function")
@@ -316,8 +384,9 @@ class _Interpreter:
                 return unbounded("dilated windows are not supported")
             d = ins[0].flushed()
             overlap = math.prod(-(-w // s) for w, s in zip(p["window_dimensions"], p["window_strides"]))
-            factor = math.sqrt(overlap) * (math.sqrt(math.prod(p["window_dimensions"]))
-                                           if name == "reduce_window_sum" else 1.0)
+            factor = math.sqrt(overlap) * (
+                math.sqrt(math.prod(p["window_dimensions"])) if name == "reduce_window_sum" else 1.0
+            )
             return Dep(d.cert * factor, d.est * factor)
         if name == "conv_general_dilated":
             return self.conv_l2(eqn, ins, where)
@@ -346,23 +415,48 @@ class _Interpreter:
         k_sio = _kernel_spatial_io(kernel, dn)
         in_spatial = [lhs_shape[a] for a in dn.lhs_spec[2:]]
         groups = p.get("feature_group_count", 1)
-        cert = conv_fft_bound(k_sio, in_spatial, padding=p["padding"], lhs_dilation=p["lhs_dilation"],
-                              rhs_dilation=p["rhs_dilation"], groups=groups, in_scale=in_scale)
+        cert = conv_fft_bound(
+            k_sio,
+            in_spatial,
+            padding=p["padding"],
+            lhs_dilation=p["lhs_dilation"],
+            rhs_dilation=p["rhs_dilation"],
+            groups=groups,
+            in_scale=in_scale,
+        )
         est = cert
-        record = {"name": where, "op": _conv_kind(p), "in_shape": list(lhs_shape),
-                  "out_shape": list(eqn.outvars[0].aval.shape), "kernel": list(kernel.shape),
-                  "folded_scale": folded, "fft_bound": cert}
+        record = {
+            "name": where,
+            "op": _conv_kind(p),
+            "in_shape": list(lhs_shape),
+            "out_shape": list(eqn.outvars[0].aval.shape),
+            "kernel": list(kernel.shape),
+            "folded_scale": folded,
+            "fft_bound": cert,
+        }
         if self.power_iters:
-            signature = (kernel.tobytes(), None if in_scale is None else np.asarray(in_scale).tobytes(),
-                         tuple(lhs_shape), repr(sorted(_conv_params(p).items())), self.power_iters)
+            signature = (
+                kernel.tobytes(),
+                None if in_scale is None else np.asarray(in_scale).tobytes(),
+                tuple(lhs_shape),
+                repr(sorted(_conv_params(p).items())),
+                self.power_iters,
+            )
             if signature not in self.cache:
                 self.cache[signature] = conv_power_norm(
-                    _conv_params(p), kernel, lhs_shape, in_scale=in_scale, feature_axis=feature_axis,
-                    key=jax.random.fold_in(self.key, len(self.layers)), iters=self.power_iters)
+                    _conv_params(p),
+                    kernel,
+                    lhs_shape,
+                    in_scale=in_scale,
+                    feature_axis=feature_axis,
+                    key=jax.random.fold_in(self.key, len(self.layers)),
+                    iters=self.power_iters,
+                )
             estimate = self.cache[signature]
             est = estimate.value
-            record.update(power_estimate=estimate.value, power_iterations=estimate.iterations,
-                          power_converged=estimate.converged)
+            record.update(
+                power_estimate=estimate.value, power_iterations=estimate.iterations, power_converged=estimate.converged
+            )
         self.layers.append(record)
         return Dep(d.cert * cert, d.est * est)
 
@@ -379,9 +473,18 @@ class _Interpreter:
         matrix = np.transpose(w, (*contract, *free)).reshape(math.prod(w.shape[a] for a in contract), -1)
         norm = float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
         d = ins[1 - const_side].flushed()
-        self.layers.append({"name": where, "op": "dense", "in_shape": list(eqn.invars[1 - const_side].aval.shape),
-                            "out_shape": list(eqn.outvars[0].aval.shape), "kernel": list(w.shape),
-                            "folded_scale": False, "fft_bound": norm, "power_estimate": norm})
+        self.layers.append(
+            {
+                "name": where,
+                "op": "dense",
+                "in_shape": list(eqn.invars[1 - const_side].aval.shape),
+                "out_shape": list(eqn.outvars[0].aval.shape),
+                "kernel": list(w.shape),
+                "folded_scale": False,
+                "fft_bound": norm,
+                "power_estimate": norm,
+            }
+        )
         return Dep(d.cert * norm, d.est * norm)
 
     # ------------------------------------------------------------------------------- element-wise network G
@@ -410,15 +513,19 @@ class _Interpreter:
             if not isinstance(ins[0], Const):
                 return unbounded("the selector depends on the input (a step function)")
             dtype = dep[0].dtype
-            cases = [jnp.zeros(eqn.outvars[0].aval.shape, dtype) if isinstance(c, Const) else c.astype(dtype)
-                     for c in ins[1:]]
+            cases = [
+                jnp.zeros(eqn.outvars[0].aval.shape, dtype) if isinstance(c, Const) else c.astype(dtype)
+                for c in ins[1:]
+            ]
             return lax.select_n(ins[0].value, *cases)
         if name == "pad":
             return lax.pad(ins[0], jnp.zeros((), ins[0].dtype), p["padding_config"])
         if name in ("concatenate", "stack"):
             dtype = dep[0].dtype
-            parts = [jnp.zeros(v.aval.shape, dtype) if isinstance(i, Const) else i.astype(dtype)
-                     for v, i in zip(eqn.invars, ins)]
+            parts = [
+                jnp.zeros(v.aval.shape, dtype) if isinstance(i, Const) else i.astype(dtype)
+                for v, i in zip(eqn.invars, ins)
+            ]
             return _evaluate(eqn, parts)[0]
         if name in ("convert_element_type", "reduce_precision"):
             if not jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating):
@@ -433,8 +540,7 @@ class _Interpreter:
         if name in ("reduce_window_max", "reduce_window_min", "reduce_window_sum"):
             if any(x != 1 for x in (*p["base_dilation"], *p["window_dilation"])):
                 return unbounded("dilated windows are not supported")
-            return lax.reduce_window(ins[0], 0.0, lax.add, p["window_dimensions"], p["window_strides"],
-                                     p["padding"])
+            return lax.reduce_window(ins[0], 0.0, lax.add, p["window_dimensions"], p["window_strides"], p["padding"])
         if name == "conv_general_dilated":
             if not isinstance(ins[1], Const) or isinstance(ins[0], Const):
                 return unbounded("the kernel depends on the input")
@@ -461,8 +567,10 @@ def _conv_kind(p):
 def _single_output(f, x):
     closed = jax.make_jaxpr(f)(x)
     if len(closed.jaxpr.outvars) != 1:
-        raise LipschitzError(f"the function has {len(closed.jaxpr.outvars)} outputs: bound one at a time "
-                             "(e.g. lambda x: model(x)['logits'])")
+        raise LipschitzError(
+            f"the function has {len(closed.jaxpr.outvars)} outputs: bound one at a time "
+            "(e.g. lambda x: model(x)['logits'])"
+        )
     if len(closed.jaxpr.invars) != 1:
         raise LipschitzError("the function must take one array (the image)")
     return closed
@@ -550,8 +658,13 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
         k = np.asarray(kernel, np.float64)
         if transpose:
             edge = k.shape[0] - 1 - pad
-            return conv_fft_bound(k[::-1, ::-1], (spatial, spatial), padding=((edge, edge),) * 2,
-                                  lhs_dilation=(stride, stride), in_scale=in_scale)
+            return conv_fft_bound(
+                k[::-1, ::-1],
+                (spatial, spatial),
+                padding=((edge, edge),) * 2,
+                lhs_dilation=(stride, stride),
+                in_scale=in_scale,
+            )
         return conv_fft_bound(k, (spatial, spatial), padding=((pad, pad),) * 2, in_scale=in_scale)
 
     def brc(p, s, L, D, spatial, **kw):
@@ -578,8 +691,9 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     encoder, spatial = [L], size
     for s in range(1, 6):
         p, st = params[f"E{s}_down"], stats[f"E{s}_down"]
-        main = brc(p["BRC_1"], st["BRC_1"], brc(p["BRC_0"], st["BRC_0"], L, None, spatial, stride=2),
-                   None, spatial // 2)
+        main = brc(
+            p["BRC_1"], st["BRC_1"], brc(p["BRC_0"], st["BRC_0"], L, None, spatial, stride=2), None, spatial // 2
+        )
         L = main + brc(p["BRC_2"], st["BRC_2"], L, None, spatial, stride=2, pad=0)
         spatial //= 2
         L = identity(f"E{s}_block", L, None, spatial)
@@ -589,7 +703,7 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     bottleneck = brc(params["bottleneck_deconv"], stats["bottleneck_deconv"], b, None, 1, pad=0, transpose=True)
     L, decoder = bottleneck, {}
     for s in range(4, -1, -1):
-        L = math.sqrt(L ** 2 + encoder[s + 1] ** 2)
+        L = math.sqrt(L**2 + encoder[s + 1] ** 2)
         p, st = params[f"D{s}_up"], stats[f"D{s}_up"]
         main = brc(p["BRC_0"], st["BRC_0"], L, None, spatial, stride=2, pad=1, transpose=True)
         main = brc(p["BRC_1"], st["BRC_1"], main, None, spatial * 2)
@@ -605,13 +719,14 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
         Lside = brc(params[f"side_{name}"], stats[f"side_{name}"], Ls, Ds, sp)
         factor = size // sp
         sides.append(Lside * (math.sqrt(factor) * math.sqrt(factor) if factor > 1 else 1.0))
-    Lz = math.sqrt(sum(x ** 2 for x in sides))
+    Lz = math.sqrt(sum(x**2 for x in sides))
     head = "metric" if output == "features" else "logit"
     Lh = Lz * conv(params[f"{head}_conv"]["kernel"], size)
     scale = bn_scale(params[f"{head}_bn"], stats[f"{head}_bn"])
-    if output == "salient_prob":                 # sigmoid(z1 - z0): the two channels' sum, slope 1/4
+    if output == "salient_prob":  # sigmoid(z1 - z0): the two channels' sum, slope 1/4
         return (Lh * abs(scale[1]) + Lh * abs(scale[0])) * 0.25
     return flush(Lh, scale)
+
 
 def menet_outputs(config, variables, output: str):
     """MEnet in evaluation mode as a function of one image (1, S, S, 3) -> the chosen output, built with the plain
@@ -630,6 +745,7 @@ def menet_outputs(config, variables, output: str):
         if output == "salient_prob":
             return p
         return api.metric_distance(out["features"], p)
+
     return f
 
 
@@ -641,18 +757,27 @@ def _print_table(layers):
     for i, r in enumerate(layers):
         shape = "x".join(str(s) for s in r["in_shape"])
         est = r.get("power_estimate")
-        print(f"{i:3d} {r['name'][-44:]:44s} {r['op']:16s} {shape:>18s} {'yes' if r['folded_scale'] else '':>4s} "
-              f"{r['fft_bound']:11.4g} {('%11.4g' % est) if est is not None else '-':>11s}")
+        print(
+            f"{i:3d} {r['name'][-44:]:44s} {r['op']:16s} {shape:>18s} {'yes' if r['folded_scale'] else '':>4s} "
+            f"{r['fft_bound']:11.4g} {('%11.4g' % est) if est is not None else '-':>11s}"
+        )
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m robustness.lipschitz", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m robustness.lipschitz",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     api.add_checkpoint_argument(parser, float32=True, preset=True)
     parser.add_argument("--output", choices=[*MENET_OUTPUTS, "all"], default="all")
     parser.add_argument("--power-iterations", type=int, default=50, help="per layer, 0 to skip the estimates")
-    parser.add_argument("--json", type=Path, help="where to write the results (default: lipschitz.json in the "
-                                                  "checkpoint folder, or ./lipschitz.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the results (default: lipschitz.json in the checkpoint folder, or ./lipschitz.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -679,26 +804,39 @@ def main(argv=None) -> int:
             _print_table(layer["layers"])
             printed_layers = True
         hand = menet_layerwise_bound(variables, config, output) if output != "metric_map" else None
-        results[output] = {"bounded": True, "layerwise_certified": layer["certified"],
-                           "layerwise_power_estimate": layer["estimate"], "hand_derived": hand,
-                           "elementwise_certified": element["certified"],
-                           "elementwise_estimate": element["estimate"],
-                           "elementwise_iterations": element["iterations"], "layers": layer["layers"]}
+        results[output] = {
+            "bounded": True,
+            "layerwise_certified": layer["certified"],
+            "layerwise_power_estimate": layer["estimate"],
+            "hand_derived": hand,
+            "elementwise_certified": element["certified"],
+            "elementwise_estimate": element["estimate"],
+            "elementwise_iterations": element["iterations"],
+            "layers": layer["layers"],
+        }
     print()
-    print(f"{'output':14s} {'layerwise (FFT, certified)':>27s} {'layerwise (power)':>18s} "
-          f"{'Eq.13 ||G|| cert.':>18s} {'Eq.13 ||G|| est.':>17s}")
+    print(
+        f"{'output':14s} {'layerwise (FFT, certified)':>27s} {'layerwise (power)':>18s} "
+        f"{'Eq.13 ||G|| cert.':>18s} {'Eq.13 ||G|| est.':>17s}"
+    )
     for output, r in results.items():
         if not r["bounded"]:
             print(f"{output:14s} not bounded: {r['reason']}")
             continue
         est = r["layerwise_power_estimate"]
-        print(f"{output:14s} {r['layerwise_certified']:27.6g} {('%18.6g' % est) if est else '-':>18s} "
-              f"{r['elementwise_certified']:18.6g} {r['elementwise_estimate']:17.6g}")
+        print(
+            f"{output:14s} {r['layerwise_certified']:27.6g} {('%18.6g' % est) if est else '-':>18s} "
+            f"{r['elementwise_certified']:18.6g} {r['elementwise_estimate']:17.6g}"
+        )
     in_workdir = args.checkpoint is not None and args.checkpoint.is_dir()
     target = args.json or (args.checkpoint / "lipschitz.json" if in_workdir else Path("lipschitz.json"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"config": dataclasses.asdict(config), "input_scale": "0..255 per channel",
-                                  "outputs": results}, indent=2) + "\n")
+    target.write_text(
+        json.dumps(
+            {"config": dataclasses.asdict(config), "input_scale": "0..255 per channel", "outputs": results}, indent=2
+        )
+        + "\n"
+    )
     print(f"results: {target}")
     return 0
 

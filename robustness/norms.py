@@ -15,6 +15,7 @@ point `x`; nothing here knows about MEnet.
   E_n ||f(x + t n) - f(x)||^p / t^p over a t-schedule (finite differences) and its t -> 0 limit
   E_n ||J n||^p (one jvp per direction), with standard errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,11 @@ from jax.flatten_util import ravel_pytree
 
 def flat_output(f):
     """f with its output flattened to one float32 vector (pytrees concatenated in leaf order)."""
+
     def g(x):
         flat, _ = ravel_pytree(f(x))
         return flat.astype(jnp.float32)
+
     return g
 
 
@@ -57,7 +60,7 @@ def _squared_jvp_norms(f, x, vs):
 def _difference_quotients(f, x, ns, t, p):
     g = flat_output(f)
     y0 = g(x)
-    return jax.vmap(lambda n: jnp.linalg.norm(g(x + t * n) - y0) ** p / t ** p)(ns)
+    return jax.vmap(lambda n: jnp.linalg.norm(g(x + t * n) - y0) ** p / t**p)(ns)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -80,13 +83,15 @@ class NormEstimate:
         return dataclasses.asdict(self)
 
 
-def power_iteration(apply, transpose, shape, *, key, iters: int = 200, tol: float = 1e-4,
-                    min_iters: int = 3) -> NormEstimate:
+def power_iteration(
+    apply, transpose, shape, *, key, iters: int = 200, tol: float = 1e-4, min_iters: int = 3
+) -> NormEstimate:
     """Largest singular value of the linear map `apply` (with adjoint `transpose`) on inputs of `shape`.
 
     Works for any linear operator, e.g. a convolution with fixed kernel. Each estimate ||A v|| (||v|| = 1) is a
     lower bound of ||A||_2; it stops when two successive estimates differ by less than `tol` relatively.
     `apply` and `transpose` should be jitted (this loop calls them once per iteration)."""
+
     def step(v):
         u = apply(v)
         w = transpose(u)
@@ -123,12 +128,17 @@ def frobenius_hutchinson(f, x, *, key=None, probes: int = 64, chunk: int = 8, z:
     samples = []
     for start in range(0, probes, chunk):
         v = jax.random.normal(jax.random.fold_in(key, start), (chunk, *x.shape), jnp.float32)
-        samples.append(np.asarray(_squared_jvp_norms(f, x, v), np.float64)[:probes - start])
+        samples.append(np.asarray(_squared_jvp_norms(f, x, v), np.float64)[: probes - start])
     s = np.concatenate(samples)
     mean = float(s.mean())
     se = float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("inf")
-    return NormEstimate(math.sqrt(max(mean, 0.0)), probes=len(s), stderr=se,
-                        ci_low=math.sqrt(max(mean - z * se, 0.0)), ci_high=math.sqrt(max(mean + z * se, 0.0)))
+    return NormEstimate(
+        math.sqrt(max(mean, 0.0)),
+        probes=len(s),
+        stderr=se,
+        ci_low=math.sqrt(max(mean - z * se, 0.0)),
+        ci_high=math.sqrt(max(mean + z * se, 0.0)),
+    )
 
 
 def jacobian_matrix(f, x, *, chunk: int = 256) -> np.ndarray:
@@ -147,11 +157,12 @@ def jacobian_matrix(f, x, *, chunk: int = 256) -> np.ndarray:
 def exact_norms(jacobian: np.ndarray) -> dict:
     """Spectral and Frobenius norms of an explicit Jacobian (the references of the estimators)."""
     singular = np.linalg.svd(jacobian, compute_uv=False)
-    return {"spectral": float(singular[0]), "frobenius": float(np.sqrt(np.sum(singular ** 2)))}
+    return {"spectral": float(singular[0]), "frobenius": float(np.sqrt(np.sum(singular**2)))}
 
 
-def directional_estimates(f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: float = 2.0,
-                          normalize: bool = True, chunk: int = 8) -> dict:
+def directional_estimates(
+    f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: float = 2.0, normalize: bool = True, chunk: int = 8
+) -> dict:
     """Eq. 12: E_n ||f(x + t n) - f(x)||^p / t^p for each t, and its limit E_n ||J(x) n||^p (exact, by jvp).
 
     `directions`: array (K, *x.shape), e.g. Gaussian draws or distortion residuals (distorted - clean). With
@@ -175,14 +186,19 @@ def directional_estimates(f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: fl
         """fn over the directions in blocks of `chunk` (the last one zero-padded): one compilation for any K."""
         out = []
         for start in range(0, count, chunk):
-            block = n[start:start + chunk]
+            block = n[start : start + chunk]
             if block.shape[0] < chunk:
                 block = jnp.concatenate([block, jnp.zeros((chunk - block.shape[0], *block.shape[1:]), block.dtype)])
-            out.append(np.asarray(fn(f, x, block, *extra), np.float64)[:count - start])
+            out.append(np.asarray(fn(f, x, block, *extra), np.float64)[: count - start])
         return np.concatenate(out)
 
     limit = chunked(_jvp_norms, p)
-    return {"p": p, "directions": int(count), "limit": summary(limit),
-            "finite_differences": [{"t": float(t), **summary(chunked(_difference_quotients, jnp.float32(t), p))}
-                                   for t in ts],
-            "per_direction_limit": limit.tolist()}
+    return {
+        "p": p,
+        "directions": int(count),
+        "limit": summary(limit),
+        "finite_differences": [
+            {"t": float(t), **summary(chunked(_difference_quotients, jnp.float32(t), p))} for t in ts
+        ],
+        "per_direction_limit": limit.tolist(),
+    }

@@ -7,6 +7,7 @@ Puts the certified bounds, the distribution of local Jacobian norms over the ima
 measured degradation under each distortion next to each other in DIR/report.json and DIR/report.md. Any of the
 inputs may be left out; what is given must be the file the tool wrote (checked, one-line errors).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,18 +36,34 @@ def _load(path: Path, key: str):
 def build(lipschitz=None, jacobian=None, evaluations=()) -> dict:
     report = {}
     if lipschitz is not None:
-        report["bounds"] = {out: ({k: r[k] for k in ("layerwise_certified", "layerwise_power_estimate",
-                                                      "elementwise_certified", "elementwise_estimate")}
-                                  if r["bounded"] else {"not_bounded": r["reason"]})
-                            for out, r in lipschitz["outputs"].items()}
+        report["bounds"] = {
+            out: (
+                {
+                    k: r[k]
+                    for k in (
+                        "layerwise_certified",
+                        "layerwise_power_estimate",
+                        "elementwise_certified",
+                        "elementwise_estimate",
+                    )
+                }
+                if r["bounded"]
+                else {"not_bounded": r["reason"]}
+            )
+            for out, r in lipschitz["outputs"].items()
+        }
     if jacobian is not None:
-        local = {"output": jacobian["settings"]["output"], "authors_objective": jacobian["settings"]["authors_objective"]}
+        local = {
+            "output": jacobian["settings"]["output"],
+            "authors_objective": jacobian["settings"]["authors_objective"],
+        }
         for name, d in jacobian["datasets"].items():
             entry = {"table_iii": d["summary"]["gradient"]}
             spectral = [r["spectral"]["value"] for r in d["images"] if "spectral" in r]
             if spectral:
-                entry["spectral_norm_quantiles"] = dict(zip(("min", "p25", "median", "p75", "max"),
-                                                            np.quantile(spectral, [0, .25, .5, .75, 1]).tolist()))
+                entry["spectral_norm_quantiles"] = dict(
+                    zip(("min", "p25", "median", "p75", "max"), np.quantile(spectral, [0, 0.25, 0.5, 0.75, 1]).tolist())
+                )
             for key in ("frobenius", "eq12"):
                 if key in d["summary"]:
                     entry[key] = d["summary"][key]
@@ -56,8 +73,10 @@ def build(lipschitz=None, jacobian=None, evaluations=()) -> dict:
         for name, levels in ev["datasets"].items():
             rows = {}
             for level, r in levels.items():
-                rows[level] = {mode: {m: {"adp_f": v["adp_f"], "mae": v["mae"]} for m, v in r[mode].items()}
-                               for mode in ("normalised", "raw")}
+                rows[level] = {
+                    mode: {m: {"adp_f": v["adp_f"], "mae": v["mae"]} for m, v in r[mode].items()}
+                    for mode in ("normalised", "raw")
+                }
             report.setdefault("degradation", {}).setdefault(ev["distortion"], {})[name] = rows
     return report
 
@@ -65,31 +84,42 @@ def build(lipschitz=None, jacobian=None, evaluations=()) -> dict:
 def markdown(report: dict) -> str:
     lines = []
     if "bounds" in report:
-        lines += ["## Lipschitz upper bounds (input 0..255)", "",
-                  "| output | layerwise (FFT, certified) | layerwise (power) | Eq. 13 norm2(G) (certified) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "## Lipschitz upper bounds (input 0..255)",
+            "",
+            "| output | layerwise (FFT, certified) | layerwise (power) | Eq. 13 norm2(G) (certified) |",
+            "|---|---|---|---|",
+        ]
         for out, r in report["bounds"].items():
             if "not_bounded" in r:
                 lines.append(f"| {out} | not bounded: {r['not_bounded']} | | |")
             else:
                 est = r["layerwise_power_estimate"]
-                lines.append(f"| {out} | {r['layerwise_certified']:.4g} | {est:.4g} | "
-                             f"{r['elementwise_certified']:.4g} |" if est is not None else
-                             f"| {out} | {r['layerwise_certified']:.4g} | - | {r['elementwise_certified']:.4g} |")
+                lines.append(
+                    f"| {out} | {r['layerwise_certified']:.4g} | {est:.4g} | {r['elementwise_certified']:.4g} |"
+                    if est is not None
+                    else f"| {out} | {r['layerwise_certified']:.4g} | - | {r['elementwise_certified']:.4g} |"
+                )
         lines.append("")
     if "local" in report:
-        lines += [f"## Local Jacobian of {report['local']['output']}", "",
-                  "| data | mean abs(g) | max abs(g) | median norm2(J) | max norm2(J) | mean normF(J) | Eq. 12 Gaussian (t->0) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Local Jacobian of {report['local']['output']}",
+            "",
+            "| data | mean abs(g) | max abs(g) | median norm2(J) | max norm2(J) | mean normF(J) "
+            "| Eq. 12 Gaussian (t->0) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, e in report["local"].items():
             if not isinstance(e, dict):
                 continue
             q = e.get("spectral_norm_quantiles", {})
             eq = e.get("eq12", {}).get("gaussian", {}).get("limit")
             cell = lambda v: f"{v:.4g}" if v is not None else "-"
-            lines.append(f"| {name} | {cell(e['table_iii']['mean'])} | {cell(e['table_iii']['max'])} | "
-                         f"{cell(q.get('median'))} | {cell(q.get('max'))} | "
-                         f"{cell(e.get('frobenius', {}).get('mean'))} | {cell(eq)} |")
+            lines.append(
+                f"| {name} | {cell(e['table_iii']['mean'])} | {cell(e['table_iii']['max'])} | "
+                f"{cell(q.get('median'))} | {cell(q.get('max'))} | "
+                f"{cell(e.get('frobenius', {}).get('mean'))} | {cell(eq)} |"
+            )
         lines.append("")
     for kind, by_data in report.get("degradation", {}).items():
         lines += [f"## Degradation under {kind} (adaptive F-beta / MAE, raw maps)", ""]
@@ -98,8 +128,11 @@ def markdown(report: dict) -> str:
             lines += [f"| {name} level | " + " | ".join(maps) + " |", "|---|" + "---|" * len(maps)]
             for level, r in rows.items():
                 label = level if level == "random" else f"{float(level):.6g}"
-                lines.append(f"| {label} | " + " | ".join(f"{r['raw'][m]['adp_f']:.4f} / {r['raw'][m]['mae']:.4f}"
-                                                          for m in maps) + " |")
+                lines.append(
+                    f"| {label} | "
+                    + " | ".join(f"{r['raw'][m]['adp_f']:.4f} / {r['raw'][m]['mae']:.4f}" for m in maps)
+                    + " |"
+                )
             lines.append("")
     return "\n".join(lines)
 
@@ -114,9 +147,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.lipschitz is None and args.jacobian is None and not args.evaluate:
         raise ReportError("nothing to report: give --lipschitz, --jacobian and/or --evaluate")
-    report = build(_load(args.lipschitz, "outputs") if args.lipschitz else None,
-                   _load(args.jacobian, "settings") if args.jacobian else None,
-                   [_load(p, "distortion") for p in args.evaluate])
+    report = build(
+        _load(args.lipschitz, "outputs") if args.lipschitz else None,
+        _load(args.jacobian, "settings") if args.jacobian else None,
+        [_load(p, "distortion") for p in args.evaluate],
+    )
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data folder (../shared/data or $MENET_DATA_DIR) and tiny configurations."""
+
 import os
 from pathlib import Path
 
@@ -40,11 +41,12 @@ def shared_docs() -> Path:
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A saved (untrained) tiny MEnet in a training workdir, without compiling a train step."""
-    from menet_jax.io import checkpoint as ckpt
     from menet_jax.core.config import get_config
     from menet_jax.core.model import MEnet
+    from menet_jax.io import checkpoint as ckpt
     from menet_jax.training.state import create_state, make_optimizer
-    config = get_config("tiny", ["conv=plain"])     # the plain convolutions compile quicker; the same function
+
+    config = get_config("tiny", ["conv=plain"])  # the plain convolutions compile quicker; the same function
     workdir = tmp_path_factory.mktemp("run")
     manager = ckpt.open_manager(workdir, config)
     ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: the project's error contract (a command fails with exit code 2 and one
 stderr line `error: <message>` naming what is wrong; an error's message is one line), and small real datasets."""
+
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def ecssd_subset(shared_data: Path, root: Path, start: int, count: int) -> Path:
     """`count` real ECSSD pairs from the `start`-th image on, copied to root/images and root/masks."""
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
-    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[start:start + count]:
+    for image in sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[start : start + count]:
         shutil.copyfile(image, root / "images" / image.name)
         shutil.copyfile(shared_data / "ECSSD" / "masks" / f"{image.stem}.png", root / "masks" / f"{image.stem}.png")
     return root

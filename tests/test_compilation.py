@@ -1,16 +1,17 @@
 """Compiling in a child process: the same program as compiled here, donation kept, a failing child falls back."""
+
 import multiprocessing
 
 import jax
 import numpy as np
 import pytest
 
-from menet_jax.runtime.compilation import argument_specs, compile_place, compile_programs
 from menet_jax.core.config import get_config
 from menet_jax.core.model import MEnet
-from menet_jax.training.step import TrainStep, gradients_program_for, train_step_jobs
-from menet_jax.training.state import create_state, make_optimizer
+from menet_jax.runtime.compilation import argument_specs, compile_place, compile_programs
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+from menet_jax.training.state import create_state, make_optimizer
+from menet_jax.training.step import TrainStep, gradients_program_for, train_step_jobs
 
 
 def fails_in_a_child(config):
@@ -24,8 +25,10 @@ def _state_and_batch(config):
     model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
     rng = np.random.default_rng(0)
     b, s = config.batch_size, config.image_size
-    batch = {"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
-             "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8)}
+    batch = {
+        "image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
+        "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8),
+    }
     return replicate(create_state(model, tx, 0), mesh), shard_batch(batch, mesh)
 
 
@@ -40,7 +43,7 @@ def test_a_step_compiled_in_a_child_equals_the_one_compiled_here():
         first = jax.tree.leaves(state.params)[0]
         for _ in range(2):
             state, metrics = step(state, batch)
-        assert first.is_deleted()                          # the state is still donated
+        assert first.is_deleted()  # the state is still donated
         results[place] = (jax.tree.map(np.asarray, state), float(metrics["loss"]))
     (here, loss_here), (child, loss_child) = results["here"], results["child"]
     assert int(child.step) == 2

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_message
 from PIL import Image
 
 import menet_datasets
-from menet_datasets import pipeline
 from menet_datasets import (
     BatchLoader,
     DataError,
@@ -26,10 +26,11 @@ from menet_datasets import (
     load_image,
     load_mask,
     make_batch,
+    pipeline,
     resize_pair,
     split,
 )
-from helpers import one_line_message
+
 
 def _write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -250,10 +251,12 @@ def test_truncated_image_and_corrupt_mask_raise_data_error(tmp_path):
 
 def test_image_over_the_decompression_bomb_limit_raises_data_error(tmp_path, monkeypatch):
     root = _make_folder(tmp_path / "ds", stems=("a",), h=20, w=30)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)       # 600 pixels: over twice the limit, Pillow raises
-    for read, path in ((FolderSource(root).verify, root / "images" / "a.png"),
-                       (lambda: load_mask(root / "masks" / "a.png"), root / "masks" / "a.png"),
-                       (lambda: load_image(root / "images" / "a.png"), root / "images" / "a.png")):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 600 pixels: over twice the limit, Pillow raises
+    for read, path in (
+        (FolderSource(root).verify, root / "images" / "a.png"),
+        (lambda: load_mask(root / "masks" / "a.png"), root / "masks" / "a.png"),
+        (lambda: load_image(root / "images" / "a.png"), root / "images" / "a.png"),
+    ):
         with pytest.raises(DataError) as ei:
             read()
         assert "decompression bomb" in one_line_message(ei, path)
@@ -406,9 +409,7 @@ def test_batch_indices_shuffled_epochs_are_permutations():
     np.testing.assert_array_equal(straddle[:36], flat)
     # Pure function of the arguments; the seed matters.
     np.testing.assert_array_equal(batch_indices(4, bs, n, 5, True), batch_indices(4, bs, n, 5, True))
-    assert not np.array_equal(
-        np.concatenate([batch_indices(s, bs, n, 6, True) for s in range(3)]), epochs[0]
-    )
+    assert not np.array_equal(np.concatenate([batch_indices(s, bs, n, 6, True) for s in range(3)]), epochs[0])
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -591,8 +592,9 @@ def test_batch_loader_prefetch_is_bounded():
             return super().__getitem__(i)
 
     src = Counting(100)
-    with BatchLoader(src, 0, 50, batch_size=1, size=8, seed=0, shuffle=False, augment=False,
-                     workers=2, prefetch=3) as loader:
+    with BatchLoader(
+        src, 0, 50, batch_size=1, size=8, seed=0, shuffle=False, augment=False, workers=2, prefetch=3
+    ) as loader:
         next(loader)
         time.sleep(0.2)
         assert len(calls) <= 1 + 3  # consumed one, at most `prefetch` in flight

@@ -4,6 +4,7 @@ Before, the folder was the package `datasets`: with HuggingFace datasets install
 outside the checkout imported theirs and failed with `AttributeError: module 'datasets' has no attribute
 'DataError'`. A stand-in `datasets` package on PYTHONPATH plays HuggingFace's here.
 """
+
 import importlib.machinery
 import os
 import subprocess
@@ -15,8 +16,10 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-CHECK = ("import datasets, menet_datasets; "
-         "print(datasets.STAND_IN, menet_datasets.FolderSource.__module__, menet_datasets.__file__)")
+CHECK = (
+    "import datasets, menet_datasets; "
+    "print(datasets.STAND_IN, menet_datasets.FolderSource.__module__, menet_datasets.__file__)"
+)
 
 
 @pytest.fixture
@@ -52,11 +55,26 @@ def test_training_outside_the_checkout_uses_our_data_errors(tmp_path, stand_in):
     for i in range(3):
         Image.fromarray(np.full((30, 40, 3), 100, np.uint8)).save(root / "images" / f"{i}.jpg")
         Image.fromarray(np.zeros((30, 40) if i else (10, 10), np.uint8)).save(root / "masks" / f"{i}.png")
-    run = _python(["-m", "menet_jax.train", "--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
-                   "--workdir", str(tmp_path / "w")], tmp_path, [stand_in])
+    run = _python(
+        [
+            "-m",
+            "menet_jax.train",
+            "--config",
+            "tiny",
+            "--set",
+            "val_size=1",
+            "--data-dir",
+            str(root),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        tmp_path,
+        [stand_in],
+    )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines() == [
-        f"error: {root / 'masks' / '0.png'}: mask is 10x10 but image {root / 'images' / '0.jpg'} is 40x30"]
+        f"error: {root / 'masks' / '0.png'}: mask is 10x10 but image {root / 'images' / '0.jpg'} is 40x30"
+    ]
 
 
 def test_the_folder_imported_by_its_own_name_defers_to_the_installed_datasets():
@@ -71,4 +89,5 @@ def test_the_folder_imported_by_its_own_name_defers_to_the_installed_datasets():
         assert run.returncode == 1
         assert run.stderr.strip().splitlines()[-1] == (
             f"ImportError: {REPO}/datasets is menet-jax's data package, installed as menet_datasets: import that name "
-            "(`import datasets` is left to HuggingFace datasets, which is not installed)")
+            "(`import datasets` is left to HuggingFace datasets, which is not installed)"
+        )

@@ -1,4 +1,5 @@
 """`python -m menet_datasets.prepare`: counts per split, the build report, and one-line errors with exit status 2."""
+
 from __future__ import annotations
 
 import os
@@ -8,10 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import one_line_error
 from PIL import Image
 
 from menet_datasets import prepare
-from helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,8 @@ def _folder(root: Path, stems=("a", "b", "c")) -> Path:
     (root / "masks").mkdir()
     for k, stem in enumerate(stems):
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(
-            root / "images" / f"{stem}.jpg")
+            root / "images" / f"{stem}.jpg"
+        )
         mask = np.zeros((10, 12), np.uint8)
         mask[2:8, 3:9] = 255
         Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
@@ -31,9 +33,23 @@ def _folder(root: Path, stems=("a", "b", "c")) -> Path:
 def test_cli_builds_and_prints_counts(tmp_path):
     manual = _folder(tmp_path / "mine", stems=("a", "b", "c", "d"))
     out = tmp_path / "tfds"
-    run = subprocess.run([sys.executable, "-m", "menet_datasets.prepare", "salient_folder", "--manual-dir", str(manual),
-                          "--data-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "menet_datasets.prepare",
+            "salient_folder",
+            "--manual-dir",
+            str(manual),
+            "--data-dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert run.returncode == 0, run.stderr
     assert re.search(r"^  test +4 examples$", run.stdout, re.M), run.stdout
     assert f"(from {manual.resolve()})" in run.stdout and "JPEG 4" in run.stdout
@@ -50,8 +66,10 @@ def test_skip_bad_reports_each_skipped_file(tmp_path, capsys):
     (manual / "images" / "readme.txt").write_text("x")
     assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o1")]) == 2
     assert str(orphan) in one_line_error(capsys, last_line=True)
-    assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"),
-                         "--skip-bad"]) == 0
+    assert (
+        prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"), "--skip-bad"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"^  test +2 examples$", out, re.M), out
     assert "bad inputs skipped: 2" in out and str(bad) in out and str(orphan) in out
@@ -60,8 +78,12 @@ def test_skip_bad_reports_each_skipped_file(tmp_path, capsys):
     assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2")]) == 0
     assert "already prepared" in capsys.readouterr().out
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(bad)
-    assert prepare.main(["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"),
-                         "--skip-bad", "--force"]) == 0
+    assert (
+        prepare.main(
+            ["salient_folder", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "o2"), "--skip-bad", "--force"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"^  test +3 examples$", out, re.M) and "bad inputs skipped: 1" in out
 

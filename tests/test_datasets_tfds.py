@@ -1,5 +1,6 @@
 """TFDS builders and the prepared-dataset source: real ECSSD / DUTS pairs, generated real-world files, bad inputs,
 splits, and the input pipeline over a prepared dataset (same batches as the folder, also after a resume)."""
+
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_message
 from PIL import Image
 
 import menet_datasets
@@ -14,7 +16,6 @@ from menet_datasets import BatchLoader, DataError, FolderSource, make_batch
 from menet_datasets.builders import BUILDERS, seeded_split
 from menet_datasets.folder import load_mask_grey
 from menet_datasets.tfds_source import TFDSSource, load_source, prepared_builder
-from helpers import one_line_message
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tfds.disable_progress_bar()
@@ -114,10 +115,10 @@ def _rgb(h, w, seed):
 
 def _box_mask(h, w, soft=False):
     mask = np.zeros((h, w), np.uint8)
-    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
     if soft:
-        mask[h // 4, w // 4: 3 * w // 4] = 100  # an anti-aliased edge below 128
-        mask[3 * h // 4 - 1, w // 4: 3 * w // 4] = 200
+        mask[h // 4, w // 4 : 3 * w // 4] = 100  # an anti-aliased edge below 128
+        mask[3 * h // 4 - 1, w // 4 : 3 * w // 4] = 200
     return mask
 
 
@@ -165,8 +166,9 @@ def test_real_world_files_build_as_the_folder_reads_them(odd_folder, tmp_path):
     # EXIF orientation 6 with a mask of the rotated size: rotated (90 degrees clockwise); else raw pixels kept.
     stored = np.asarray(Image.open(odd_folder / "images" / "exif_rotate.jpg"))
     np.testing.assert_array_equal(by_name["exif_rotate"]["image"], np.rot90(stored, k=-1))
-    np.testing.assert_array_equal(by_name["exif_keep"]["image"],
-                                  np.asarray(Image.open(odd_folder / "images" / "exif_keep.jpg")))
+    np.testing.assert_array_equal(
+        by_name["exif_keep"]["image"], np.asarray(Image.open(odd_folder / "images" / "exif_keep.jpg"))
+    )
     # 16-bit: scaled, not clipped; RGBA: alpha dropped; palette mask with a dark-red class colour: foreground.
     deep = by_name["deep16"]["image"][..., 0].astype(int)
     assert deep.max() > 200 and len(np.unique(deep)) > 100
@@ -260,12 +262,16 @@ def test_msra10k_side_by_side_layout_and_splits(tmp_path):
 
 def test_hku_is_lists_and_seeded_80_5_15(tmp_path):
     import scipy.io
+
     stems = [f"{k:04d}" for k in range(40)]
     manual = tmp_path / "HKU-IS"
     _write_pairs(manual / "imgs", manual / "gt", stems, image_ext=".png")
     builder = _build("hku_is", manual, tmp_path / "a")
-    assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == \
-        {"train": 32, "validation": 2, "test": 6}
+    assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+        "train": 32,
+        "validation": 2,
+        "test": 6,
+    }
     # The release's testImgSet.mat (a cell array of file names) fixes the test split; the rest is cut 80 : 5.
     listed = np.array([[f"{s}.png"] for s in stems[:10]], dtype=object)
     scipy.io.savemat(manual / "testImgSet.mat", {"testImgSet": listed})
@@ -287,17 +293,34 @@ def test_duts_official_layout_has_train_and_test(tmp_path):
     assert TFDSSource(builder, "test").names == ["e1", "e2"]
 
 
-@pytest.mark.parametrize("layout", [("imgs", "gt"), ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
-                                    ("images", "ground_truth_mask"), ("imgs/pascal", "masks/pascal")])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("imgs", "gt"),
+        ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+        ("images", "ground_truth_mask"),
+        ("imgs/pascal", "masks/pascal"),
+    ],
+)
 def test_release_layouts_are_read(layout, tmp_path):
     _write_pairs(tmp_path / "d" / layout[0], tmp_path / "d" / layout[1], ["x", "y"])
     assert FolderSource(tmp_path / "d").pairs == [
-        (tmp_path / "d" / layout[0] / f"{s}.jpg", tmp_path / "d" / layout[1] / f"{s}.png") for s in "xy"]
+        (tmp_path / "d" / layout[0] / f"{s}.jpg", tmp_path / "d" / layout[1] / f"{s}.png") for s in "xy"
+    ]
 
 
 def test_every_builder_says_where_to_download_and_which_layouts():
-    assert set(BUILDERS) == {"ecssd", "dut_omron", "hku_is", "msra10k", "msra1000", "sod", "duts", "pascal_s",
-                             "salient_folder"}
+    assert set(BUILDERS) == {
+        "ecssd",
+        "dut_omron",
+        "hku_is",
+        "msra10k",
+        "msra1000",
+        "sod",
+        "duts",
+        "pascal_s",
+        "salient_folder",
+    }
     for name, cls in BUILDERS.items():
         text = cls.MANUAL_DOWNLOAD_INSTRUCTIONS
         assert "images/ + masks/" in text, name
@@ -356,6 +379,7 @@ def test_prepared_batches_equal_folder_batches_and_resume(ecssd):
 def test_training_sources_from_a_prepared_dataset(ecssd, tmp_path):
     from menet_jax.core.config import get_config
     from menet_jax.training.loop import make_sources
+
     builder, manual, tmp = ecssd
     config = get_config("tiny", ["val_size=4"])
     train, val = make_sources(config, dataset="ecssd", tfds_dir=tmp / "tfds")
@@ -374,14 +398,21 @@ def test_no_progress_also_silences_tfds_bars(shared_data, tmp_path, capfd):
     import argparse
 
     from menet_datasets.cli import sources_from_args
+
     manual = _link_subset(shared_data / "ECSSD", tmp_path / "manual", ECSSD_STEMS[:3])
     try:
         for progress, tfds_dir in ((True, "on"), (False, "off")):
             tfds.display_progress_bar(True)
             capfd.readouterr()
-            args = argparse.Namespace(data_dir=[], dataset=["salient_folder"], split=None, manual_dir=manual,
-                                      tfds_dir=tmp_path / tfds_dir, no_progress=not progress)
-            (name, source), = sources_from_args(args)
+            args = argparse.Namespace(
+                data_dir=[],
+                dataset=["salient_folder"],
+                split=None,
+                manual_dir=manual,
+                tfds_dir=tmp_path / tfds_dir,
+                no_progress=not progress,
+            )
+            ((name, source),) = sources_from_args(args)
             assert name == "salient_folder" and len(source) == 3
             err = capfd.readouterr().err
             assert ("%|" in err) == progress, err[-500:]

@@ -2,6 +2,7 @@
 
 Pure standard library and fast: reads README.md, ARCHITECTURE.md, BENCHMARKS.md and docs/**/*.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ HTML_TARGET = re.compile(r"<(?:img|a|source)\b[^>]*?\b(?:src|href)\s*=\s*[\"']([
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-EXTERNAL = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")   # http:, https:, mailto:, ...
+EXTERNAL = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")  # http:, https:, mailto:, ...
 
 
 def markdown_files() -> list[Path]:
@@ -63,7 +64,7 @@ def links(path: Path):
 def links_in_text(text: str):
     """(line number, target) of every markdown link, image, reference definition and HTML src / href."""
     for number, line in prose_lines(text):
-        line = CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line)   # `[x](y)` in code is not a link
+        line = CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line)  # `[x](y)` in code is not a link
         targets = [m.group(1) for m in INLINE_LINK.finditer(line)]
         targets += [m.group(1) for m in HTML_TARGET.finditer(line)]
         match = REFERENCE_DEF.match(line)
@@ -79,8 +80,8 @@ def links_in_text(text: str):
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: markup dropped, lowercase, punctuation except '-' and '_' removed,
     spaces to hyphens."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)      # links and images: their text
-    text = re.sub(r"<[^>]+>", "", text)                             # inline HTML tags
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # links and images: their text
+    text = re.sub(r"<[^>]+>", "", text)  # inline HTML tags
     text = text.strip().lower()
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
@@ -127,7 +128,8 @@ def where(path: Path, number: int) -> str:
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines, at most {README_MAX_LINES}: move detail to a page in docs/")
+        f"README.md has {len(lines)} lines, at most {README_MAX_LINES}: move detail to a page in docs/"
+    )
 
 
 def test_relative_links_resolve():
@@ -145,25 +147,36 @@ def test_anchors_name_headings():
     broken = []
     for path, number, target, resolved, anchor in resolved_targets():
         if anchor is None or resolved.suffix.lower() != ".md" or not resolved.is_file():
-            continue   # a missing file is reported by test_relative_links_resolve
+            continue  # a missing file is reported by test_relative_links_resolve
         if anchor.lower() not in anchors(resolved.resolve()):
-            broken.append(f"{where(path, number)}: {target} (no heading '#{anchor}' in "
-                          f"{resolved.resolve().relative_to(ROOT)})")
+            broken.append(
+                f"{where(path, number)}: {target} (no heading '#{anchor}' in {resolved.resolve().relative_to(ROOT)})"
+            )
     assert not broken, "links to missing headings:\n" + "\n".join(broken)
 
 
-@pytest.mark.parametrize("heading, expected", [
-    ("2. Loss", "2-loss"),
-    ("The controlled ablation: does the metric loss make MEnet robust?",
-     "the-controlled-ablation-does-the-metric-loss-make-menet-robust"),
-    ("`python -m menet_datasets.prepare`", "python--m-menet_datasetsprepare"),
-    ("Corruptions (ImageNet-C) and adversarial attacks (PGD)", "corruptions-imagenet-c-and-adversarial-attacks-pgd"),
-])
+@pytest.mark.parametrize(
+    "heading, expected",
+    [
+        ("2. Loss", "2-loss"),
+        (
+            "The controlled ablation: does the metric loss make MEnet robust?",
+            "the-controlled-ablation-does-the-metric-loss-make-menet-robust",
+        ),
+        ("`python -m menet_datasets.prepare`", "python--m-menet_datasetsprepare"),
+        (
+            "Corruptions (ImageNet-C) and adversarial attacks (PGD)",
+            "corruptions-imagenet-c-and-adversarial-attacks-pgd",
+        ),
+    ],
+)
 def test_slug_follows_github(heading, expected):
     assert slug(heading) == expected
 
 
 def test_link_parser_skips_code():
-    text = ("See [a](x.md) and `[b](not-a-link.md)`.\n\n    [c](indented-code.md)\n\n```\n[d](fenced.md)\n```\n"
-            '<img src="pic.png" alt="">\n![e](img.png "title") [f](<with space.md>)\n\n[ref]: y.md\n')
+    text = (
+        "See [a](x.md) and `[b](not-a-link.md)`.\n\n    [c](indented-code.md)\n\n```\n[d](fenced.md)\n```\n"
+        '<img src="pic.png" alt="">\n![e](img.png "title") [f](<with space.md>)\n\n[ref]: y.md\n'
+    )
     assert [target for _, target in links_in_text(text)] == ["x.md", "pic.png", "img.png", "with space.md", "y.md"]

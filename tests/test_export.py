@@ -5,6 +5,7 @@ Tolerance: max |exported map - Predictor map| < 2e-4 (float32, maps in [0, 1]). 
 6e-5 for ONNX, 3e-5 for StableHLO; over 20 ECSSD images at most 1.02e-4 for ONNX (the CE map's per-image min-max
 stretch magnifies the convolutions' summation-order differences), hence the margin for other CPUs and versions.
 """
+
 import importlib
 import os
 import re
@@ -16,12 +17,12 @@ import pytest
 from PIL import Image
 
 from menet_jax import export as menet_export
-from menet_jax.inference import exported as exported_files
 from menet_jax.core.config import get_config
+from menet_jax.inference import exported as exported_files
 from menet_jax.inference.predictor import Predictor
+from menet_jax.inference.render import render
 from menet_jax.io.images import load_photo, resize_input
 from menet_jax.predict import main as predict_main
-from menet_jax.inference.render import render
 
 TOLERANCE = 2e-4
 STEMS = ("0001", "0002", "0003")
@@ -49,7 +50,7 @@ def exported(onnx, tmp_path_factory):
     """The shipped weights exported once with the CLI in both formats."""
     folder = tmp_path_factory.mktemp("export")
     paths = {"onnx": folder / "menet.onnx", "stablehlo": folder / "menet.stablehlo"}
-    assert menet_export.main([str(paths["onnx"])]) == 0                               # default: shipped weights
+    assert menet_export.main([str(paths["onnx"])]) == 0  # default: shipped weights
     assert menet_export.main([str(paths["stablehlo"]), "--format", "stablehlo"]) == 0
     return paths
 
@@ -69,8 +70,8 @@ def _max_difference(a, b):
 
 
 def test_exports_give_the_predictors_maps_on_real_images(exported, photos, predictor):
-    reference = predictor(photos)                                      # at each image's size
-    onnx_maps = exported_files.OnnxPredictor(exported["onnx"], batch_size=2)(photos)     # two runs: 2 + 1 images
+    reference = predictor(photos)  # at each image's size
+    onnx_maps = exported_files.OnnxPredictor(exported["onnx"], batch_size=2)(photos)  # two runs: 2 + 1 images
     for ours, theirs in zip(onnx_maps, reference):
         assert ours["metric"].shape == theirs["metric"].shape
         assert _max_difference(ours, theirs) < TOLERANCE
@@ -80,8 +81,9 @@ def test_exports_give_the_predictors_maps_on_real_images(exported, photos, predi
     hlo = exported_files.load(exported["stablehlo"])
     assert isinstance(hlo, exported_files.StableHLOModel) and hlo.image_size == size
     assert _max_difference(hlo(batch.astype(np.float32)), at_network_size) < TOLERANCE
-    assert _max_difference(hlo(batch[:1].astype(np.float32)), {k: v[:1] for k, v in at_network_size.items()}) \
-        < TOLERANCE                                                    # the batch dimension is symbolic
+    assert (
+        _max_difference(hlo(batch[:1].astype(np.float32)), {k: v[:1] for k, v in at_network_size.items()}) < TOLERANCE
+    )  # the batch dimension is symbolic
 
 
 def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, predictor, tmp_path):
@@ -89,9 +91,26 @@ def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, pred
     (within one grey level of 255)."""
     photo = shared_data / "ECSSD" / "images" / f"{STEMS[0]}.jpg"
     out = tmp_path / "map.png"
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "menet_jax.predict", "i", str(photo), str(out),
-                          "--backend", "onnx", "--checkpoint", str(exported["onnx"]), "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "menet_jax.predict",
+            "i",
+            str(photo),
+            str(out),
+            "--backend",
+            "onnx",
+            "--checkpoint",
+            str(exported["onnx"]),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     imported = {m.group(1) for m in re.finditer(r"^import time:.*\|\s+([\w.]+)\s*$", run.stderr, re.M)}
     assert "menet_jax.inference.exported" in imported and "onnxruntime" in imported
@@ -103,8 +122,9 @@ def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, pred
 def test_export_from_a_weights_file_of_another_size(onnx, tmp_path):
     """CHECKPOINT as an exported .npz (the tiny config: another size and width), both formats against the
     Predictor on a random image."""
-    from menet_jax.io import weights as pretrained
     from menet_jax.core.model import MEnet, init_variables
+    from menet_jax.io import weights as pretrained
+
     config = get_config("tiny")
     weights = tmp_path / "tiny.npz"
     pretrained.export(init_variables(MEnet.from_config(config), 3), config, weights)
@@ -123,18 +143,27 @@ def test_export_from_a_weights_file_of_another_size(onnx, tmp_path):
 def _wrong_input_onnx(onnx, path):
     """A valid ONNX model that is not ours: NCHW (1, 3, 224, 224) in, one output."""
     from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 224, 224])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
 def test_damaged_and_foreign_files_are_one_line_errors(onnx, exported, tmp_path, capsys):
     onnx_bytes, hlo_bytes = exported["onnx"].read_bytes(), exported["stablehlo"].read_bytes()
     rng = np.random.default_rng(0)
-    files = {"random.onnx": rng.bytes(4096), "truncated.onnx": onnx_bytes[:len(onnx_bytes) // 2],
-             "empty.onnx": b"", "truncated.stablehlo": hlo_bytes[:len(hlo_bytes) // 2],
-             "random.stablehlo": rng.bytes(4096), "onnx_as.stablehlo": onnx_bytes[:100000]}
+    files = {
+        "random.onnx": rng.bytes(4096),
+        "truncated.onnx": onnx_bytes[: len(onnx_bytes) // 2],
+        "empty.onnx": b"",
+        "truncated.stablehlo": hlo_bytes[: len(hlo_bytes) // 2],
+        "random.stablehlo": rng.bytes(4096),
+        "onnx_as.stablehlo": onnx_bytes[:100000],
+    }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     _wrong_input_onnx(onnx, tmp_path / "wrong_input.onnx")
@@ -145,8 +174,21 @@ def test_damaged_and_foreign_files_are_one_line_errors(onnx, exported, tmp_path,
             continue
         runs = [(menet_export.main, ["--check", str(path)])]
         if path.suffix == ".onnx":
-            runs.append((predict_main, ["i", str(photo), str(tmp_path / "map.png"), "--backend", "onnx",
-                                        "--checkpoint", str(path), "--no-progress"]))
+            runs.append(
+                (
+                    predict_main,
+                    [
+                        "i",
+                        str(photo),
+                        str(tmp_path / "map.png"),
+                        "--backend",
+                        "onnx",
+                        "--checkpoint",
+                        str(path),
+                        "--no-progress",
+                    ],
+                )
+            )
         for run, argv in runs:
             assert run(argv) == 2, (path.name, argv)
             err = capsys.readouterr().err.strip()
@@ -160,11 +202,12 @@ def test_predict_backend_option_errors(exported, tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
     out = str(tmp_path / "map.png")
-    for argv, expected in ((["--backend", "onnx"], "--backend onnx needs --checkpoint FILE.onnx"),
-                           (["--checkpoint", str(exported["onnx"])], "run it with --backend onnx"),
-                           (["--backend", "onnx", "--checkpoint", str(exported["onnx"]), "--dtype", "bfloat16"],
-                            "computes in float32"),
-                           (["--backend", "onnx", "--checkpoint", str(tmp_path / "missing.onnx")], "not found")):
+    for argv, expected in (
+        (["--backend", "onnx"], "--backend onnx needs --checkpoint FILE.onnx"),
+        (["--checkpoint", str(exported["onnx"])], "run it with --backend onnx"),
+        (["--backend", "onnx", "--checkpoint", str(exported["onnx"]), "--dtype", "bfloat16"], "computes in float32"),
+        (["--backend", "onnx", "--checkpoint", str(tmp_path / "missing.onnx")], "not found"),
+    ):
         assert predict_main(["i", str(photo), out, "--no-progress", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err, err

@@ -1,7 +1,7 @@
 """The project's convolution primitives (both formulations) against brute-force numpy references and finite
 differences."""
-import jax
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def reference_conv(x, w, b, stride, pad):
     out = np.zeros((n, ho, wo, cout))
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+            patch = xp[:, i * stride : i * stride + k, j * stride : j * stride + k, :]
             out[:, i, j, :] = np.einsum("nabc,abco->no", patch, w)
     return out + b
 
@@ -30,9 +30,11 @@ def reference_conv_transpose(x, w, stride, pad):
     full = np.zeros((n, (h - 1) * stride + k, (wd - 1) * stride + k, cout))
     for a in range(h):
         for c in range(wd):
-            full[:, a * stride:a * stride + k, c * stride:c * stride + k, :] += np.einsum("ni,abio->nabo", x[:, a, c], w)
+            full[:, a * stride : a * stride + k, c * stride : c * stride + k, :] += np.einsum(
+                "ni,abio->nabo", x[:, a, c], w
+            )
     ho, wo = (h - 1) * stride - 2 * pad + k, (wd - 1) * stride - 2 * pad + k
-    return full[:, pad:pad + ho, pad:pad + wo, :]
+    return full[:, pad : pad + ho, pad : pad + wo, :]
 
 
 @pytest.mark.parametrize("impl", ["plain", "fast"])
@@ -47,8 +49,9 @@ def test_conv2d_matches_reference(k, stride, pad, size, impl):
 
 
 @pytest.mark.parametrize("impl", ["plain", "fast"])
-@pytest.mark.parametrize("k,stride,pad,size,out", [(4, 2, 1, 5, 10), (2, 2, 0, 5, 10), (7, 1, 0, 1, 7), (2, 1, 0, 1, 2),
-                                                   (3, 2, 1, 4, 7)])
+@pytest.mark.parametrize(
+    "k,stride,pad,size,out", [(4, 2, 1, 5, 10), (2, 2, 0, 5, 10), (7, 1, 0, 1, 7), (2, 1, 0, 1, 2), (3, 2, 1, 4, 7)]
+)
 def test_conv_transpose2d_matches_scatter_definition(k, stride, pad, size, out, impl):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
@@ -82,19 +85,30 @@ def test_gradients_match_finite_differences(impl):
 
 def _flax_batch_norm(train):
     import flax.linen as nn
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float64,
-                        param_dtype=jnp.float64, use_fast_variance=False)
+
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=jnp.float64,
+        param_dtype=jnp.float64,
+        use_fast_variance=False,
+    )
 
 
 def _bn_variables(rng, c):
-    return {"params": {"scale": jnp.asarray(rng.random(c) + 0.5), "bias": jnp.asarray(rng.normal(size=c))},
-            "batch_stats": {"mean": jnp.asarray(rng.normal(size=c)), "var": jnp.asarray(rng.random(c) + 0.5)}}
+    return {
+        "params": {"scale": jnp.asarray(rng.random(c) + 0.5), "bias": jnp.asarray(rng.normal(size=c))},
+        "batch_stats": {"mean": jnp.asarray(rng.normal(size=c)), "var": jnp.asarray(rng.random(c) + 0.5)},
+    }
 
 
 def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
     """Values, running statistics, gradients (reverse mode) and tangents of both (forward mode, which
-    robustness.jacobian uses with batch statistics) against flax.linen.BatchNorm differentiated by autodiff, in float64."""
+    robustness.jacobian uses with batch statistics) against flax.linen.BatchNorm differentiated by autodiff, in
+    float64."""
     from menet_jax.core.layers import BatchNorm
+
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)) * 3 + 1)
@@ -104,8 +118,9 @@ def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
         assert shapes(ours.init(jax.random.key(0), x, True)) == shapes(flax_bn.init(jax.random.key(0), x))
 
         def loss(module, params, x, *args):
-            y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, *args,
-                                      mutable=["batch_stats"])
+            y, updates = module.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x, *args, mutable=["batch_stats"]
+            )
             return jnp.sum(jnp.sin(y) * jnp.arange(6.0)), updates
 
         def check(module, *args):
@@ -116,14 +131,16 @@ def test_batch_norm_matches_flax_batch_norm_with_its_hand_written_derivative():
 
         for a, b in zip(jax.tree.leaves(check(ours, True)), jax.tree.leaves(check(flax_bn))):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-        check_grads(lambda x: ours.apply(variables, x, True, mutable=["batch_stats"])[0], (x,), order=1,
-                    modes=["fwd", "rev"])
+        check_grads(
+            lambda x: ours.apply(variables, x, True, mutable=["batch_stats"])[0], (x,), order=1, modes=["fwd", "rev"]
+        )
         eval_ours = ours.apply(variables, x, False)
         np.testing.assert_allclose(eval_ours, _flax_batch_norm(False).apply(variables, x), rtol=1e-12)
 
 
 def test_batch_norm_computes_in_float32_for_bfloat16_activations():
     from menet_jax.core.layers import BatchNorm
+
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)) * 5 + 100, jnp.bfloat16)
     module = BatchNorm(dtype=jnp.bfloat16)

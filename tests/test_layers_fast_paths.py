@@ -1,5 +1,6 @@
 """The CPU fast convolution formulations compute the plain lax functions and their derivatives (both modes), the
 whole network's loss gradient is unchanged by them, and bfloat16 compute stays close to float32."""
+
 import dataclasses
 import functools
 
@@ -51,9 +52,17 @@ def check_same_function(op, x, w, seed):
 # (kernel, stride, padding, height, width, C_in, C_out, batch): the model's kinds (3x3 s1/s2, 1x1 s2, a kernel
 # covering the input) plus odd sizes, non-square inputs, unused trailing rows, larger strides and batch 1; the
 # last two are small maps with many channels (one patch-matrix product).
-CONV_CASES = [(3, 1, 1, 7, 5, 3, 4, 2), (3, 2, 1, 9, 8, 2, 5, 1), (1, 2, 0, 7, 6, 3, 2, 1), (7, 1, 0, 7, 7, 2, 3, 2),
-              (4, 1, 1, 4, 4, 2, 3, 1), (5, 3, 2, 11, 10, 3, 4, 2), (3, 2, 0, 8, 9, 1, 3, 3),
-              (3, 1, 1, 5, 4, 256, 264, 2), (3, 2, 1, 7, 6, 300, 256, 1)]
+CONV_CASES = [
+    (3, 1, 1, 7, 5, 3, 4, 2),
+    (3, 2, 1, 9, 8, 2, 5, 1),
+    (1, 2, 0, 7, 6, 3, 2, 1),
+    (7, 1, 0, 7, 7, 2, 3, 2),
+    (4, 1, 1, 4, 4, 2, 3, 1),
+    (5, 3, 2, 11, 10, 3, 4, 2),
+    (3, 2, 0, 8, 9, 1, 3, 3),
+    (3, 1, 1, 5, 4, 256, 264, 2),
+    (3, 2, 1, 7, 6, 300, 256, 1),
+]
 
 
 @pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", CONV_CASES)
@@ -66,9 +75,16 @@ def test_fast_conv2d_equals_plain(k, stride, pad, h, w, cin, cout, n):
 
 # The model's k4 s2 p1, k2 s2 p0 and k x k from 1 x 1, plus stride 1, odd kernels, kernel < stride (phases no tap
 # reaches), larger strides and paddings, non-square and batch 1; the last has phases as patch-matrix products.
-TRANSPOSE_CASES = [(4, 2, 1, 5, 3, 3, 4, 2), (4, 2, 1, 1, 1, 2, 3, 1), (2, 2, 0, 4, 5, 3, 2, 1), (7, 1, 0, 1, 1, 4, 3, 2),
-                   (3, 1, 1, 5, 6, 2, 3, 1), (5, 3, 2, 4, 6, 2, 2, 1), (1, 2, 0, 4, 3, 2, 2, 2),
-                   (4, 2, 1, 3, 4, 272, 256, 2)]
+TRANSPOSE_CASES = [
+    (4, 2, 1, 5, 3, 3, 4, 2),
+    (4, 2, 1, 1, 1, 2, 3, 1),
+    (2, 2, 0, 4, 5, 3, 2, 1),
+    (7, 1, 0, 1, 1, 4, 3, 2),
+    (3, 1, 1, 5, 6, 2, 3, 1),
+    (5, 3, 2, 4, 6, 2, 2, 1),
+    (1, 2, 0, 4, 3, 2, 2, 2),
+    (4, 2, 1, 3, 4, 272, 256, 2),
+]
 
 
 @pytest.mark.parametrize("k,stride,pad,h,w,cin,cout,n", TRANSPOSE_CASES)
@@ -76,8 +92,7 @@ def test_fast_conv_transpose2d_equals_plain(k, stride, pad, h, w, cin, cout, n):
     rng = np.random.default_rng(k * 100 + stride * 10 + h + 7)
     x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
     kernel = rng.normal(size=(k, k, cin, cout)).astype(np.float32)
-    check_same_function(lambda x, w, impl: conv_transpose2d(x, w, stride=stride, padding=pad, impl=impl),
-                        x, kernel, h)
+    check_same_function(lambda x, w, impl: conv_transpose2d(x, w, stride=stride, padding=pad, impl=impl), x, kernel, h)
 
 
 def convolutions(jaxpr):
@@ -91,8 +106,9 @@ def convolutions(jaxpr):
     return found
 
 
-@pytest.mark.parametrize("transpose,k,stride,pad", [(True, 4, 2, 1), (True, 2, 2, 0), (False, 3, 2, 1), (False, 3, 1, 1),
-                                                    (False, 1, 2, 0)])
+@pytest.mark.parametrize(
+    "transpose,k,stride,pad", [(True, 4, 2, 1), (True, 2, 2, 0), (False, 3, 2, 1), (False, 3, 1, 1), (False, 1, 2, 0)]
+)
 def test_fast_gradients_avoid_the_slow_convolutions(transpose, k, stride, pad):
     """No input dilation (XLA CPU's slow transposed-conv lowering) and no convolution computing a kernel gradient
     (the slow weight gradient) in the fast backward pass; the plain one has them."""
@@ -120,6 +136,7 @@ def test_mixed_uses_the_fast_forms_where_they_pay_off():
     """mixed: a matrix product for 1 x 1 and input-covering kernels and for deep maps of at most 7 x 7 outputs; XLA's
     own k x k convolutions otherwise (with `compiler_options` their gradients are the fastest), also inside the phases
     of a transposed convolution."""
+
     def kernel_grad_convs(h, cin, cout, k=3, pad=1, op=conv2d, stride=1):
         x, w = jnp.ones((1, h, h, cin)), jnp.ones((k, k, cin, cout))
         grad = jax.grad(lambda w: jnp.sum(op(x, w, stride=stride, padding=pad, impl="mixed") ** 2))
@@ -127,14 +144,14 @@ def test_mixed_uses_the_fast_forms_where_they_pay_off():
         shapes = [e.outvars[0].aval.shape for e in convolutions(jax.make_jaxpr(grad)(w).jaxpr)]
         return [shape for shape in shapes if shape[2:] == (cin, cout) and shape[0] <= k]
 
-    assert kernel_grad_convs(5, 3, 4, k=7, pad=1) == []    # a kernel covering its input: a dense layer
-    assert kernel_grad_convs(6, 3, 4, k=1, pad=0) == []    # 1 x 1
+    assert kernel_grad_convs(5, 3, 4, k=7, pad=1) == []  # a kernel covering its input: a dense layer
+    assert kernel_grad_convs(6, 3, 4, k=1, pad=0) == []  # 1 x 1
     assert len(kernel_grad_convs(6, 3, 4, k=5, pad=1)) == 1
-    assert len(kernel_grad_convs(224, 32, 32)) == 1        # the paper's largest maps too
-    assert kernel_grad_convs(7, 256, 256) == []            # deep maps of at most 7 x 7 outputs: the patch product
+    assert len(kernel_grad_convs(224, 32, 32)) == 1  # the paper's largest maps too
+    assert kernel_grad_convs(7, 256, 256) == []  # deep maps of at most 7 x 7 outputs: the patch product
     assert kernel_grad_convs(14, 256, 512, stride=2) == []
-    assert len(kernel_grad_convs(14, 256, 256)) == 1       # 14 x 14 outputs: XLA's convolution
-    assert len(kernel_grad_convs(7, 128, 128)) == 1        # too few channels
+    assert len(kernel_grad_convs(14, 256, 256)) == 1  # 14 x 14 outputs: XLA's convolution
+    assert len(kernel_grad_convs(7, 128, 128)) == 1  # too few channels
     # k4 s2 transposed: four 2 x 2 phase convolutions, plain lax each, so four weight-gradient convolutions
     assert kernel_grad_convs(6, 3, 4, k=4, pad=1, op=conv_transpose2d, stride=2) == [(2, 2, 3, 4)] * 4
 
@@ -147,13 +164,13 @@ def test_cpu_compiler_options_keep_convolutions_on_xla_kernels():
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA's CPU backend; other backends get none")
     assert compiler_options() and compiler_options(training=True)
-    x, w = jnp.ones((2, 64, 64, 32)), jnp.ones((3, 3, 32, 32))     # (XLA keeps smaller ones out of YNNPACK)
+    x, w = jnp.ones((2, 64, 64, 32)), jnp.ones((3, 3, 32, 32))  # (XLA keeps smaller ones out of YNNPACK)
     conv = lambda x, w: conv2d(x, w, padding=1, impl="plain")
     chain = lambda x, w: conv2d(jax.nn.relu(x * 0.5 - 1.0), w, jnp.ones(32), padding=1, impl="plain")
 
     def entry_ops(f, **jit_kwargs):
         text = jax.jit(f, **jit_kwargs).lower(x, w).compile().as_text()
-        return text[text.index("ENTRY"):]
+        return text[text.index("ENTRY") :]
 
     assert " convolution(" in entry_ops(conv, compiler_options=compiler_options(training=True))
     assert " convolution(" in entry_ops(conv, compiler_options=compiler_options())
@@ -163,10 +180,10 @@ def test_cpu_compiler_options_keep_convolutions_on_xla_kernels():
 
 
 def test_implementation_choice(monkeypatch):
-    assert conv_impl() == ("mixed" if jax.default_backend() == "cpu" else "plain")   # auto
+    assert conv_impl() == ("mixed" if jax.default_backend() == "cpu" else "plain")  # auto
     for impl in ("mixed", "plain", "fast"):
         assert conv_impl(impl) == impl
-    monkeypatch.setenv("MENET_CONV", "fast")          # no environment variable changes a traced function
+    monkeypatch.setenv("MENET_CONV", "fast")  # no environment variable changes a traced function
     assert conv_impl() == conv_impl("auto") != "fast"
     with pytest.raises(ValueError, match="auto, mixed, fast or plain"):
         conv_impl("cudnn")
@@ -183,8 +200,10 @@ def test_the_formulation_is_a_module_field_that_jit_caches_see():
     x = jnp.zeros((1, config.image_size, config.image_size, 3))
     variables = init_variables(MEnet.from_config(config), 0)
     apply = jax.jit(lambda v, x, model: model.apply(v, x), static_argnums=2)
-    texts = {impl: apply.lower(variables, x, MEnet.from_config(dataclasses.replace(config, conv=impl))).as_text()
-             for impl in ("plain", "mixed")}
+    texts = {
+        impl: apply.lower(variables, x, MEnet.from_config(dataclasses.replace(config, conv=impl))).as_text()
+        for impl in ("plain", "mixed")
+    }
     assert "lhs_dilate = [2, 2]" in texts["plain"] and "lhs_dilate = [2, 2]" not in texts["mixed"]
 
 
@@ -198,8 +217,11 @@ def _batch(size, n=2):
     rng = np.random.default_rng(5)
     images = jnp.asarray(rng.integers(0, 256, (n, size, size, 3)), jnp.uint8)
     yy, xx = np.mgrid[:size, :size]
-    masks = jnp.asarray(np.stack([(yy - size / 2) ** 2 + (xx - size / 2 - 4 * i) ** 2 < (size / 4) ** 2
-                                  for i in range(n)]).astype(np.uint8))
+    masks = jnp.asarray(
+        np.stack([(yy - size / 2) ** 2 + (xx - size / 2 - 4 * i) ** 2 < (size / 4) ** 2 for i in range(n)]).astype(
+            np.uint8
+        )
+    )
     return images, masks
 
 
@@ -219,6 +241,7 @@ def test_model_loss_gradient_is_the_same_with_fast_convolutions(monkeypatch):
 
             def loss(params):
                 return _loss_and_outputs(model, {**variables, "params": params}, images, masks)[0]
+
             return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
         loss_plain, grads_plain = gradient("plain")
@@ -262,6 +285,7 @@ def test_bfloat16_forward_and_loss_of_the_shipped_network_match_float32_on_real_
 
     from menet_datasets import FolderSource, resize_pair
     from menet_jax.io import weights as pretrained
+
     variables, config, _ = pretrained.load()
     source = FolderSource(shared_data / "DUTS-TR-subset")
     pairs = [resize_pair(source[i]["image"], source[i]["mask"], config.image_size) for i in range(0, 40, 5)]

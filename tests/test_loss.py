@@ -1,4 +1,5 @@
 """The MEnet loss: mining against a brute-force reference, the authors' gradient, Eq. 3-4, edge cases."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +50,9 @@ def test_mining_keeps_one_to_one():
     salient = rng.random((3, 100)) < np.array([0.1, 0.5, 0.9])[:, None]
     keep = np.asarray(hard_mining_mask(jnp.asarray(rng.normal(size=(3, 100))), jnp.asarray(salient)))
     for n in range(3):
-        assert (keep[n] & salient[n]).sum() == (keep[n] & ~salient[n]).sum() == min(salient[n].sum(), (~salient[n]).sum())
+        assert (
+            (keep[n] & salient[n]).sum() == (keep[n] & ~salient[n]).sum() == min(salient[n].sum(), (~salient[n]).sum())
+        )
 
 
 def _random_problem(seed, n=2, h=6, w=5, fg_fraction=0.3):
@@ -87,8 +90,9 @@ def test_official_gradient_is_the_authors_hand_written_one():
 def test_official_loss_is_summed_over_the_batch():
     features, logits, labels = _random_problem(1, n=3)
     total = menet_loss(features, logits, labels, variant="official")[0]
-    parts = sum(menet_loss(features[i:i + 1], logits[i:i + 1], labels[i:i + 1], variant="official")[0]
-                for i in range(3))
+    parts = sum(
+        menet_loss(features[i : i + 1], logits[i : i + 1], labels[i : i + 1], variant="official")[0] for i in range(3)
+    )
     np.testing.assert_allclose(total, parts, rtol=1e-5)
 
 
@@ -101,8 +105,11 @@ def test_paper_loss_value_is_eq_3_and_4():
     metric = 0.0
     for i in range(n):
         c_fg, c_bg = f[i][y[i]].mean(0), f[i][~y[i]].mean(0)
-        pixel = np.where(y[i], ((f[i] - c_fg) ** 2).sum(1) - ((f[i] - c_bg) ** 2).sum(1),
-                         ((f[i] - c_bg) ** 2).sum(1) - ((f[i] - c_fg) ** 2).sum(1))
+        pixel = np.where(
+            y[i],
+            ((f[i] - c_fg) ** 2).sum(1) - ((f[i] - c_bg) ** 2).sum(1),
+            ((f[i] - c_bg) ** 2).sum(1) - ((f[i] - c_fg) ** 2).sum(1),
+        )
         metric += pixel[brute_force_mining(pixel[None], y[i][None])[0]].sum()
     metric /= n * h * w
     log_p = np.asarray(jax.nn.log_softmax(logits, -1)).reshape(n, h * w, 2)
@@ -117,8 +124,9 @@ def test_paper_gradient_matches_finite_differences():
     features, logits, labels = _random_problem(3, n=2, h=4, w=4)
     with jax.enable_x64(True):
         f64, z64 = jnp.asarray(features, jnp.float64), jnp.asarray(logits, jnp.float64)
-        check_grads(lambda f, z: menet_loss(f, z, labels, variant="paper")[0], (f64, z64), order=1,
-                    modes=["rev"], eps=1e-6)
+        check_grads(
+            lambda f, z: menet_loss(f, z, labels, variant="paper")[0], (f64, z64), order=1, modes=["rev"], eps=1e-6
+        )
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
@@ -126,17 +134,18 @@ def test_paper_gradient_matches_finite_differences():
 def test_one_class_images_give_finite_loss_and_gradients(variant, fill):
     features, logits, _ = _random_problem(4)
     labels = jnp.full(features.shape[:3], fill, jnp.uint8)
-    features = features.at[0, 0, 0].set(0.0)                      # a zero feature vector, too
+    features = features.at[0, 0, 0].set(0.0)  # a zero feature vector, too
     (loss, terms), grads = jax.value_and_grad(
-        lambda f, z: menet_loss(f, z, labels, variant=variant), argnums=(0, 1), has_aux=True)(features, logits)
+        lambda f, z: menet_loss(f, z, labels, variant=variant), argnums=(0, 1), has_aux=True
+    )(features, logits)
     assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads)
-    assert terms["metric"] == 0.0 and terms["kept"] == 0.0     # no pair of classes: no metric term
-    assert np.all(np.asarray(grads[0]) == 0.0)                   # ... and no metric gradient
+    assert terms["metric"] == 0.0 and terms["kept"] == 0.0  # no pair of classes: no metric term
+    assert np.all(np.asarray(grads[0]) == 0.0)  # ... and no metric gradient
     assert terms["ce"] > 0
 
 
 def test_centroids_and_pixel_loss_on_a_hand_made_case():
-    f = jnp.asarray([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])      # two salient pixels at e1, one background at e2
+    f = jnp.asarray([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # two salient pixels at e1, one background at e2
     salient = jnp.asarray([[True, True, False]])
     c_fg, c_bg = class_centroids(f, salient)
     np.testing.assert_allclose(c_fg, [[1.0, 0.0]])
@@ -154,8 +163,9 @@ def test_ce_only_ablation_trains_the_classifier_alone():
     """variant="ce": the loss is the official CE term, the features get no gradient, the logits the same one as
     under the full loss, and the metric term is still reported (the same value) for the log."""
     features, logits, labels = _random_problem(5)
-    grad = lambda variant: jax.value_and_grad(lambda f, z: menet_loss(f, z, labels, variant=variant),
-                                              argnums=(0, 1), has_aux=True)(features, logits)
+    grad = lambda variant: jax.value_and_grad(
+        lambda f, z: menet_loss(f, z, labels, variant=variant), argnums=(0, 1), has_aux=True
+    )(features, logits)
     (full, full_terms), (full_df, full_dz) = grad("official")
     (ce_only, ce_terms), (ce_df, ce_dz) = grad("ce")
     assert float(ce_only) == float(ce_terms["ce"]) == float(full_terms["ce"])

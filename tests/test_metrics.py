@@ -1,4 +1,6 @@
-"""Saliency metrics against PySODMetrics 1.6.2 (the field's reference) on real ECSSD masks, per image and per dataset."""
+"""Saliency metrics against PySODMetrics 1.6.2 (the field's reference) on real ECSSD masks, per image and per
+dataset."""
+
 import warnings
 
 import numpy as np
@@ -10,7 +12,9 @@ import menet_datasets
 from menet_jax.core import metrics
 from menet_jax.core.metrics import SODMetrics, adaptive_fbeta, image_scores, mae
 
-py_sod_metrics = pytest.importorskip("py_sod_metrics", reason="pysodmetrics is a test dependency: pip install -e .[test]")
+py_sod_metrics = pytest.importorskip(
+    "py_sod_metrics", reason="pysodmetrics is a test dependency: pip install -e .[test]"
+)
 
 TOL = 1e-6
 SCALARS = ("mae", "adp_f", "adp_e", "s_measure", "w_f")
@@ -27,17 +31,24 @@ def _predictions(mask, rng):
     small = Image.fromarray(np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(3))))
     small = small.resize((max(w // 3, 2), max(h // 2, 2)), Image.BILINEAR)
     resized = np.asarray(small.resize((w, h), Image.BILINEAR))
-    return {"random": rng.integers(0, 256, mask.shape, dtype=np.uint8), "blurred": blurred, "noisy": noisy,
-            "shifted": shifted, "constant": np.full(mask.shape, 77, np.uint8), "zeros": np.zeros_like(mask),
-            "perfect": mask, "resized": resized}
+    return {
+        "random": rng.integers(0, 256, mask.shape, dtype=np.uint8),
+        "blurred": blurred,
+        "noisy": noisy,
+        "shifted": shifted,
+        "constant": np.full(mask.shape, 77, np.uint8),
+        "zeros": np.zeros_like(mask),
+        "perfect": mask,
+        "resized": resized,
+    }
 
 
 @pytest.fixture(scope="module")
 def cases(shared_data):
     source = menet_datasets.FolderSource(shared_data / "ECSSD")
-    masks = [menet_datasets.load_mask(source.pairs[i][1]) for i in range(0, 1000, 67)]          # 15 real masks
-    masks += [np.zeros((50, 60), np.uint8), np.full((50, 60), 255, np.uint8)]             # empty and all-salient
-    tall = np.asarray(Image.fromarray(masks[0]).resize((48, 150), Image.NEAREST))          # another aspect (1:3)
+    masks = [menet_datasets.load_mask(source.pairs[i][1]) for i in range(0, 1000, 67)]  # 15 real masks
+    masks += [np.zeros((50, 60), np.uint8), np.full((50, 60), 255, np.uint8)]  # empty and all-salient
+    tall = np.asarray(Image.fromarray(masks[0]).resize((48, 150), Image.NEAREST))  # another aspect (1:3)
     masks.append(tall)
     rng = np.random.default_rng(0)
     return [(name, pred, gt) for gt in masks for name, pred in _predictions(gt, rng).items()]
@@ -59,18 +70,35 @@ class _Reference:
 
     # PySODMetrics's curves run from threshold 255/255 down to 0; ours (index t = threshold t/255) are reversed.
     def last(self) -> dict:
-        return {"mae": self.mae.maes[-1], "adp_f": self.fm.adaptive_fms[-1], "adp_e": self.em.adaptive_ems[-1],
-                "s_measure": self.sm.sms[-1], "w_f": self.wfm.weighted_fms[-1],
-                "precision": self.fm.precisions[-1][::-1], "recall": self.fm.recalls[-1][::-1],
-                "f_curve": self.fm.changeable_fms[-1][::-1], "e_curve": self.em.changeable_ems[-1][::-1]}
+        return {
+            "mae": self.mae.maes[-1],
+            "adp_f": self.fm.adaptive_fms[-1],
+            "adp_e": self.em.adaptive_ems[-1],
+            "s_measure": self.sm.sms[-1],
+            "w_f": self.wfm.weighted_fms[-1],
+            "precision": self.fm.precisions[-1][::-1],
+            "recall": self.fm.recalls[-1][::-1],
+            "f_curve": self.fm.changeable_fms[-1][::-1],
+            "e_curve": self.em.changeable_ems[-1][::-1],
+        }
 
     def results(self) -> dict:
         f, pr, e = self.fm.get_results()["fm"], self.fm.get_results()["pr"], self.em.get_results()["em"]
-        return {"n_images": len(self.mae.maes), "mae": self.mae.get_results()["mae"], "adp_f": f["adp"],
-                "mean_f": f["curve"].mean(), "max_f": f["curve"].max(), "s_measure": self.sm.get_results()["sm"],
-                "adp_e": e["adp"], "mean_e": e["curve"].mean(), "max_e": e["curve"].max(),
-                "w_f": self.wfm.get_results()["wfm"], "precision": pr["p"][::-1], "recall": pr["r"][::-1],
-                "f_curve": f["curve"][::-1]}
+        return {
+            "n_images": len(self.mae.maes),
+            "mae": self.mae.get_results()["mae"],
+            "adp_f": f["adp"],
+            "mean_f": f["curve"].mean(),
+            "max_f": f["curve"].max(),
+            "s_measure": self.sm.get_results()["sm"],
+            "adp_e": e["adp"],
+            "mean_e": e["curve"].mean(),
+            "max_e": e["curve"].max(),
+            "w_f": self.wfm.get_results()["wfm"],
+            "precision": pr["p"][::-1],
+            "recall": pr["r"][::-1],
+            "f_curve": f["curve"][::-1],
+        }
 
 
 def _check(ours: dict, ref: dict, label: str, worst: dict):
@@ -99,7 +127,7 @@ def test_image_and_dataset_scores_equal_pysodmetrics(cases):
 def test_batched_scoring_equals_pysodmetrics_per_image(cases):
     """step_batch (one curve computation for a batch of images of different sizes, padded to a power of two)."""
     ours, ref, worst = SODMetrics(), _Reference(), {}
-    batch = cases[::7][:11]                        # 11 images: padded to 16 inside
+    batch = cases[::7][:11]  # 11 images: padded to 16 inside
     assert len({gt.shape for _, _, gt in batch}) > 1
     scores = ours.step_batch([pred for _, pred, _ in batch], [gt for _, _, gt in batch])
     assert len(scores) == len(ours) == len(batch)
@@ -113,8 +141,8 @@ def test_without_normalisation_equals_pysodmetrics_on_prescaled_maps(cases):
     """normalize=False: PySODMetrics takes float maps in [0, 1] and bool masks; we take the same (or uint8 / 255)."""
     ours, ref, worst = SODMetrics(normalize=False), _Reference(), {}
     for i, (name, pred, gt) in enumerate(cases[::3]):
-        p = pred / 255 * 0.8 + 0.1                      # not spanning [0, 1]: normalisation would change it
-        given = pred if i % 2 else p                    # uint8 maps are divided by 255, float maps taken as is
+        p = pred / 255 * 0.8 + 0.1  # not spanning [0, 1]: normalisation would change it
+        given = pred if i % 2 else p  # uint8 maps are divided by 255, float maps taken as is
         expected = pred / 255 if i % 2 else p
         scores = ours.step(given, gt)
         ref.step(expected, gt > 128, normalize=False)
@@ -125,7 +153,7 @@ def test_without_normalisation_equals_pysodmetrics_on_prescaled_maps(cases):
 def test_float_and_bool_inputs_match_uint8(cases):
     for name, pred, gt in cases[:16]:
         a = image_scores(pred, gt)
-        b = image_scores(pred / 255, gt > 128)          # float map (min-max normalised the same way), bool mask
+        b = image_scores(pred / 255, gt > 128)  # float map (min-max normalised the same way), bool mask
         for k in SCALARS + CURVES:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name} {k}")
 
@@ -147,7 +175,7 @@ def test_hand_computed_4x4():
     pred = np.zeros((4, 4), np.uint8)
     pred[0, 0] = pred[0, 1] = pred[1, 0] = pred[3, 3] = 255
     s = image_scores(pred, gt)
-    assert s["mae"] == pytest.approx(2 / 16, abs=1e-15)              # one missed, one false pixel of 16
+    assert s["mae"] == pytest.approx(2 / 16, abs=1e-15)  # one missed, one false pixel of 16
     # adaptive threshold 2 x mean = 0.5: 4 predicted, 3 hits: P = R = 3/4, F = 3/4
     assert s["adp_f"] == pytest.approx(0.75, abs=1e-15)
     # index t = threshold t / 255: threshold 0 keeps all 16 pixels; every threshold above 0 keeps the 4 at 255
@@ -164,7 +192,7 @@ def test_hand_computed_4x4():
     assert r["mean_f"] == pytest.approx((255 * 0.75 + f0) / 256, abs=1e-15)
     # E-measure at the adaptive threshold: the binarised map has 3 TP, 1 FP, 1 FN, 11 TN; means 4/16 and 4/16
     a, b = 1 - 0.25, -0.25
-    enhanced = lambda u, v: (2 * u * v / (u * u + v * v + metrics.EPS) + 1) ** 2 / 4   # noqa: E731
+    enhanced = lambda u, v: (2 * u * v / (u * u + v * v + metrics.EPS) + 1) ** 2 / 4  # noqa: E731
     expected_e = (3 * enhanced(a, a) + enhanced(a, b) + enhanced(b, a) + 11 * enhanced(b, b)) / (16 - 1 + metrics.EPS)
     assert s["adp_e"] == pytest.approx(expected_e, abs=1e-15)
 
@@ -182,8 +210,8 @@ def test_nearest_foreground_search_matches_scipy_feature_transform():
         dist, (iy, ix) = distance_transform_edt(~g, return_indices=True)
         expected = e[iy, ix]
         band = np.asarray(Image.fromarray(g.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(7))) > 0
-        d2 = np.rint(dist ** 2).astype(np.int32)
-        for got in (metrics._band_errors(e, g), metrics._band_errors(e, g, d2)):   # search by groups / by distance
+        d2 = np.rint(dist**2).astype(np.int32)
+        for got in (metrics._band_errors(e, g), metrics._band_errors(e, g, d2)):  # search by groups / by distance
             np.testing.assert_array_equal(got[band], expected[band], err_msg=f"trial {trial}")
 
 
@@ -233,7 +261,7 @@ def test_to_8bit_scores_a_saturated_map_as_its_saved_png_is_scored():
     gt[:, :36] = 255
     pred = np.where(gt > 0, 1 - 1e-3 * rng.random(gt.shape), 0.3)
     eight = metrics.to_8bit(pred)
-    assert eight.dtype == np.uint8 and eight.max() == 255 and eight.min() == 76   # round(0.3 * 255)
+    assert eight.dtype == np.uint8 and eight.max() == 255 and eight.min() == 76  # round(0.3 * 255)
     assert image_scores(pred, gt)["adp_f"] < 0.1
     fm = py_sod_metrics.Fmeasure()
     fm.step(pred=eight, gt=gt)

@@ -1,4 +1,5 @@
 """MEnet's structure: the authors' parameter count, every layer of the manifest, output shapes and modes."""
+
 import re
 from collections import Counter
 
@@ -37,8 +38,10 @@ def _model_layers(model):
     params, inter = jax.eval_shape(run, x)
     layers = Counter()
     flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
-    outputs = {tuple(getattr(k, "key", k) for k in path[:-1]): leaf.shape
-               for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]}
+    outputs = {
+        tuple(getattr(k, "key", k) for k in path[:-1]): leaf.shape
+        for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]
+    }
     for path, leaf in flat_params:
         names = tuple(getattr(k, "key", k) for k in path)
         module = names[:-1]
@@ -57,8 +60,11 @@ def _model_layers(model):
 def _manifest_layers(text):
     layers = Counter()
     for row in text.splitlines():
-        m = re.match(r"\|\s*\d+\s*\|\s*(conv|deconv|bn)\s*\|\s*(\d+)x(\d+)x(\d+)\s*\|\s*(\d+)x(\d+)x(\d+)\s*\|"
-                     r"\s*([\d ]*)\|[^|]*\|\s*([\d,]+)\s*\|", row)
+        m = re.match(
+            r"\|\s*\d+\s*\|\s*(conv|deconv|bn)\s*\|\s*(\d+)x(\d+)x(\d+)\s*\|\s*(\d+)x(\d+)x(\d+)\s*\|"
+            r"\s*([\d ]*)\|[^|]*\|\s*([\d,]+)\s*\|",
+            row,
+        )
         if not m:
             continue
         op, cin, _, _, cout, hout, _, ksp, params = m.groups()
@@ -140,12 +146,14 @@ def test_fast_init_has_the_tree_and_distributions_of_flax_init():
     reference = parameter_shapes(model)
     variables = init_variables(model, seed=3)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(reference)
-    assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in
-               zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(reference)))
+    assert all(
+        a.shape == b.shape and a.dtype == b.dtype
+        for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(reference))
+    )
     params = variables["params"]
     # Caffe xavier: uniform(+-sqrt(3 / fan)); fan_in for convs, C_out * k * k for transposed convs.
-    conv = params["E1_down"]["BRC_0"]["Conv_0"]["kernel"]            # 3x3, 4 -> 8
-    deconv = params["D0_up"]["BRC_0"]["ConvTranspose_0"]["kernel"]   # 4x4, 16 -> 4
+    conv = params["E1_down"]["BRC_0"]["Conv_0"]["kernel"]  # 3x3, 4 -> 8
+    deconv = params["D0_up"]["BRC_0"]["ConvTranspose_0"]["kernel"]  # 4x4, 16 -> 4
     for kernel, bound in ((conv, (3 / (9 * 4)) ** 0.5), (deconv, (3 / (16 * 4)) ** 0.5)):
         assert 0.9 * bound < np.abs(kernel).max() <= bound
     assert np.all(params["E1_down"]["BRC_0"]["Conv_0"]["bias"] == 0)
@@ -153,6 +161,7 @@ def test_fast_init_has_the_tree_and_distributions_of_flax_init():
     assert np.all(variables["batch_stats"]["stem_bn"]["var"] == 1)
     # The Flax initializers of the layer modules draw from the same ranges.
     from menet_jax.core.layers import Conv, ConvTranspose
+
     x = jnp.zeros((1, 8, 8, 16))
     for layer, bound in ((Conv(4, 3), (3 / (9 * 16)) ** 0.5), (ConvTranspose(4, 4), (3 / (16 * 4)) ** 0.5)):
         kernel = layer.init(jax.random.key(0), x)["params"]["kernel"]

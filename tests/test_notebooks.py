@@ -4,6 +4,7 @@ bottom in smoke mode (MENET_SMOKE=1: tiny network, a handful of real images, a f
 Each notebook runs in a fresh python3 kernel of this interpreter, with the notebooks folder as working directory
 and its outputs in a temporary folder (MENET_WORK); the checks read the files it wrote and the numbers it printed.
 """
+
 import json
 import math
 import os
@@ -21,7 +22,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = REPO / "notebooks"
-CELL_TIMEOUT = 420          # seconds; the first cell that compiles the train step takes about a minute on 2 cores
+CELL_TIMEOUT = 420  # seconds; the first cell that compiles the train step takes about a minute on 2 cores
 
 
 def notebook_paths():
@@ -39,7 +40,7 @@ def test_notebooks_are_stripped_and_match_their_generator():
     for path in notebook_paths():
         notebook = nbformat.read(path, as_version=4)
         first = notebook.cells[1]
-        assert first.cell_type == "code" and "pip" in first.source and "find_spec(\"menet_jax\")" in first.source
+        assert first.cell_type == "code" and "pip" in first.source and 'find_spec("menet_jax")' in first.source
         for cell in notebook.cells:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs committed"
@@ -53,9 +54,15 @@ def smoke(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("notebooks")
     kernel_dir = root / "jupyter" / "kernels" / "python3"
     kernel_dir.mkdir(parents=True)
-    (kernel_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3", "language": "python"}))
+    (kernel_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3",
+                "language": "python",
+            }
+        )
+    )
     work = root / "work"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(root / "jupyter"))
@@ -70,23 +77,32 @@ def smoke(tmp_path_factory, shared_data):
 def execute(name: str) -> str:
     """Run notebooks/NAME in smoke mode; returns everything its cells printed."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     started = time.perf_counter()
     client.execute()
     print(f"{name}: {time.perf_counter() - started:.0f} s; cells:", slowest_cells(notebook))
-    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for output in cell.outputs if output.output_type == "stream")
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
 
 
 def slowest_cells(notebook, n=3) -> str:
     from datetime import datetime
+
     times = []
     for i, cell in enumerate(notebook.cells):
         stamps = cell.metadata.get("execution", {})
         if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
-            start, end = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
-                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            start, end = (
+                datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                for k in ("iopub.execute_input", "shell.execute_reply")
+            )
             times.append(((end - start).total_seconds(), i))
     return ", ".join(f"#{i} {t:.0f} s" for t, i in sorted(times, reverse=True)[:n])
 
@@ -112,7 +128,7 @@ def test_quickstart(smoke):
 def test_train_gpu(smoke):
     printed = execute("02_train_gpu.ipynb")
     assert "duts" in printed and "train" in printed and "12 examples" in printed
-    assert re.search(r"trained steps 4\.\.6", printed), printed      # resumed after the stand-in disconnect
+    assert re.search(r"trained steps 4\.\.6", printed), printed  # resumed after the stand-in disconnect
     run = smoke / "smoke-train"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train"]

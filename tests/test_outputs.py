@@ -1,10 +1,11 @@
 """`predict` refuses bad output paths before any work, never overwrites its inputs, and a failed write is one line."""
+
 import numpy as np
 import pytest
+from helpers import one_line_error
 from PIL import Image
 
 from menet_jax.predict import main
-from helpers import one_line_error
 
 
 @pytest.fixture()
@@ -22,9 +23,10 @@ def photos(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """Fresh tiny weights as an exported file (no training needed to exercise writing)."""
-    from menet_jax.io import weights as pretrained
     from menet_jax.core.config import get_config
     from menet_jax.core.model import MEnet, init_variables
+    from menet_jax.io import weights as pretrained
+
     config = get_config("tiny")
     path = tmp_path_factory.mktemp("weights") / "tiny.npz"
     pretrained.export(init_variables(MEnet.from_config(config), 0), config, path)
@@ -54,11 +56,11 @@ def test_bad_output_paths_are_refused_before_the_network_loads(photos, tmp_path,
     # A missing weights file: the output check must come first, so the error is about the output.
     assert main([fill(a) for a in argv] + ["--checkpoint", str(tmp_path / "no.npz"), "--no-progress"]) == 2
     one_line_error(capsys, "error: " + fill(named) + ":", fill(fragment))
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before   # nothing written
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
 
 
 def test_two_inputs_of_one_stem_are_refused(photos, tmp_path, capsys):
-    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(photos / "a.jpg")      # a.jpg and a.png -> out/a.png
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(photos / "a.jpg")  # a.jpg and a.png -> out/a.png
     assert main(["p", str(photos), str(tmp_path / "out"), "--checkpoint", str(tmp_path / "no.npz")]) == 2
     one_line_error(capsys, f"{tmp_path / 'out' / 'a.png'}: both {photos / 'a.jpg'} and {photos / 'a.png'}")
     assert not (tmp_path / "out").exists()

@@ -1,20 +1,22 @@
 """Inference at any image size and the rembg-style predict CLI."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from menet_jax.core.config import get_config
-from menet_jax.inference.predictor import Predictor
-from menet_jax.io.images import load_photo, resize_to
 from menet_jax.core.model import MEnet, init_variables
-from menet_jax.predict import main
+from menet_jax.inference.predictor import Predictor
 from menet_jax.inference.render import render
+from menet_jax.io.images import load_photo, resize_to
+from menet_jax.predict import main
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A tiny trained workdir (a few steps are enough to exercise loading and inference)."""
     from menet_jax.training.loop import train
+
     path = tmp_path_factory.mktemp("run")
     train(get_config("tiny", ["steps=2", "train_size=8", "val_size=4", "checkpoint_every=2"]), path, progress=False)
     return path
@@ -23,14 +25,15 @@ def workdir(tmp_path_factory):
 def test_predictor_returns_maps_at_each_image_size(workdir):
     predictor = Predictor.load(workdir, batch_size=4)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in [(50, 70), (32, 32), (120, 40),
-                                                                            (33, 91), (64, 64)]]
-    out = predictor(images)                  # five images: two batches, one padded
+    images = [
+        rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in [(50, 70), (32, 32), (120, 40), (33, 91), (64, 64)]
+    ]
+    out = predictor(images)  # five images: two batches, one padded
     assert [m["metric"].shape for m in out] == [im.shape[:2] for im in images]
     for maps in out:
         for name in ("metric", "ce"):
             assert maps[name].dtype == np.float32 and 0 <= maps[name].min() and maps[name].max() <= 1
-    assert predictor.predict_batch._cache_size() == 1          # one compiled shape for all image sizes
+    assert predictor.predict_batch._cache_size() == 1  # one compiled shape for all image sizes
     # The same image alone or in a batch gives the same map (evaluation-mode BatchNorm, padding ignored).
     np.testing.assert_allclose(predictor([images[2]])[0]["ce"], out[2]["ce"], atol=1e-5)
 
@@ -41,6 +44,7 @@ def test_predictor_matches_the_model_at_network_size():
     predictor = Predictor(variables, config, batch_size=2)
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
     from menet_jax.core.network import predict_function
+
     direct = predict_function(config)(variables, image[None])
     np.testing.assert_allclose(predictor([image])[0]["metric"], direct["metric"][0], atol=1e-6)
 
@@ -55,9 +59,9 @@ def test_load_photo_handles_modes_and_exif(tmp_path):
     rotated = tmp_path / "rotated.jpg"
     img = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
     exif = img.getexif()
-    exif[0x0112] = 6                                        # "rotate 90 CW to display"
+    exif[0x0112] = 6  # "rotate 90 CW to display"
     img.save(rotated, exif=exif)
-    assert load_photo(rotated).shape == (20, 10, 3)          # upright, as a viewer shows it
+    assert load_photo(rotated).shape == (20, 10, 3)  # upright, as a viewer shows it
 
 
 def test_render_modes():
@@ -75,7 +79,7 @@ def test_resize_to_keeps_range_and_shape():
 
 
 def test_cli_folder_on_real_images(workdir, shared_data, tmp_path, capsys):
-    images = sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[555:560]   # includes greyscale 0557
+    images = sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[555:560]  # includes greyscale 0557
     folder = tmp_path / "in"
     folder.mkdir()
     for p in images:
@@ -84,15 +88,21 @@ def test_cli_folder_on_real_images(workdir, shared_data, tmp_path, capsys):
     for p in images:
         out = Image.open(tmp_path / "out" / f"{p.stem}.png")
         assert out.size == Image.open(p).size and out.mode == "L"
-    assert main(["i", str(images[0]), str(tmp_path / "one.png"), "--checkpoint", str(workdir), "--cutout",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["i", str(images[0]), str(tmp_path / "one.png"), "--checkpoint", str(workdir), "--cutout", "--no-progress"]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "one.png").mode == "RGBA"
 
 
 def test_cli_errors_are_one_line(workdir, tmp_path, capsys):
-    for argv, expected in ((["i", str(tmp_path / "missing.jpg"), "o.png", "--checkpoint", str(workdir)], "image not found"),
-                           (["p", str(tmp_path), "out", "--checkpoint", str(workdir)], "no images found in"),
-                           (["i", __file__, "o.png", "--checkpoint", str(tmp_path)], "not a training workdir")):
+    for argv, expected in (
+        (["i", str(tmp_path / "missing.jpg"), "o.png", "--checkpoint", str(workdir)], "image not found"),
+        (["p", str(tmp_path), "out", "--checkpoint", str(workdir)], "no images found in"),
+        (["i", __file__, "o.png", "--checkpoint", str(tmp_path)], "not a training workdir"),
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err
@@ -103,12 +113,13 @@ def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path
     Predictor.load and the CLIs, and a damaged file fails with one line naming it."""
     from menet_jax.io import weights as pretrained
     from menet_jax.pretrained import main as pretrained_main
+
     out = tmp_path / "weights.npz"
     assert pretrained_main(["export", str(workdir), str(out)]) == 0
     variables, config, meta = pretrained.load(out, expected_sha256=pretrained.sha256(out))
     assert config == Predictor.load(workdir).config and meta == {"source": str(workdir), "step": 2}
     capsys.readouterr()
-    assert pretrained_main(["export", str(workdir), str(tmp_path / "w7.npz"), "--step", "7"]) == 2   # no such step
+    assert pretrained_main(["export", str(workdir), str(tmp_path / "w7.npz"), "--step", "7"]) == 2  # no such step
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no checkpoint of step 7") and "kept: " in err and "\n" not in err
     reference = Predictor.load(workdir)
@@ -134,6 +145,7 @@ def test_exported_weights_load_and_predict_like_the_checkpoint(workdir, tmp_path
 
 def jax_tree_dtypes(tree):
     import jax
+
     return {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree)}
 
 
@@ -141,6 +153,7 @@ def test_training_curves_png(workdir, tmp_path):
     from menet_jax.curves import main as curves_main
     from menet_jax.errors import WorkdirError
     from menet_jax.training.curves import read_log
+
     train_log, val_log = read_log(workdir)
     assert [r["step"] for r in train_log] == sorted(r["step"] for r in train_log) and train_log and val_log
     assert curves_main([str(workdir), "--output", str(tmp_path / "c.png")]) == 0
@@ -153,6 +166,7 @@ def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tm
     """A fresh clone predicts without --checkpoint, and the shipped network is a trained one: on real ECSSD images
     its maps beat the all-background baseline by far (fresh weights do not)."""
     from menet_jax.io import weights as pretrained
+
     assert pretrained.DEFAULT in pretrained.SHIPPED
     path = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
     assert path.stat().st_size <= 25e6 and pretrained.sha256(path) == pretrained.SHIPPED[pretrained.DEFAULT]
@@ -164,7 +178,7 @@ def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tm
     masks = [np.asarray(Image.open(shared_data / "ECSSD" / "masks" / f"{s}.png")) > 127 for s in stems]
     shipped = Predictor.load(None)
     fresh = Predictor(init_variables(MEnet.from_config(shipped.config), 0), shipped.config)
-    baseline = np.mean([gt.mean() for gt in masks])       # MAE of the all-background map
+    baseline = np.mean([gt.mean() for gt in masks])  # MAE of the all-background map
     for predictor, trained in ((shipped, True), (fresh, False)):
         maps = predictor(images)
         for name in ("metric", "ce"):
@@ -174,6 +188,7 @@ def test_shipped_weights_are_the_default_and_segment_real_images(shared_data, tm
 
 def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsys):
     from menet_jax.io import weights as pretrained
+
     original = pretrained.WEIGHTS_DIR / pretrained.DEFAULT
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     (tmp_path / pretrained.DEFAULT).write_bytes(original.read_bytes()[:-1])
@@ -184,11 +199,11 @@ def test_a_damaged_shipped_file_fails_with_one_line(tmp_path, monkeypatch, capsy
     assert err.startswith("error: ") and "checksum mismatch" in err and pretrained.DEFAULT in err and "\n" not in err
 
 
-
 def _tiny_export(path, collection=None, value=None):
     """Fresh tiny weights exported to `path`, with `value` in the first array of `collection` when given (a
     diverged run's NaN or inf)."""
     from menet_jax.io import weights as pretrained
+
     config = get_config("tiny")
     variables = init_variables(MEnet.from_config(config), 0)
     if collection is not None:
@@ -208,9 +223,11 @@ def test_non_finite_weights_are_refused(tmp_path, capsys, monkeypatch, collectio
     or a training workdir, before writing anything."""
     import dataclasses
     import json
+
     from menet_jax.errors import WeightsError
-    from menet_jax.io import checkpoint
     from menet_jax.evaluate import main as evaluate_main
+    from menet_jax.io import checkpoint
+
     weights = tmp_path / "diverged.npz"
     variables, config = _tiny_export(weights, collection, value)
     data = tmp_path / "data"
@@ -218,8 +235,10 @@ def test_non_finite_weights_are_refused(tmp_path, capsys, monkeypatch, collectio
         (data / sub).mkdir(parents=True)
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(data / "images" / "a.png")
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(data / "masks" / "a.png")
-    for run, argv in ((main, ["i", str(data / "images" / "a.png"), str(tmp_path / "map.png")]),
-                      (evaluate_main, ["--data-dir", str(data), "--output", str(tmp_path / "eval")])):
+    for run, argv in (
+        (main, ["i", str(data / "images" / "a.png"), str(tmp_path / "map.png")]),
+        (evaluate_main, ["--data-dir", str(data), "--output", str(tmp_path / "eval")]),
+    ):
         assert run(argv + ["--checkpoint", str(weights), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {weights}: {collection}/") and "NaN or infinite" in err and "\n" not in err
@@ -236,11 +255,12 @@ def test_damaged_weights_files_are_one_line_errors(tmp_path, capsys):
     """Whatever is wrong with a --checkpoint file, one line naming it, not a traceback."""
     import io
     import zipfile
+
     good = tmp_path / "good.npz"
     _tiny_export(good)
     data = good.read_bytes()
     middle = bytearray(data)
-    middle[len(data) // 2:len(data) // 2 + 200] = bytes(200)          # corrupt compressed data (zlib.error)
+    middle[len(data) // 2 : len(data) // 2 + 200] = bytes(200)  # corrupt compressed data (zlib.error)
     no_params = io.BytesIO()
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(no_params, "w") as zout:
         for name in zin.namelist():
@@ -248,8 +268,14 @@ def test_damaged_weights_files_are_one_line_errors(tmp_path, capsys):
                 zout.writestr(name, zin.read(name))
     no_header = io.BytesIO()
     np.savez(no_header, x=np.zeros(3))
-    damaged = {"truncated": data[:len(data) // 2], "empty": b"", "random": np.random.default_rng(0).bytes(4096),
-               "middle": bytes(middle), "no_params": no_params.getvalue(), "no_header": no_header.getvalue()}
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "random": np.random.default_rng(0).bytes(4096),
+        "middle": bytes(middle),
+        "no_params": no_params.getvalue(),
+        "no_header": no_header.getvalue(),
+    }
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
     for name, content in damaged.items():
@@ -264,7 +290,7 @@ def test_damaged_weights_files_are_one_line_errors(tmp_path, capsys):
 def test_a_photo_over_the_decompression_bomb_limit_is_one_line(tmp_path, capsys, monkeypatch):
     photo = tmp_path / "huge.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)              # 600 pixels: over twice the limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 600 pixels: over twice the limit
     with pytest.raises(Exception, match=f"^{photo}: cannot read image .*decompression bomb"):
         load_photo(photo)
     weights = tmp_path / "w.npz"

@@ -1,5 +1,6 @@
 """robustness.attacks: PGD budgets, pixel range, zero budget, loss increase on real images (tiny MEnet), and
 `robustness.evaluate --distortion pgd-l2` on a tiny checkpoint."""
+
 import dataclasses
 import json
 
@@ -24,7 +25,7 @@ TOY = {"w": jnp.array([1.0, -0.5, 0.8]), "b": jnp.array(0.1)}
 def _batch(seed=0, shape=(2, 8, 8)):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (*shape, 3)).astype(np.float32)
-    x[0, :2] = 0.0                                                       # entries at the pixel range's ends
+    x[0, :2] = 0.0  # entries at the pixel range's ends
     x[1, :2] = 255.0
     y = (rng.random(shape) < 0.5).astype(np.float32)
     return x, y
@@ -48,15 +49,14 @@ def test_perturbation_stays_in_the_budget_and_the_pixel_range(norm, random):
         assert np.all((linf if norm == "linf" else l2) <= eps * (1 + 1e-6) + 1e-3)
         clean = np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), jnp.asarray(y)))
         assert np.all(np.asarray(loss) > clean)
-        np.testing.assert_allclose(loss, attacks.map_loss(toy_map(TOY, jnp.asarray(adv)), jnp.asarray(y)),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(loss, attacks.map_loss(toy_map(TOY, jnp.asarray(adv)), jnp.asarray(y)), rtol=1e-5)
 
 
 def test_random_start_lies_in_the_ball():
     shape = (3, 4, 5, 3)
     linf, _ = _norms(attacks.random_start(shape, 2.0, "linf", np.random.default_rng(0)))
     _, l2 = _norms(attacks.random_start(shape, 2.0, "l2", np.random.default_rng(0)))
-    assert np.all(linf <= 2.0) and np.all(l2 <= 2.0 + 1e-5) and np.all(l2 > 1.5)   # d = 60: radius ~ eps
+    assert np.all(linf <= 2.0) and np.all(l2 <= 2.0 + 1e-5) and np.all(l2 > 1.5)  # d = 60: radius ~ eps
 
 
 def test_zero_budget_gives_the_clean_image_and_loss_exactly():
@@ -64,8 +64,9 @@ def test_zero_budget_gives_the_clean_image_and_loss_exactly():
     for norm in attacks.NORMS:
         adv, loss = attacks.pgd(toy_map, TOY, x, y, eps=0.0, norm=norm)
         assert np.array_equal(np.asarray(adv), x)
-        assert np.array_equal(np.asarray(loss), np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)),
-                                                                            jnp.asarray(y))))
+        assert np.array_equal(
+            np.asarray(loss), np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), jnp.asarray(y)))
+        )
     with pytest.raises(ValueError):
         attacks.pgd(toy_map, TOY, x, y, eps=1.0, norm="l1")
     with pytest.raises(ValueError):
@@ -83,6 +84,7 @@ def test_mae_loss_is_the_map_mae():
 def tiny_menet():
     from menet_jax.core.config import get_config
     from menet_jax.core.model import MEnet, init_variables
+
     config = get_config("tiny")
     model = MEnet.from_config(config)
     return model, init_variables(model, 0), config.image_size
@@ -93,6 +95,7 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
     gradient (min-max and the distance are differentiable almost everywhere) and the L-inf attack raises its
     loss within the budget. (The CE probability under L2 on real images: the CLI test below.)"""
     from menet_jax.api import network_function
+
     model, variables, size = tiny_menet
     source = FolderSource(shared_data / "ECSSD")
     pairs = [resize_pair(source[i]["image"], source[i]["mask"], size) for i in (0, 1)]
@@ -101,7 +104,8 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
     # The map robustness.evaluate attacks as "metric"; plain convolutions: quicker to compile, same function.
     f = network_function(dataclasses.replace(get_config("tiny"), conv="plain"), output="metric")
     clean, g = jax.jit(jax.value_and_grad(lambda z: attacks.map_loss(f(variables, z), jnp.asarray(y)).sum()))(
-        jnp.asarray(x))
+        jnp.asarray(x)
+    )
     assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).max() > 0
     adv, loss = attacks.pgd(f, variables, x, y, eps=4.0, norm="linf", steps=5)
     assert float(np.sum(loss)) > float(clean) and np.all(np.asarray(loss) > 0)
@@ -110,11 +114,22 @@ def test_pgd_raises_the_loss_of_the_metric_map_on_real_images(shared_data, tiny_
 
 def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys):
     from robustness.evaluate import main
+
     out = tmp_path / "pgd"
-    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(shared_data / "ECSSD"), "--limit", "2",
-              "--batch-size", "2", "--no-progress"]
-    assert main(common + ["--distortion", "pgd-l2", "--levels", "0", "64", "--pgd-steps", "4",
-                          "--output", str(out)]) == 0
+    common = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data-dir",
+        str(shared_data / "ECSSD"),
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    assert (
+        main(common + ["--distortion", "pgd-l2", "--levels", "0", "64", "--pgd-steps", "4", "--output", str(out)]) == 0
+    )
     table = (out / "table.md").read_text()
     assert "pgd-l2 L2 budget (/255)" in table and "attacked loss (bce" in table
     report = json.loads((out / "robustness.json").read_text())
@@ -125,8 +140,21 @@ def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path,
         assert 0 <= level["raw"]["ce"]["adp_f"] <= 1 and 0 <= level["normalised"]["ce"]["mae"] <= 1
     assert r["64.0"]["attack_loss"]["ce"] > r["0.0"]["attack_loss"]["ce"]
     capsys.readouterr()
-    assert main(["--predictor", "x:y", "--data-dir", str(shared_data / "ECSSD"), "--distortion", "pgd-linf",
-                 "--output", str(tmp_path / "no")]) == 2
+    assert (
+        main(
+            [
+                "--predictor",
+                "x:y",
+                "--data-dir",
+                str(shared_data / "ECSSD"),
+                "--distortion",
+                "pgd-linf",
+                "--output",
+                str(tmp_path / "no"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: --distortion pgd-linf needs --checkpoint") and err.count("\n") == 1
     assert main(common + ["--distortion", "jpeg", "--pgd-steps", "3", "--output", str(tmp_path / "no")]) == 2

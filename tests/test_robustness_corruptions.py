@@ -1,5 +1,6 @@
 """robustness.corruptions: the 15 ImageNet-C corruptions (shape, dtype, seeding, severity order, definitions),
 an imagecorruptions oracle where it imports, and `robustness.evaluate --distortion imagenet-c`."""
+
 import colorsys
 import importlib.util
 import json
@@ -33,7 +34,7 @@ def test_shape_dtype_and_seeding(name):
         assert out.shape == image.shape and out.dtype == np.uint8
         assert np.array_equal(out, C.corrupt(image, name, severity, np.random.default_rng(1)))
         other = C.corrupt(image, name, severity, np.random.default_rng(2))
-        assert np.array_equal(out, other) != (name in C.RANDOM)     # random ones differ, the rest ignore rng
+        assert np.array_equal(out, other) != (name in C.RANDOM)  # random ones differ, the rest ignore rng
     assert not np.array_equal(C.corrupt(image, name, 5, np.random.default_rng(1)), image)
     with pytest.raises(ValueError):
         C.corrupt(image, name, 6, np.random.default_rng(0))
@@ -68,7 +69,7 @@ def test_severity_order_on_real_images(real_images, name):
             if name == "frost" and (s, t) == (3, 4):
                 assert abs(b - a) <= 0.05 * image.mean() + 0.5, mad
             elif name == "elastic_transform" and (s, t) == (2, 3):
-                assert b < a, mad                                       # the documented regime change
+                assert b < a, mad  # the documented regime change
             else:
                 assert b >= a, (name, s, t, mad)
         assert mad[0] > 0
@@ -82,12 +83,12 @@ def test_definitions_brightness_contrast_pixelate():
         expected = np.array(colorsys.hsv_to_rgb(h, s, min(v + 0.2, 1.0))) * 255
         np.testing.assert_allclose(out[y, x], expected, atol=0.51)
     black = C.brightness(np.zeros((2, 2, 3), np.uint8), 5)
-    assert np.all(black == 128)                                          # V = 0.5, saturation 0
+    assert np.all(black == 128)  # V = 0.5, saturation 0
     low = C.contrast(image, 5).astype(float)
     m = image.reshape(-1, 3).mean(0)
     np.testing.assert_allclose(low, np.clip(np.rint((image - m) * 0.05 + m), 0, 255), atol=1)
-    big = np.repeat(np.repeat(_tiny(4, (5, 6, 3)), 4, 0), 4, 1)          # 20 x 24: 4 px blocks
-    assert np.array_equal(C.pixelate(big, 5), big)                       # already pixelated at 1/4
+    big = np.repeat(np.repeat(_tiny(4, (5, 6, 3)), 4, 0), 4, 1)  # 20 x 24: 4 px blocks
+    assert np.array_equal(C.pixelate(big, 5), big)  # already pixelated at 1/4
 
 
 def test_plasma_fractal_and_frost_texture():
@@ -101,7 +102,7 @@ def test_plasma_fractal_and_frost_texture():
         C.plasma_fractal(48, 2.0, np.random.default_rng(0))
     t = C.frost_texture(30, 50, np.random.default_rng(0))
     assert t.shape == (30, 50, 3) and 0 <= t.min() and t.max() <= 255
-    assert t[..., 2].mean() > t[..., 0].mean()                           # blue-white tint
+    assert t[..., 2].mean() > t[..., 0].mean()  # blue-white tint
 
 
 def test_parse_names():
@@ -120,14 +121,15 @@ def _imagecorruptions():
     if stubbed:
         stub = types.ModuleType("pkg_resources")
         stub.resource_filename = lambda pkg, name: os.path.join(
-            os.path.dirname(importlib.util.find_spec(pkg).origin), name)
+            os.path.dirname(importlib.util.find_spec(pkg).origin), name
+        )
         sys.modules["pkg_resources"] = stub
     try:
         import imagecorruptions
-    except Exception as error:                                          # noqa: BLE001 (any import failure)
+    except Exception as error:  # noqa: BLE001 (any import failure)
         pytest.skip(f"imagecorruptions does not import here: {type(error).__name__}: {error}")
     finally:
-        if stubbed:                     # others (pytest's monkeypatch) import pkg_resources for real
+        if stubbed:  # others (pytest's monkeypatch) import pkg_resources for real
             sys.modules.pop("pkg_resources", None)
     return imagecorruptions
 
@@ -138,7 +140,7 @@ def test_gaussian_noise_and_jpeg_agree_with_imagecorruptions(real_images):
     ic = _imagecorruptions()
     image = real_images[0]
     for severity in C.SEVERITIES:
-        np.random.seed(severity)                                        # theirs draws from the global RNG
+        np.random.seed(severity)  # theirs draws from the global RNG
         theirs = ic.corrupt(image, corruption_name="gaussian_noise", severity=severity).astype(float) - image
         ours = C.gaussian_noise(image, severity, np.random.default_rng(severity)).astype(float) - image
         assert ours.std() == pytest.approx(theirs.std(), rel=0.02)
@@ -147,11 +149,11 @@ def test_gaussian_noise_and_jpeg_agree_with_imagecorruptions(real_images):
         assert np.array_equal(jpeg, C.jpeg_compression(image, severity, None))
 
 
-PREDICTOR = '''
+PREDICTOR = """
 import numpy as np
 def brightness(images):
     return [np.asarray(im, np.float32).mean(-1)[::2, ::2] / 255.0 for im in images]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -168,18 +170,34 @@ def ecssd2(shared_data, tmp_path_factory):
 
 def test_cli_imagenet_c_table_reference_and_errors(ecssd2, tmp_path, monkeypatch, capsys):
     from robustness.evaluate import main
+
     (tmp_path / "peer_model.py").write_text(PREDICTOR)
     monkeypatch.syspath_prepend(str(tmp_path))
-    common = ["--predictor", "peer_model:brightness", "--data-dir", str(ecssd2), "--distortion", "imagenet-c",
-              "--corruptions", "gaussian_noise,pixelate", "--levels", "1", "4", "--limit", "2", "--seeds", "2",
-              "--no-progress"]
+    common = [
+        "--predictor",
+        "peer_model:brightness",
+        "--data-dir",
+        str(ecssd2),
+        "--distortion",
+        "imagenet-c",
+        "--corruptions",
+        "gaussian_noise,pixelate",
+        "--levels",
+        "1",
+        "4",
+        "--limit",
+        "2",
+        "--seeds",
+        "2",
+        "--no-progress",
+    ]
     assert main(common + ["--output", str(tmp_path / "a")]) == 0
     table = (tmp_path / "a" / "table.md").read_text()
     assert "| gaussian_noise | noise |" in table and "| pixelate | digital |" in table and "No CE column" in table
     report = json.loads((tmp_path / "a" / "robustness.json").read_text())
     r = report["datasets"]["ECSSD2"]
     assert list(r) == ["clean", "gaussian_noise", "pixelate"] and list(r["pixelate"]) == ["1", "4"]
-    assert r["gaussian_noise"]["4"]["seeds"] == [0, 1] and r["pixelate"]["4"]["seeds"] == [0]   # deterministic
+    assert r["gaussian_noise"]["4"]["seeds"] == [0, 1] and r["pixelate"]["4"]["seeds"] == [0]  # deterministic
     for c in ("gaussian_noise", "pixelate"):
         for s in ("1", "4"):
             assert 0 <= r[c][s]["raw"]["map"]["adp_f"] <= 1 and 0 <= r[c][s]["normalised"]["map"]["mae"] <= 1
@@ -191,13 +209,30 @@ def test_cli_imagenet_c_table_reference_and_errors(ecssd2, tmp_path, monkeypatch
     assert errors["raw"]["map"] == pytest.approx({"gaussian_noise": 1.0, "pixelate": 1.0, "mCE": 1.0})
     assert "mCE 1.000" in (tmp_path / "b" / "table.md").read_text()
     capsys.readouterr()
-    for bad, message in ((["--corruptions", "rain"], "unknown corruption 'rain'"),
-                         (["--levels", "6"], "severity '6'"),
-                         (["--reference", str(tmp_path / "missing.json")], "--reference")):
+    for bad, message in (
+        (["--corruptions", "rain"], "unknown corruption 'rain'"),
+        (["--levels", "6"], "severity '6'"),
+        (["--reference", str(tmp_path / "missing.json")], "--reference"),
+    ):
         argv = [a for a in common if a not in ("--levels", "1", "4")] if bad[0] == "--levels" else common
         assert main(argv + bad + ["--output", str(tmp_path / "c")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert main(["--predictor", "peer_model:brightness", "--data-dir", str(ecssd2), "--distortion", "awgn",
-                 "--corruptions", "fog", "--output", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            [
+                "--predictor",
+                "peer_model:brightness",
+                "--data-dir",
+                str(ecssd2),
+                "--distortion",
+                "awgn",
+                "--corruptions",
+                "fog",
+                "--output",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
     assert "--corruptions is for --distortion imagenet-c" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """robustness.distortions: AWGN statistics and clipping, Pillow JPEG round trips, seeding, presets."""
+
 import io
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_jpeg_is_a_pillow_round_trip_with_fixed_subsampling(shared_data):
 
 
 def test_presets_and_random_strengths():
-    assert d.severity_levels("awgn") == pytest.approx([(s * 255) ** 2 for s in (.08, .12, .18, .26, .38)])
+    assert d.severity_levels("awgn") == pytest.approx([(s * 255) ** 2 for s in (0.08, 0.12, 0.18, 0.26, 0.38)])
     assert d.severity_levels("jpeg") == [25, 18, 15, 10, 7]
     rng = np.random.default_rng(0)
     qualities = {d.random_level("jpeg", rng) for _ in range(400)}
@@ -71,13 +72,16 @@ def test_presets_and_random_strengths():
 
 def test_only_levels_that_draw_random_numbers_need_seeds():
     from robustness.distortions import is_random
+
     assert is_random("awgn", 416.0) and is_random("awgn", "random") and is_random("jpeg", "random")
     assert not is_random("awgn", 0.0) and not is_random("jpeg", 10.0)
 
 
 def test_to_input_size_is_the_predictors_resize():
     from PIL import Image
+
     from robustness.distortions import to_input_size
+
     image = np.random.default_rng(0).integers(0, 256, (30, 50, 3)).astype(np.uint8)
     resized = to_input_size(image, 32)
     assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8

@@ -1,5 +1,6 @@
 """robustness.lipschitz: per-layer conv norms against exact SVDs, certified bounds on random networks, the
 generic jaxpr bound against the hand-derived MEnet one, unbounded operations and the CLI."""
+
 import dataclasses
 import json
 import zlib
@@ -28,7 +29,8 @@ def exact_spectral(f, x):
 def test_fft_bound_is_exact_for_circular_convolutions():
     k = np.random.default_rng(0).normal(size=(3, 3, 3, 4))
     circular = lambda x: conv_fn(k, window_strides=(1, 1), padding="VALID")(
-        jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap"))
+        jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
+    )
     x = jnp.zeros((1, 7, 7, 3))
     bound = L.conv_fft_bound(k, (7, 7), padding=((0, 0), (0, 0)))
     assert bound == pytest.approx(exact_spectral(circular, x), rel=1e-5)
@@ -36,11 +38,16 @@ def test_fft_bound_is_exact_for_circular_convolutions():
 
 @pytest.mark.parametrize("case", ["same", "strided", "transposed", "dilated_kernel", "folded", "grouped"])
 def test_conv_layer_norms_against_exact_svd(case):
-    rng = np.random.default_rng(zlib.crc32(case.encode()))   # str hash() is salted per process: not reproducible
+    rng = np.random.default_rng(zlib.crc32(case.encode()))  # str hash() is salted per process: not reproducible
     cin, groups = (4, 2) if case == "grouped" else (3, 1)
     k = rng.normal(size=(3, 3, cin // groups, 4))
-    kw = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), lhs_dilation=(1, 1), rhs_dilation=(1, 1),
-              feature_group_count=groups)
+    kw = dict(
+        window_strides=(1, 1),
+        padding=((1, 1), (1, 1)),
+        lhs_dilation=(1, 1),
+        rhs_dilation=(1, 1),
+        feature_group_count=groups,
+    )
     if case == "strided":
         kw["window_strides"] = (2, 2)
     if case == "transposed":
@@ -52,10 +59,17 @@ def test_conv_layer_norms_against_exact_svd(case):
     f = conv_fn(k, **kw)
     g = (lambda z: f(z * jnp.asarray(scale, jnp.float32))) if scale is not None else f
     exact = exact_spectral(g, x)
-    bound = L.conv_fft_bound(k, (6, 6), padding=kw["padding"], lhs_dilation=kw["lhs_dilation"],
-                             rhs_dilation=kw["rhs_dilation"], groups=groups, in_scale=scale)
+    bound = L.conv_fft_bound(
+        k,
+        (6, 6),
+        padding=kw["padding"],
+        lhs_dilation=kw["lhs_dilation"],
+        rhs_dilation=kw["rhs_dilation"],
+        groups=groups,
+        in_scale=scale,
+    )
     assert bound >= exact * (1 - 1e-6)
-    assert bound <= 1.6 * exact                     # a bound, but not a vacuous one
+    assert bound <= 1.6 * exact  # a bound, but not a vacuous one
     params = dict(kw, dimension_numbers=DIMS)
     estimate = L.conv_power_norm(params, k, x.shape, key=jax.random.key(0), in_scale=scale, iters=2000, tol=1e-9)
     assert estimate.value == pytest.approx(exact, rel=2e-3)
@@ -82,13 +96,14 @@ def random_network(seed):
 
     def f(x):
         h = jax.nn.relu(conv(x, k1, **same) * s1 + 0.1)
-        h = h + conv(jax.nn.relu(h * s2), k2, **same)                       # residual, BN-like scale folded
-        d = jnp.tanh(conv(h, k3, window_strides=(2, 2), padding=((1, 1), (1, 1))))     # 4 x 4
-        up = jnp.repeat(jnp.repeat(d, 2, axis=1), 2, axis=2)                  # nearest x2
-        t = conv(d, k4, window_strides=(1, 1), padding=((2, 2), (2, 2)), lhs_dilation=(2, 2))   # 8 x 8 x 3
+        h = h + conv(jax.nn.relu(h * s2), k2, **same)  # residual, BN-like scale folded
+        d = jnp.tanh(conv(h, k3, window_strides=(2, 2), padding=((1, 1), (1, 1))))  # 4 x 4
+        up = jnp.repeat(jnp.repeat(d, 2, axis=1), 2, axis=2)  # nearest x2
+        t = conv(d, k4, window_strides=(1, 1), padding=((2, 2), (2, 2)), lhs_dilation=(2, 2))  # 8 x 8 x 3
         z = jnp.concatenate([up, t, h], axis=-1)
         y = jax.nn.sigmoid(conv(z, k5, **same))
         return y.reshape(1, -1) @ w
+
     return f
 
 
@@ -116,7 +131,7 @@ def test_certified_bounds_hold_on_random_networks(seed):
 
 
 def test_operations_without_a_bound_are_named():
-    f = lambda x: x / jnp.sqrt(jnp.sum(x ** 2, axis=-1, keepdims=True) + 1e-12)      # L2 normalisation
+    f = lambda x: x / jnp.sqrt(jnp.sum(x**2, axis=-1, keepdims=True) + 1e-12)  # L2 normalisation
     with pytest.raises(L.LipschitzError, match="integer_pow|sqrt|div|mul"):
         L.layerwise_bound(f, jnp.ones((1, 4, 4, 3)))
     with pytest.raises(L.LipschitzError, match="exp"):
@@ -129,17 +144,19 @@ def test_operations_without_a_bound_are_named():
 def menet_tiny():
     from menet_jax.core.config import get_config
     from menet_jax.core.model import MEnet, init_variables
+
     config = get_config("tiny")
     model = MEnet.from_config(config)
     rng = np.random.default_rng(0)
 
-    def perturb(path, a):      # BatchNorm statistics and affine parameters away from the identity
+    def perturb(path, a):  # BatchNorm statistics and affine parameters away from the identity
         key = path[-1].key
         if key in ("scale", "var"):
             return jnp.asarray(rng.uniform(0.5, 2.0, a.shape), jnp.float32)
         if key in ("mean", "bias"):
             return jnp.asarray(rng.normal(0, 0.3, a.shape), jnp.float32)
         return a
+
     variables = jax.tree_util.tree_map_with_path(perturb, init_variables(model, 1))
     return config, model, variables
 
@@ -156,12 +173,12 @@ def test_generic_bound_equals_the_hand_derived_menet_bound(menet_tiny, output):
 
 def test_menet_salient_probability_form_and_unbounded_metric_map(menet_tiny):
     from menet_jax.api import network_function
+
     config, model, variables = menet_tiny
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
     # The same (plain) convolutions on both sides: only the softmax form differs.
     softmax = network_function(dataclasses.replace(config, conv="plain"), output="salient_prob")
-    p, reference = jax.jit(lambda z: (L.menet_outputs(config, variables, "salient_prob")(z),
-                                      softmax(variables, z)))(x)
+    p, reference = jax.jit(lambda z: (L.menet_outputs(config, variables, "salient_prob")(z), softmax(variables, z)))(x)
     np.testing.assert_allclose(p, reference, atol=1e-6)
     with pytest.raises(L.LipschitzError, match="not bounded"):
         L.layerwise_bound(L.menet_outputs(config, variables, "metric_map"), x)

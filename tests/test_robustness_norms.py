@@ -1,5 +1,6 @@
 """robustness.norms: the matrix-free estimators against exact Jacobians (chunked jacrev + SVD), Eq. 12's limit,
 and the authors' Table III objective (a constant, so a zero gradient)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,7 @@ def small_net(seed, activation=jax.nn.relu):
         h = activation(lax.conv_general_dilated(x, k1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DIMS) * scale)
         h = jnp.tanh(lax.conv_general_dilated(h, k2, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DIMS))
         return h.reshape(1, -1) @ w
+
     return f
 
 
@@ -36,7 +38,7 @@ def test_power_iteration_and_hutchinson_match_the_exact_jacobian(seed):
     exact = norms.exact_norms(jac)
     spectral = norms.spectral_norm(f, x, iters=500, tol=1e-7)
     assert spectral.converged and spectral.iterations > 3
-    assert spectral.value <= exact["spectral"] * (1 + 1e-5)                 # Rayleigh quotients: from below
+    assert spectral.value <= exact["spectral"] * (1 + 1e-5)  # Rayleigh quotients: from below
     assert spectral.value == pytest.approx(exact["spectral"], rel=1e-3)
     frob = norms.frobenius_hutchinson(f, x, probes=400, chunk=100, key=jax.random.key(seed))
     assert frob.ci_low <= exact["frobenius"] <= frob.ci_high
@@ -46,13 +48,14 @@ def test_power_iteration_and_hutchinson_match_the_exact_jacobian(seed):
 
 def test_power_iteration_of_a_plain_matrix_is_its_largest_singular_value():
     a = jnp.asarray(np.random.default_rng(0).normal(size=(9, 5)), jnp.float32)
-    est = norms.power_iteration(jax.jit(lambda v: a @ v), jax.jit(lambda u: a.T @ u), (5,), key=jax.random.key(1),
-                                tol=1e-9, iters=1000)
+    est = norms.power_iteration(
+        jax.jit(lambda v: a @ v), jax.jit(lambda u: a.T @ u), (5,), key=jax.random.key(1), tol=1e-9, iters=1000
+    )
     assert est.value == pytest.approx(np.linalg.norm(np.asarray(a, np.float64), 2), rel=1e-4)
 
 
 def test_eq12_finite_differences_converge_to_the_exact_jvp_limit():
-    f = small_net(3, activation=jnp.tanh)          # smooth: the difference quotients' error is O(t)
+    f = small_net(3, activation=jnp.tanh)  # smooth: the difference quotients' error is O(t)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 6, 2)), jnp.float32)
     directions = np.random.default_rng(2).normal(size=(300, 1, 6, 6, 2)).astype(np.float32)
     est = norms.directional_estimates(f, x, directions, ts=(1.0, 0.1, 0.01), normalize=False)
@@ -63,20 +66,26 @@ def test_eq12_finite_differences_converge_to_the_exact_jvp_limit():
     exact = norms.exact_norms(norms.jacobian_matrix(f, x))["frobenius"] ** 2
     assert abs(limit - exact) < 4 * est["limit"]["stderr"]
     unit = norms.directional_estimates(f, x, directions, ts=(0.01,))
-    assert unit["limit"]["mean"] == pytest.approx(limit / directions[0].size, rel=0.2)   # E||Jn||^2 / d on spheres
+    assert unit["limit"]["mean"] == pytest.approx(limit / directions[0].size, rel=0.2)  # E||Jn||^2 / d on spheres
 
 
 def test_the_authors_objective_has_a_zero_gradient_and_the_salient_probability_does_not():
     from menet_jax.core.config import get_config
     from menet_jax.core.model import MEnet, init_variables
     from robustness.jacobian import gradient_stats, output_function
-    config = get_config("tiny", ["conv=plain"])      # the same network, quicker to compile than the CPU fast forms
+
+    config = get_config("tiny", ["conv=plain"])  # the same network, quicker to compile than the CPU fast forms
     variables = init_variables(MEnet.from_config(config), 0)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), jnp.float32)
     authors = output_function(config, variables, "salient_prob", authors_objective=True)
     salient = output_function(config, variables, "salient_prob")
-    both = jax.jit(lambda z: (jnp.sum(authors(z)), jax.grad(lambda u: jnp.sum(authors(u)))(z),
-                              jax.grad(lambda u: jnp.sum(salient(u)))(z)))        # one compilation
+    both = jax.jit(
+        lambda z: (
+            jnp.sum(authors(z)),
+            jax.grad(lambda u: jnp.sum(authors(u)))(z),
+            jax.grad(lambda u: jnp.sum(salient(u)))(z),
+        )
+    )  # one compilation
     total, g_authors, g_salient = both(x)
     g_authors, g_salient = gradient_stats(g_authors), gradient_stats(g_salient)
     # sum over both channels is the constant 32 * 32 = 1024; in float32 its ulp is 1.2e-4 and the gradient's

@@ -1,4 +1,5 @@
 """The training library and CLI: optimiser, one compile, sharding, resumable checkpoints, bad input."""
+
 import json
 import os
 import subprocess
@@ -8,22 +9,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import one_line_error
 from PIL import Image
+from training_runs import REPO, finish, run_cli
 
 from menet_jax.core.config import get_config
 from menet_jax.core.model import MEnet
 from menet_jax.train import main
-from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
+from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.step import make_train_step
-from helpers import one_line_error
-from training_runs import REPO, finish, run_cli
 
 
 def test_optimizer_is_caffe_sgd_with_bias_multiplier():
     config = get_config("tiny", ["learning_rate=0.1", "weight_decay=0.01", "momentum=0.9"])
     tx = make_optimizer(config)
-    params = {"Conv_0": {"kernel": jnp.ones(3), "bias": jnp.ones(2)}, "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    params = {
+        "Conv_0": {"kernel": jnp.ones(3), "bias": jnp.ones(2)},
+        "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+    }
     grads = jax.tree_util.tree_map(lambda x: 0.5 * jnp.ones_like(x), params)
     state = tx.init(params)
     updates, state = tx.update(grads, state, params)
@@ -31,12 +35,13 @@ def test_optimizer_is_caffe_sgd_with_bias_multiplier():
     np.testing.assert_allclose(updates["Conv_0"]["kernel"], -0.1 * (0.5 + 0.01))
     np.testing.assert_allclose(updates["BatchNorm_0"]["bias"], -0.1 * (0.5 + 0.01))
     np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.1 * 2 * 0.5)
-    updates, state = tx.update(grads, state, params)                    # momentum: v = 0.9 v + g
+    updates, state = tx.update(grads, state, params)  # momentum: v = 0.9 v + g
     np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.1 * 2 * 0.5 * 1.9, rtol=1e-6)
 
 
 def test_learning_rate_schedule_is_the_papers():
     from menet_jax.training.state import learning_rate_schedule
+
     schedule = learning_rate_schedule(get_config("paper"))
     for step, lr in [(0, 0.1), (59_999, 0.1), (60_000, 0.01), (90_000, 0.001), (100_000, 1e-4), (109_999, 1e-4)]:
         assert float(schedule(step)) == pytest.approx(lr)
@@ -45,8 +50,10 @@ def test_learning_rate_schedule_is_the_papers():
 def _batch(config, seed=0):
     rng = np.random.default_rng(seed)
     b, s = config.batch_size, config.image_size
-    return {"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
-            "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8)}
+    return {
+        "image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
+        "mask": (rng.random((b, s, s)) > 0.7).astype(np.uint8),
+    }
 
 
 def test_train_step_compiles_once_and_fits_a_batch():
@@ -59,9 +66,9 @@ def test_train_step_compiles_once_and_fits_a_batch():
     for _ in range(8):
         state, metrics = step(state, shard_batch(batch, mesh))
         losses.append(float(metrics["loss"]))
-    assert step.gradients._cache_size() == step.update._cache_size() == 1   # compiled once for the whole run
+    assert step.gradients._cache_size() == step.update._cache_size() == 1  # compiled once for the whole run
     assert int(state.step) == 8
-    assert losses[-1] < losses[0]                         # it descends on a fixed batch
+    assert losses[-1] < losses[0]  # it descends on a fixed batch
     assert np.isfinite(losses).all()
 
 
@@ -101,10 +108,15 @@ def test_batch_sharded_over_four_devices_equals_one_device(tmp_path):
     results = []
     for devices in (1, 4):
         out = tmp_path / f"{devices}.npz"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + SHARDING_SCRIPT], env=env, check=True,
-                       timeout=600)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        }
+        subprocess.run(
+            [sys.executable, "-c", f"OUT = {str(out)!r}\n" + SHARDING_SCRIPT], env=env, check=True, timeout=600
+        )
         results.append(dict(np.load(out)))
     one, four = results
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
@@ -134,7 +146,7 @@ def test_dry_run_prints_the_paper_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "parameters: 184959166" in out
     flops = float(out.split("forward FLOPs per image:")[1].split()[0])
-    assert 4.0e10 < flops < 4.6e10        # ~21.5 GMAC: the convs at 224 px dominate
+    assert 4.0e10 < flops < 4.6e10  # ~21.5 GMAC: the convs at 224 px dominate
 
 
 def test_unknown_config_key_is_a_one_line_error(capsys):
@@ -174,8 +186,13 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys, problem):
     else:
         root = tmp_path / "nowhere"
         expected = f"dataset folder not found: {root}"
-    err = one_line_error(capsys, run=(main, ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root),
-                                             "--workdir", str(tmp_path / "w")]))
+    err = one_line_error(
+        capsys,
+        run=(
+            main,
+            ["--config", "tiny", "--set", "val_size=1", "--data-dir", str(root), "--workdir", str(tmp_path / "w")],
+        ),
+    )
     assert expected in err
 
 
@@ -188,8 +205,11 @@ def test_it_really_learns_the_generated_dataset(tmp_path):
     0.140, 0.153, 0.135 and 0.202 (baseline 0.19-0.20) over such runs and seeds, the CE map's at 0.171-0.222. So
     the better of the two maps must beat the baseline's MAE."""
     from menet_jax.training.loop import train
-    config = get_config("tiny", ["steps=800", "batch_size=8", "train_size=2000", "val_size=64",
-                                 "eval_every=100000", "checkpoint_every=100000"])
+
+    config = get_config(
+        "tiny",
+        ["steps=800", "batch_size=8", "train_size=2000", "val_size=64", "eval_every=100000", "checkpoint_every=100000"],
+    )
     scores = train(config, tmp_path, progress=False).validation
     baseline_mae, baseline_f = scores["all_background/mae"], scores["all_background/adp_f"]
     assert min(scores["metric/mae"], scores["ce/mae"]) < 0.9 * baseline_mae
@@ -200,8 +220,9 @@ def test_it_really_learns_the_generated_dataset(tmp_path):
 def test_conv_bias_mask_finds_exactly_the_conv_biases():
     from menet_jax.core.model import parameter_shapes
     from menet_jax.training.state import conv_bias_mask
+
     params = parameter_shapes(MEnet(image_size=32, width=2))["params"]
     mask = conv_bias_mask(params)
     flagged = [leaf for leaf, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask)) if m]
-    assert len(flagged) == 61                               # the manifest's 61 convolutions; deconvs have none
+    assert len(flagged) == 61  # the manifest's 61 convolutions; deconvs have none
     assert all(leaf.ndim == 1 for leaf in flagged)

@@ -1,6 +1,7 @@
 """Fault injection into tiny training runs: kill -9, SIGTERM, a truncated image, damaged checkpoints, divergence,
 a second run on a workdir in use, a lower --steps. Each interrupted run, resumed, must end bit for bit where an
 uninterrupted one does (same seed, same data order)."""
+
 import json
 import random
 import re
@@ -13,22 +14,35 @@ import time
 import jax
 import numpy as np
 import pytest
+from training_runs import REPO, assert_bitwise_equal, finish, generated_folder, params, run_cli, steps, wait_for
 
 import menet_datasets
 from menet_jax.io import checkpoint as ckpt
 from menet_jax.train import main
-from training_runs import (REPO, assert_bitwise_equal, finish, generated_folder, params, run_cli, steps,
-                           wait_for)
 
 STEPS = 30
-COMMON = ["--config", "tiny", "--set", "val_size=4", "--set", "batch_size=2", "--set", "checkpoint_every=5",
-          "--set", "keep_checkpoints=10", "--set", "eval_every=1000", "--set", "log_every=1"]
-ENV = {"MENET_COMPILE": "here"}   # programs from the persistent cache, and no compile child outliving a kill -9
+COMMON = [
+    "--config",
+    "tiny",
+    "--set",
+    "val_size=4",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "checkpoint_every=5",
+    "--set",
+    "keep_checkpoints=10",
+    "--set",
+    "eval_every=1000",
+    "--set",
+    "log_every=1",
+]
+ENV = {"MENET_COMPILE": "here"}  # programs from the persistent cache, and no compile child outliving a kill -9
 
 
 @pytest.fixture(autouse=True)
 def _compile_here(monkeypatch):
-    monkeypatch.setenv("MENET_COMPILE", "here")   # the in-process runs compile as the subprocesses do
+    monkeypatch.setenv("MENET_COMPILE", "here")  # the in-process runs compile as the subprocesses do
 
 
 def cli_args(data, workdir, steps=STEPS, *extra):
@@ -79,8 +93,9 @@ def resume_in_process(data, workdir, capsys, expected_start):
 
 
 def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
-    """Three kills, the first in the middle of a checkpoint write after the first one completed, the others at random times after training
-    started; each leaves its newest complete checkpoint restorable, and the run resumed from it ends exact."""
+    """Three kills, the first in the middle of a checkpoint write after the first one completed, the others at
+    random times after training started; each leaves its newest complete checkpoint restorable, and the run
+    resumed from it ends exact."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     workdir, left_stale = tmp_path / "w", False
@@ -89,8 +104,11 @@ def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
         process = run_cli(*cli_args(data, workdir), env=ENV)
         if trial == 0:
             # a write in flight after one complete checkpoint: the kill must not lose the complete one
-            assert wait_for(lambda: (workdir / "checkpoints").is_dir() and steps(workdir)
-                            and stale_writes(workdir), process, timeout=240), "no second checkpoint write seen"
+            assert wait_for(
+                lambda: (workdir / "checkpoints").is_dir() and steps(workdir) and stale_writes(workdir),
+                process,
+                timeout=240,
+            ), "no second checkpoint write seen"
         else:
             assert wait_for(lambda: logged(workdir) > before, process, timeout=240), "training did not start"
             time.sleep(rng.uniform(0, 1.0))
@@ -100,7 +118,7 @@ def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
             assert "note: removed" in out, out
         left_stale = bool(stale_writes(workdir))
         assert steps(workdir), f"trial {trial} (seed {seed}) left no complete checkpoint"
-        ckpt.load_variables(workdir, max(steps(workdir)))    # the newest complete one restores
+        ckpt.load_variables(workdir, max(steps(workdir)))  # the newest complete one restores
     start = max(steps(workdir))
     assert start < STEPS, f"the run finished before the last kill (seed {seed})"
     out = resume_in_process(data, workdir, capsys, start)
@@ -109,7 +127,7 @@ def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
     assert_bitwise_equal(params(reference), params(workdir))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged_steps = [r["step"] for r in records if r["split"] == "train"]
-    assert logged_steps == sorted(set(logged_steps))     # no duplicated records after the resumes
+    assert logged_steps == sorted(set(logged_steps))  # no duplicated records after the resumes
 
 
 def test_sigterm_saves_the_current_step(data, reference, tmp_path, capsys):
@@ -121,8 +139,9 @@ def test_sigterm_saves_the_current_step(data, reference, tmp_path, capsys):
     out = finish(process, timeout=60, code=143)
     [stopped] = steps(workdir)
     assert 3 <= stopped < STEPS
-    assert out.strip().splitlines()[-1] == (f"interrupted at step {stopped}, checkpoint saved: rerun the same "
-                                            f"command to resume from {workdir}")
+    assert out.strip().splitlines()[-1] == (
+        f"interrupted at step {stopped}, checkpoint saved: rerun the same command to resume from {workdir}"
+    )
     resume_in_process(data, workdir, capsys, stopped)
     assert_bitwise_equal(params(reference), params(workdir))
 
@@ -144,7 +163,7 @@ def test_truncated_image_mid_run_keeps_the_due_checkpoint(data, reference, tmp_p
     shutil.copytree(data, broken)
     image = first_used_at(broken, 10)
     intact = image.read_bytes()
-    image.write_bytes(intact[:len(intact) // 2])
+    image.write_bytes(intact[: len(intact) // 2])
     workdir = tmp_path / "w"
     out = finish(run_cli(*cli_args(broken, workdir), env=ENV), timeout=300, code=2)
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
@@ -163,14 +182,14 @@ def damage(step_dir, how):
     files = [p for p in (step_dir / "default").rglob("*") if p.is_file() and p.parent.name == "d"]
     largest = max(files, key=lambda p: p.stat().st_size)
     if how == "truncated":
-        largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+        largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
     elif how == "no_metadata":
         (step_dir / "default" / "_METADATA").unlink()
-    else:                 # every array file: the largest may hold only optimiser state, which weights skip
+    else:  # every array file: the largest may hold only optimiser state, which weights skip
         for path in files:
             raw = bytearray(path.read_bytes())
             middle = len(raw) // 2
-            raw[middle:middle + 64] = b"\xff" * 64
+            raw[middle : middle + 64] = b"\xff" * 64
             path.write_bytes(bytes(raw))
 
 
@@ -189,10 +208,13 @@ def test_load_variables_skips_a_damaged_newest_checkpoint(reference, tmp_path, c
     damage(workdir / "checkpoints" / "15", how)
     variables = ckpt.load_variables(workdir)
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(rf"warning: checkpoint {re.escape(str(workdir.resolve()))}/checkpoints/15 is damaged "
-                        r"\(.+\); skipped", err), err
+    assert re.fullmatch(
+        rf"warning: checkpoint {re.escape(str(workdir.resolve()))}/checkpoints/15 is damaged "
+        r"\(.+\); skipped",
+        err,
+    ), err
     assert_bitwise_equal(params(reference, 10), jax.tree_util.tree_leaves(variables))
-    with pytest.raises(FileNotFoundError, match="is damaged"):    # an explicit step does not fall back
+    with pytest.raises(FileNotFoundError, match="is damaged"):  # an explicit step does not fall back
         ckpt.load_variables(workdir, 15)
 
 
@@ -207,20 +229,43 @@ def test_resume_falls_back_from_a_damaged_checkpoint_and_cleans_stale_writes(dat
     assert f"moved to {workdir.resolve()}/damaged/15" in warnings[0]
     assert f"note: removed 1 unfinished checkpoint write(s) of an interrupted run: {stale.name}" in out
     assert not stale.exists() and (workdir / "damaged" / "15").is_dir()
-    assert steps(workdir) == [5, 10, 15, 20, 25, 30]            # step 15 saved again, intact
+    assert steps(workdir) == [5, 10, 15, 20, 25, 30]  # step 15 saved again, intact
     assert_bitwise_equal(params(reference), params(workdir))
 
 
 def test_divergence_stops_before_a_non_finite_save(tmp_path, capsys):
     """The learning rate jumps to 5e28 at step 6; logs every 100 steps, checkpoints every 2 with 2 kept."""
     workdir = tmp_path / "w"
-    argv = ["--config", "tiny", "--workdir", str(workdir), "--steps", "30", "--set", "lr_boundaries=6",
-            "--set", "lr_decay=1e30", "--set", "log_every=100", "--set", "checkpoint_every=2",
-            "--set", "keep_checkpoints=2", "--set", "eval_every=1000", "--set", "train_size=16", "--no-progress"]
+    argv = [
+        "--config",
+        "tiny",
+        "--workdir",
+        str(workdir),
+        "--steps",
+        "30",
+        "--set",
+        "lr_boundaries=6",
+        "--set",
+        "lr_decay=1e30",
+        "--set",
+        "log_every=100",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "keep_checkpoints=2",
+        "--set",
+        "eval_every=1000",
+        "--set",
+        "train_size=16",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and re.fullmatch(r"error: training diverged: .* not finite at step \d+; last good "
-                                            r"checkpoint: step 6 .*", err), err
+    assert "\n" not in err and re.fullmatch(
+        r"error: training diverged: .* not finite at step \d+; last good "
+        r"checkpoint: step 6 .*",
+        err,
+    ), err
     assert steps(workdir) == [4, 6]
     for step in steps(workdir):
         assert all(np.isfinite(x).all() for x in params(workdir, step))
@@ -229,20 +274,31 @@ def test_divergence_stops_before_a_non_finite_save(tmp_path, capsys):
 def test_a_second_run_on_a_workdir_in_use_is_refused(data, tmp_path, capsys):
     workdir = tmp_path / "w"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from menet_jax.io.checkpoint import lock_workdir; "
-         "lock = lock_workdir(sys.argv[1]); print('locked', flush=True); sys.stdin.read()", str(workdir)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from menet_jax.io.checkpoint import lock_workdir; "
+            "lock = lock_workdir(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+            str(workdir),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(cli_args(data, workdir)) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"error: {workdir.resolve()} is in use by another training run (pid {holder.pid}): wait "
-                       "for it to end or use another --workdir")
+        assert err == (
+            f"error: {workdir.resolve()} is in use by another training run (pid {holder.pid}): wait "
+            "for it to end or use another --workdir"
+        )
         assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    ckpt.lock_workdir(workdir).close()     # a dead holder's lock is gone
+    ckpt.lock_workdir(workdir).close()  # a dead holder's lock is gone
 
 
 def test_fewer_steps_than_done_reports_and_changes_nothing(data, reference, tmp_path, capsys):
@@ -251,8 +307,10 @@ def test_fewer_steps_than_done_reports_and_changes_nothing(data, reference, tmp_
     before = [(workdir / name).read_text() for name in ("config.json", "metrics.jsonl")]
     assert main(cli_args(data, workdir, 20)) == 0
     out, err = capsys.readouterr()
-    assert out == "" and err == (f"note: {workdir.resolve()} is at step 30, past steps=20: nothing trained, its "
-                                 "config.json kept (give --steps 31 or more to go on)\n")
+    assert out == "" and err == (
+        f"note: {workdir.resolve()} is at step 30, past steps=20: nothing trained, its "
+        "config.json kept (give --steps 31 or more to go on)\n"
+    )
     assert [(workdir / name).read_text() for name in ("config.json", "metrics.jsonl")] == before
     assert steps(workdir) == [5, 10, 15, 20, 25, 30]
-    ckpt.lock_workdir(workdir).close()     # the run released its lock
+    ckpt.lock_workdir(workdir).close()  # the run released its lock

@@ -1,4 +1,5 @@
 """Helpers of the tests that run `python -m menet_jax.train` as a subprocess (test_train.py, test_train_faults.py)."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args, env=None, **kwargs):
     """`python -m menet_jax.train --no-progress ARGS` started in the background, output in one pipe."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "menet_jax.train", "--no-progress", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "menet_jax.train", "--no-progress", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def finish(process, timeout=600, code=0):
@@ -55,6 +63,7 @@ def params(workdir, step=None) -> list:
 def generated_folder(root, n=40, size=48, seed=5):
     """A folder dataset (images/*.jpg + masks/*.png) of `n` generated scenes."""
     import menet_datasets
+
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     source = menet_datasets.SyntheticSource(n, size, seed=seed)

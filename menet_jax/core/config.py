@@ -7,6 +7,7 @@ Presets:
          a few minutes on two CPU cores.
   tiny   the smallest sensible network, for tests and smoke runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,18 +23,18 @@ CONV_FORMULATIONS = ("auto", "mixed", "fast", "plain")
 @dataclasses.dataclass(frozen=True)
 class Config:
     # network
-    image_size: int = 224           # square input side; must be a multiple of 32
-    width: int = 32                 # channels of the first scale; doubled at each of the 5 downsamplings
-    dtype: str = "float32"          # compute dtype: float32 or bfloat16 (parameters and BN statistics stay f32)
-    input_scale: str = "raw"        # raw: 0..255 as the authors; normalized: x / 127.5 - 1
+    image_size: int = 224  # square input side; must be a multiple of 32
+    width: int = 32  # channels of the first scale; doubled at each of the 5 downsamplings
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16 (parameters and BN statistics stay f32)
+    input_scale: str = "raw"  # raw: 0..255 as the authors; normalized: x / 127.5 - 1
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
-    conv: str = "auto"              # convolution formulation (core.layers.conv_impl): auto, mixed, fast or plain;
-                                    # the same function in each, computed differently (export uses plain)
+    conv: str = "auto"  # convolution formulation (core.layers.conv_impl): auto, mixed, fast or plain;
+    # the same function in each, computed differently (export uses plain)
     # loss
-    loss: str = "official"          # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written;
-                                    # ce: cross entropy only (the CE-only ablation of Table IV)
-    ce_weight: float = 1.0          # lambda of Eq. 4 (the official variant has fixed weights, see loss.py)
+    loss: str = "official"  # official: the authors' gradient; paper: autodiff of Eq. 3-4 as written;
+    # ce: cross entropy only (the CE-only ablation of Table IV)
+    ce_weight: float = 1.0  # lambda of Eq. 4 (the official variant has fixed weights, see loss.py)
     # optimiser (Caffe SGD)
     batch_size: int = 5
     steps: int = 110_000
@@ -42,14 +43,14 @@ class Config:
     lr_decay: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-8
-    bias_lr_mult: float = 2.0       # Caffe lr_mult 2 (and decay 0) on conv biases
+    bias_lr_mult: float = 2.0  # Caffe lr_mult 2 (and decay 0) on conv biases
     # data
     seed: int = 0
-    shuffle: bool = False           # the authors read training images in a fixed order
-    augment: bool = True            # random 90-100 % crop, resize, horizontal flip
+    shuffle: bool = False  # the authors read training images in a fixed order
+    augment: bool = True  # random 90-100 % crop, resize, horizontal flip
     crop_min: float = 0.9
-    val_size: int = 100             # held-out images (from --data-dir, or generated)
-    train_size: int = 2000          # generated training images when no --data-dir is given
+    val_size: int = 100  # held-out images (from --data-dir, or generated)
+    train_size: int = 2000  # generated training images when no --data-dir is given
     # bookkeeping
     log_every: int = 50
     eval_every: int = 5_000
@@ -61,15 +62,18 @@ class Config:
             raise ConfigError(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.width < 1:
             raise ConfigError(f"width must be >= 1, got {self.width}")
-        for key, allowed in (("dtype", ("float32", "bfloat16")), ("input_scale", ("raw", "normalized")),
-                             ("loss", ("official", "paper", "ce")), ("conv", CONV_FORMULATIONS)):
+        for key, allowed in (
+            ("dtype", ("float32", "bfloat16")),
+            ("input_scale", ("raw", "normalized")),
+            ("loss", ("official", "paper", "ce")),
+            ("conv", CONV_FORMULATIONS),
+        ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be >= 1")
         if not 0 < self.crop_min <= 1:
             raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
-
 
     @classmethod
     def from_dict(cls, values: dict, *, source="the config") -> "Config":
@@ -90,7 +94,7 @@ class Config:
                 raise ConfigError(f"{source}: lr_boundaries must be a list of steps") from None
         try:
             return cls(**values)
-        except (ConfigError, TypeError) as error:   # TypeError: a value of the wrong type (a string for a size)
+        except (ConfigError, TypeError) as error:  # TypeError: a value of the wrong type (a string for a size)
             raise ConfigError(f"{source}: {' '.join(str(error).split())}") from None
 
     @classmethod
@@ -111,12 +115,36 @@ PRESETS = {
     "paper": Config(),
     # Short runs use BatchNorm momentum 0.9: at 0.999 the running statistics of a few hundred steps are still
     # mostly their initial values, and evaluation-mode outputs are meaningless.
-    "demo": Config(image_size=64, width=8, batch_size=8, steps=900, learning_rate=0.05, lr_boundaries=(700,),
-                   bn_momentum=0.9, shuffle=True, train_size=2000, val_size=100,
-                   log_every=25, eval_every=300, checkpoint_every=300),
-    "tiny": Config(image_size=32, width=4, batch_size=4, steps=40, learning_rate=0.05, lr_boundaries=(),
-                   bn_momentum=0.9, shuffle=True, train_size=64, val_size=8, log_every=10, eval_every=20,
-                   checkpoint_every=10),
+    "demo": Config(
+        image_size=64,
+        width=8,
+        batch_size=8,
+        steps=900,
+        learning_rate=0.05,
+        lr_boundaries=(700,),
+        bn_momentum=0.9,
+        shuffle=True,
+        train_size=2000,
+        val_size=100,
+        log_every=25,
+        eval_every=300,
+        checkpoint_every=300,
+    ),
+    "tiny": Config(
+        image_size=32,
+        width=4,
+        batch_size=4,
+        steps=40,
+        learning_rate=0.05,
+        lr_boundaries=(),
+        bn_momentum=0.9,
+        shuffle=True,
+        train_size=64,
+        val_size=8,
+        log_every=10,
+        eval_every=20,
+        checkpoint_every=10,
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Every convolution of the network goes through `conv2d` or `conv_transpose2d`, so
 swapped for a faster formulation (XLA's CPU backward convolutions are slow, see the field notes) in one place
 without touching the model. Layout is NHWC activations and HWIO kernels throughout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,8 +80,13 @@ def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str 
     if mode in ("fast", "mixed"):
         return _conv_transpose_fast(x, kernel, stride, padding, _conv_fast if mode == "fast" else _conv_mixed)
     return lax.conv_general_dilated(
-        x, kernel[::-1, ::-1], window_strides=(1, 1), padding=((edge, edge), (edge, edge)),
-        lhs_dilation=(stride, stride), dimension_numbers=_DIMS)
+        x,
+        kernel[::-1, ::-1],
+        window_strides=(1, 1),
+        padding=((edge, edge), (edge, edge)),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=_DIMS,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- fast formulations
@@ -88,9 +94,9 @@ def conv_transpose2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str 
 # slower than PyTorch, and with its default YNNPACK convolutions also the weight gradients. The fast forms below
 # compute the same functions, arranged so that every derivative is one of the fast ops.
 
+
 def _conv_plain(x, kernel, stride, pads):
-    return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=pads,
-                                    dimension_numbers=_DIMS)
+    return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding=pads, dimension_numbers=_DIMS)
 
 
 def _out_size(size, lo, hi, k, stride):
@@ -106,8 +112,9 @@ def _pad(x, pads):
 def _tap(xp, i, j, stride, ho, wo):
     """The (ho, wo) pixels of the padded input that kernel tap (i, j) meets."""
     n, _, _, c = xp.shape
-    return lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                     (1, stride, stride, 1))
+    return lax.slice(
+        xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c), (1, stride, stride, 1)
+    )
 
 
 def _conv_fast(x, kernel, stride, pads):
@@ -118,7 +125,7 @@ def _conv_fast(x, kernel, stride, pads):
     ho, wo = _out_size(h, *pads[0], kh, stride), _out_size(w, *pads[1], kw, stride)
     if kh == kw == 1:
         return jnp.einsum("nhwc,co->nhwo", _tap(_pad(x, pads), 0, 0, stride, ho, wo), kernel[0, 0])
-    if ho == wo == 1:   # the kernel covers the padded input: a dense layer (MEnet's bottleneck conv)
+    if ho == wo == 1:  # the kernel covers the padded input: a dense layer (MEnet's bottleneck conv)
         # One product per input pixel, batched over pixels, then summed: as one (N x kh kw C_in) product, XLA fused
         # it in evaluation mode with the bottleneck deconv's product into one much slower YNNPACK fusion
         # (BENCHMARKS.md, "Where the timings of code comments went"); the gradients cost the same.
@@ -139,7 +146,7 @@ def _conv_fast(x, kernel, stride, pads):
 # benchmarks/conv_layers.py`; BENCHMARKS.md).
 _PATCHES_MAX_PIXELS = 14 * 14
 _PATCHES_MIN_CHANNELS = 256
-_PATCHES_MAX_OUT_PIXELS_MIXED = 7 * 7      # "mixed" (with `compiler_options`) only where the output is this small
+_PATCHES_MAX_OUT_PIXELS_MIXED = 7 * 7  # "mixed" (with `compiler_options`) only where the output is this small
 
 
 def _patches_pay_off(pixels, cin, cout) -> bool:
@@ -169,7 +176,9 @@ def _conv_taps_jvp(stride, pads, primals, tangents):
     y = _conv_plain(x, kernel, stride, pads)
     parts = []
     if not isinstance(dx, SymbolicZero):
-        parts.append(_conv_plain(dx, kernel, 1, pads) if stride == 1 else _conv_space_to_depth(dx, kernel, stride, pads))
+        parts.append(
+            _conv_plain(dx, kernel, 1, pads) if stride == 1 else _conv_space_to_depth(dx, kernel, stride, pads)
+        )
     if not isinstance(dkernel, SymbolicZero):
         parts.append(_conv_per_tap(x, dkernel, stride, pads, y.shape[1:3]))
     dy = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
@@ -187,8 +196,9 @@ def _conv_per_tap(x, kernel, stride, pads, out_hw):
     n, cin, cout = x.shape[0], kernel.shape[2], kernel.shape[3]
     # Flattened to rows first: the transposed product is then one plain (rows x C)^T (rows x C_out) dot, twice
     # as fast on CPU as the same contraction over (n, h, w) kept as three dimensions.
-    terms = [jnp.dot(_tap(xp, i, j, stride, *out_hw).reshape(-1, cin), kernel[i, j])
-             for i in range(kh) for j in range(kw)]
+    terms = [
+        jnp.dot(_tap(xp, i, j, stride, *out_hw).reshape(-1, cin), kernel[i, j]) for i in range(kh) for j in range(kw)
+    ]
     return functools.reduce(jnp.add, terms).reshape(n, *out_hw, cout)
 
 
@@ -202,7 +212,9 @@ def _conv_space_to_depth(x, kernel, stride, pads):
     qh, qw = -(-kh // s), -(-kw // s)
     hp, wp = s * (ho + qh - 1), s * (wo + qw - 1)
     xp = _pad(x, ((pads[0][0], hp - h - pads[0][0]), (pads[1][0], wp - w - pads[1][0])))
-    xs = xp.reshape(n, hp // s, s, wp // s, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // s, wp // s, s * s * cin)
+    xs = (
+        xp.reshape(n, hp // s, s, wp // s, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // s, wp // s, s * s * cin)
+    )
     kp = jnp.pad(kernel, ((0, qh * s - kh), (0, qw * s - kw), (0, 0), (0, 0)))
     ks = kp.reshape(qh, s, qw, s, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(qh, qw, s * s * cin, cout)
     return _conv_plain(xs, ks, 1, ((0, 0), (0, 0)))
@@ -220,8 +232,8 @@ def _conv_transpose_fast(x, kernel, stride, padding, conv):
     n, h, w, _ = x.shape
     s, p = stride, padding
     out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-    if h == w == 1:   # a dense layer to an out_h x out_w map (MEnet's bottleneck deconv)
-        taps = kernel[p:p + out_h, p:p + out_w].reshape(out_h * out_w, cin, cout)
+    if h == w == 1:  # a dense layer to an out_h x out_w map (MEnet's bottleneck deconv)
+        taps = kernel[p : p + out_h, p : p + out_w].reshape(out_h * out_w, cin, cout)
         # One product per output pixel, batched over pixels: unlike "nc,ijco->nijo", neither direction copies
         # the (large) kernel into another layout (a faster gradient; BENCHMARKS.md).
         y = lax.dot_general(jnp.broadcast_to(x[:, 0, 0], (out_h * out_w, n, cin)), taps, (((2,), (1,)), ((0,), (0,))))
@@ -247,13 +259,13 @@ def _conv_transpose_fast(x, kernel, stride, padding, conv):
         cols = []
         for q in range(s):
             fw, tw, pad_w = phase(q, w, out_w)
-            if th == 0 or tw == 0:   # kernel smaller than the stride: no tap lands on this phase
+            if th == 0 or tw == 0:  # kernel smaller than the stride: no tap lands on this phase
                 cols.append(jnp.zeros((n, -(-out_h // s), -(-out_w // s), cout), x.dtype))
                 continue
             sub = kernel[fh::s, fw::s][::-1, ::-1]
             cols.append(conv(x, sub, 1, (pad_h, pad_w)))
         rows.append(jnp.stack(cols, axis=3))
-    y = jnp.stack(rows, axis=2)                            # (N, rows, s, cols, s, C_out)
+    y = jnp.stack(rows, axis=2)  # (N, rows, s, cols, s, C_out)
     y = y.reshape(n, y.shape[1] * s, y.shape[3] * s, cout)
     return y[:, :out_h, :out_w]
 
@@ -269,41 +281,54 @@ def xavier_uniform(transpose: bool = False):
     def init(key, shape, dtype=jnp.float32):
         bound = xavier_bound(shape, transpose)
         return jax.random.uniform(key, shape, dtype, -bound, bound)
+
     return init
 
 
 class Conv(nn.Module):
     """k x k convolution with bias (the authors' convs all have one)."""
+
     features: int
     kernel_size: int = 3
     stride: int = 1
     padding: int = 1
     dtype: Any = jnp.float32
-    conv: str = "auto"              # the formulation (`conv_impl`)
+    conv: str = "auto"  # the formulation (`conv_impl`)
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", xavier_uniform(), (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", xavier_uniform(), (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype),
-                      stride=self.stride, padding=self.padding, impl=self.conv)
+        return conv2d(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            bias.astype(self.dtype),
+            stride=self.stride,
+            padding=self.padding,
+            impl=self.conv,
+        )
 
 
 class ConvTranspose(nn.Module):
     """Bias-free transposed convolution (Caffe `Deconvolution` as configured by the authors)."""
+
     features: int
     kernel_size: int = 4
     stride: int = 2
     padding: int = 1
     dtype: Any = jnp.float32
-    conv: str = "auto"              # the formulation (`conv_impl`)
+    conv: str = "auto"  # the formulation (`conv_impl`)
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", xavier_uniform(transpose=True),
-                            (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-        return conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                                stride=self.stride, padding=self.padding, impl=self.conv)
+        kernel = self.param(
+            "kernel", xavier_uniform(transpose=True), (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        )
+        return conv_transpose2d(
+            x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride, padding=self.padding, impl=self.conv
+        )
 
 
 def batch_norm(x, train: bool, momentum: float, epsilon: float, dtype, name=None):
@@ -319,6 +344,7 @@ class BatchNorm(nn.Module):
     Training mode goes through `normalize_batch`, whose derivative is written by hand: autodiff of the formula
     makes XLA read the activations more often, a slower gradient (BENCHMARKS.md).
     """
+
     momentum: float = 0.999
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
@@ -344,7 +370,7 @@ _STAT_AXES = (0, 1, 2)
 
 
 def _stat_dtype(x):
-    return jnp.promote_types(x.dtype, jnp.float32)   # float32, or float64 where x is (tests under jax_enable_x64)
+    return jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 where x is (tests under jax_enable_x64)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -377,6 +403,7 @@ def _normalize_batch_jvp(epsilon, primals, tangents):
 
 class BRC(nn.Module):
     """Pre-activation unit: BatchNorm -> ReLU -> (transposed) convolution."""
+
     features: int
     kernel_size: int = 3
     stride: int = 1

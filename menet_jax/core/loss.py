@@ -13,6 +13,7 @@ Mining (both variants): the whole minority class of an image is kept, plus as ma
 the minority has, those with the largest per-pixel metric loss (ties: larger pixel index first, as the authors'
 descending sort of (loss, index) pairs). An image with only one class keeps no pixel: it adds cross entropy only.
 """
+
 from __future__ import annotations
 
 import jax
@@ -86,9 +87,10 @@ def _order_keys(x):
 def _kth_largest(values, k, bits: int):
     """Per row, the largest t with #(values >= t) >= k: the k-th largest of the unsigned `values` (< 2**bits) when
     k >= 1. Bisection over the value range: `bits` passes of a compare and a count instead of a sort."""
+
     def halve(_, bounds):
         lo, hi = bounds
-        mid = lo + (hi - lo) // 2 + (lo < hi).astype(lo.dtype)       # lo < mid <= hi, or mid == lo == hi
+        mid = lo + (hi - lo) // 2 + (lo < hi).astype(lo.dtype)  # lo < mid <= hi, or mid == lo == hi
         enough = jnp.sum(values >= mid[:, None], axis=1) >= k
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
 
@@ -115,8 +117,8 @@ def menet_loss(features, logits, labels, *, variant: str = "official", ce_weight
     salient = labels.reshape(n, h * w) > 0
     ce_pixels = cross_entropy(z, salient)
 
-    if variant in ("official", "ce"):   # ce: the CE-only ablation (Table IV); its metric term is only logged
-        f_hat = f + sg(l2_normalize(f) - f)         # value: normalised; gradient: identity (straight through)
+    if variant in ("official", "ce"):  # ce: the CE-only ablation (Table IV); its metric term is only logged
+        f_hat = f + sg(l2_normalize(f) - f)  # value: normalised; gradient: identity (straight through)
         if variant == "ce":
             f_hat = sg(f_hat)
         c_fg, c_bg = class_centroids(sg(f_hat), salient)

@@ -28,6 +28,7 @@ Curves have 256 entries in ascending threshold order: index ``t`` counts the pix
 ``uint8(pred * 255)`` is ``>= t``, i.e. threshold t / 255 (index 0: everything is salient). PySODMetrics stores the
 same values in the reverse order (its index i is threshold (255 - i) / 255): ours == theirs[::-1].
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -44,17 +45,19 @@ from menet_jax.core.saliency import scale_to_unit
 
 def _cv2():
     """OpenCV, imported when the evaluation protocol first needs it, so training does not pay for the import."""
-    import cv2     # heavy: imported on first use
+    import cv2  # heavy: imported on first use
+
     return cv2
 
 
-BETA2 = 0.3   # beta^2 of the F-measure (paper Eq. 16)
-EPS = float(np.spacing(1))   # MATLAB's eps, as PySODMetrics uses it
-ALPHA = 0.5   # S-measure's balance of object and region scores
+BETA2 = 0.3  # beta^2 of the F-measure (paper Eq. 16)
+EPS = float(np.spacing(1))  # MATLAB's eps, as PySODMetrics uses it
+ALPHA = 0.5  # S-measure's balance of object and region scores
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training-time float32 metrics (batched, jittable)
+
 
 def mae(saliency, gt):
     """Mean absolute error per image."""
@@ -75,6 +78,7 @@ def adaptive_fbeta(saliency, gt, beta2: float = BETA2):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation protocol (PySODMetrics definitions)
+
 
 def to_8bit(saliency) -> np.ndarray:
     """A map in [0, 1] as the 8-bit image that saving it as PNG gives (``round(255 x map)``), the form in which the
@@ -98,9 +102,9 @@ def prepare(pred, gt, normalize: bool = True):
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be the same (H, W); resize first")
     if pred.dtype == np.uint8:
         p = pred / 255
-        if normalize:   # min/max of pred / 255 are those of pred, divided by 255 (monotone): cheaper on uint8
+        if normalize:  # min/max of pred / 255 are those of pred, divided by 255 (monotone): cheaper on uint8
             lo, hi = pred.min() / 255, pred.max() / 255
-            if hi != lo:   # in place: the same operations as (p - lo) / (hi - lo)
+            if hi != lo:  # in place: the same operations as (p - lo) / (hi - lo)
                 p -= lo
                 p /= hi - lo
             normalize = False
@@ -110,7 +114,7 @@ def prepare(pred, gt, normalize: bool = True):
             raise ValueError("a float prediction must lie in [0, 1]")
     else:
         raise TypeError(f"prediction must be uint8 or float, got {pred.dtype}")
-    if normalize:   # as PySODMetrics: stretched unless max == min (eps 0)
+    if normalize:  # as PySODMetrics: stretched unless max == min (eps 0)
         p = scale_to_unit(p, eps=0.0)
     if gt.dtype == bool:
         g = gt
@@ -131,11 +135,11 @@ def _ssim(pred, gt):
     n = pred.size
     x, y = np.mean(pred), np.mean(gt)
     dx, dy = pred - x, gt - y
-    sigma_x = np.sum(dx ** 2) / (n - 1 + EPS)
-    sigma_y = np.sum(dy ** 2) / (n - 1 + EPS)
+    sigma_x = np.sum(dx**2) / (n - 1 + EPS)
+    sigma_y = np.sum(dy**2) / (n - 1 + EPS)
     sigma_xy = np.sum(dx * dy) / (n - 1 + EPS)
     alpha = 4 * x * y * sigma_xy
-    beta = (x ** 2 + y ** 2) * (sigma_x + sigma_y)
+    beta = (x**2 + y**2) * (sigma_x + sigma_y)
     if alpha != 0:
         return alpha / (beta + EPS)
     return 1.0 if beta == 0 else 0.0
@@ -157,8 +161,12 @@ def _s_measure_reference(p, g, alpha: float = ALPHA) -> float:
     w_lb = (h - cy) * cx / area
     w_rb = 1 - w_lt - w_rt - w_lb
     gf = g.astype(np.float64)
-    region = (_ssim(p[0:cy, 0:cx], gf[0:cy, 0:cx]) * w_lt + _ssim(p[0:cy, cx:w], gf[0:cy, cx:w]) * w_rt
-              + _ssim(p[cy:h, 0:cx], gf[cy:h, 0:cx]) * w_lb + _ssim(p[cy:h, cx:w], gf[cy:h, cx:w]) * w_rb)
+    region = (
+        _ssim(p[0:cy, 0:cx], gf[0:cy, 0:cx]) * w_lt
+        + _ssim(p[0:cy, cx:w], gf[0:cy, cx:w]) * w_rt
+        + _ssim(p[cy:h, 0:cx], gf[cy:h, 0:cx]) * w_lb
+        + _ssim(p[cy:h, cx:w], gf[cy:h, cx:w]) * w_rb
+    )
     return float(np.maximum(0, obj * alpha + region * (1 - alpha)))
 
 
@@ -178,7 +186,7 @@ def _centroid(g):
     return int(cy) + 1, int(cx) + 1
 
 
-_TINY = 1e-9   # below this a (co)variance is recomputed the reference's way (its zero tests depend on rounding)
+_TINY = 1e-9  # below this a (co)variance is recomputed the reference's way (its zero tests depend on rounding)
 
 
 def _s_object_from_sums(n, s, ss, exact):
@@ -188,7 +196,7 @@ def _s_object_from_sums(n, s, ss, exact):
     var = (ss - s * mean) / (n - 1) if n > 1 else 0.0
     if n < 2 or var < 1e-6:
         return _s_object(exact())
-    return 2 * mean / (mean ** 2 + 1 + np.sqrt(var) + EPS)
+    return 2 * mean / (mean**2 + 1 + np.sqrt(var) + EPS)
 
 
 def s_measure(p, g, alpha: float = ALPHA) -> float:
@@ -219,12 +227,13 @@ def s_measure(p, g, alpha: float = ALPHA) -> float:
     ss_all = sums["xx"][0][0] + sums["xx"][0][1] + sums["xx"][1][0] + sums["xx"][1][1]
     s_fg = sums["xy"][0][0] + sums["xy"][0][1] + sums["xy"][1][0] + sums["xy"][1][1]
     flat = pg.ravel()
-    ss_fg = _dot(flat, flat)                                    # p^2 on the foreground
+    ss_fg = _dot(flat, flat)  # p^2 on the foreground
     n_bg = size - n_fg
-    s_bg, ss_bg = s_all - s_fg, ss_all - ss_fg                  # of p on the background
+    s_bg, ss_bg = s_all - s_fg, ss_all - ss_fg  # of p on the background
     # background values are 1 - p: sum n_bg - s_bg, sum of squares n_bg - 2 s_bg + ss_bg
-    obj = (_s_object_from_sums(n_fg, s_fg, ss_fg, lambda: p[g]) * y
-           + _s_object_from_sums(n_bg, n_bg - s_bg, n_bg - 2 * s_bg + ss_bg, lambda: (1 - p)[~g]) * (1 - y))
+    obj = _s_object_from_sums(n_fg, s_fg, ss_fg, lambda: p[g]) * y + _s_object_from_sums(
+        n_bg, n_bg - s_bg, n_bg - 2 * s_bg + ss_bg, lambda: (1 - p)[~g]
+    ) * (1 - y)
 
     area = h * w
     w_lt = cx * cy / area
@@ -246,7 +255,7 @@ def s_measure(p, g, alpha: float = ALPHA) -> float:
                     sigma_y = (sy - sy * yq) / (n - 1 + EPS)
                     sigma_xy = (sxy - sx * yq) / (n - 1 + EPS)
                     a = 4 * x * yq * sigma_xy
-                    b = (x ** 2 + yq ** 2) * (sigma_x + sigma_y)
+                    b = (x**2 + yq**2) * (sigma_x + sigma_y)
                     region += (a / (b + EPS)) * weights[i][j]
                     continue
             if gf is None:
@@ -259,13 +268,15 @@ def _matlab_gaussian(size: int = 7, sigma: float = 5.0) -> np.ndarray:
     """MATLAB ``fspecial('gaussian', size, sigma)``: exp(-(x^2 + y^2) / (2 sigma^2)), tiny taps zeroed, sum 1."""
     r = (size - 1) / 2
     t = np.arange(-r, r + 1)
-    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2))
+    k = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma**2))
     k[k < np.finfo(np.float64).eps * k.max()] = 0
     return k / k.sum()
 
 
 _GAUSS = _matlab_gaussian()
-_GAUSS1 = _GAUSS.sum(axis=0)   # its separable factor: no tap is zeroed at 7x7 sigma 5, so _GAUSS = outer(_GAUSS1, _GAUSS1)
+_GAUSS1 = _GAUSS.sum(
+    axis=0
+)  # its separable factor: no tap is zeroed at 7x7 sigma 5, so _GAUSS = outer(_GAUSS1, _GAUSS1)
 _LOG_HALF_FIFTH = np.log(0.5) / 5
 
 
@@ -276,31 +287,36 @@ def _importance(d2: np.ndarray) -> np.ndarray:
     """B = 2 - exp(log(0.5) / 5 * distance) from exact integer squared distances, through a cached table (the same
     float64 operations as the reference on the same values)."""
     global _B_TABLE
-    table = _B_TABLE                                  # a local reference: safe when scoring threads grow it at once
+    table = _B_TABLE  # a local reference: safe when scoring threads grow it at once
     top = int(d2.max(initial=0))
     if top >= table.size:
         table = 2 - np.exp(_LOG_HALF_FIFTH * np.sqrt(np.arange(max(top + 1, 2 * table.size), dtype=np.float64)))
         _B_TABLE = table
-    return table.take(d2)                            # take: faster than fancy indexing here
+    return table.take(d2)  # take: faster than fancy indexing here
 
 
 # Offsets (dy, dx) within the 7x7 window's reach of a foreground pixel's nearest neighbour (dy^2 + dx^2 <= 18), in
 # the order the nearest foreground pixel is chosen: distance, then smallest column, then smallest row -- the tie-break
 # of scipy's exact feature transform (``distance_transform_edt(..., return_indices=True)``), which PySODMetrics uses.
-_OFFSETS = sorted(((dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if 0 < dy * dy + dx * dx <= 18),
-                  key=lambda o: (o[0] ** 2 + o[1] ** 2, o[1], o[0]))
+_OFFSETS = sorted(
+    ((dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if 0 < dy * dy + dx * dx <= 18),
+    key=lambda o: (o[0] ** 2 + o[1] ** 2, o[1], o[0]),
+)
 _PAD = 4
 _SQUARE7 = np.ones((7, 7), np.uint8)
 
 
 _OFFSET_DY = np.array([o[0] for o in _OFFSETS])
 _OFFSET_DX = np.array([o[1] for o in _OFFSETS])
-_D2 = _OFFSET_DY ** 2 + _OFFSET_DX ** 2
-_CHUNKS = [(0, int(np.searchsorted(_D2, 2, "right"))), (int(np.searchsorted(_D2, 2, "right")),
-           int(np.searchsorted(_D2, 8, "right"))), (int(np.searchsorted(_D2, 8, "right")), len(_OFFSETS))]
+_D2 = _OFFSET_DY**2 + _OFFSET_DX**2
+_CHUNKS = [
+    (0, int(np.searchsorted(_D2, 2, "right"))),
+    (int(np.searchsorted(_D2, 2, "right")), int(np.searchsorted(_D2, 8, "right"))),
+    (int(np.searchsorted(_D2, 8, "right")), len(_OFFSETS)),
+]
 
 
-_GROUP_DY = np.zeros((19, 8), np.intp)    # per squared distance: its offsets in tie-break order, padded by repeats
+_GROUP_DY = np.zeros((19, 8), np.intp)  # per squared distance: its offsets in tie-break order, padded by repeats
 _GROUP_DX = np.zeros((19, 8), np.intp)
 for _d2 in np.unique(_D2):
     _members = [o for o in _OFFSETS if o[0] ** 2 + o[1] ** 2 == _d2]
@@ -318,7 +334,7 @@ def _band_errors(e, g, d2=None):
     h, w = g.shape
     band = cv2.dilate(g.view(np.uint8), _SQUARE7, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool) & ~g
     gp = np.zeros((h + 2 * _PAD, w + 2 * _PAD), bool)
-    gp[_PAD:_PAD + h, _PAD:_PAD + w] = g
+    gp[_PAD : _PAD + h, _PAD : _PAD + w] = g
     wp = gp.shape[1]
     gflat = gp.ravel()
     by, bx = np.nonzero(band)
@@ -333,7 +349,7 @@ def _band_errors(e, g, d2=None):
         rows = np.arange(first.size)
         found = hits[rows, first]
         choice_dy[found], choice_dx[found] = dy[rows, first][found], dx[rows, first][found]
-        todo, pending = todo[~found], pending[~found]           # none are left when d2 is exact
+        todo, pending = todo[~found], pending[~found]  # none are left when d2 is exact
     for lo, hi in _CHUNKS:
         if not todo.size:
             break
@@ -369,29 +385,29 @@ def weighted_f(p, g, beta2: float = 1.0, e=None) -> float:
     bg = ~g
     h, w = g.shape
     if e is None:
-        e = np.where(g, 1 - p, p)                              # |pred - gt|, bit for bit
+        e = np.where(g, 1 - p, p)  # |pred - gt|, bit for bit
     if bg.any():
         rows, cols = np.nonzero(g.any(axis=1))[0], np.nonzero(g.any(axis=0))[0]
         r0, r1 = max(rows[0] - 3, 0), min(rows[-1] + 4, h)
         c0, c1 = max(cols[0] - 3, 0), min(cols[-1] + 4, w)
-        gc, ec = g[r0:r1, c0:c1], e[r0:r1, c0:c1]              # every pixel the foreground's 7x7 windows read
+        gc, ec = g[r0:r1, c0:c1], e[r0:r1, c0:c1]  # every pixel the foreground's 7x7 windows read
         if max(h, w) <= 1000:
             d = cv2.distanceTransform(bg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-            np.square(d, out=d)        # float32: |d^2 - k| < 0.4 for the k <= 2e6 of sides <= 1000, so rint is exact
+            np.square(d, out=d)  # float32: |d^2 - k| < 0.4 for the k <= 2e6 of sides <= 1000, so rint is exact
             d2 = np.rint(d, out=d).astype(np.int32)
         else:
             _, (fy, fx) = distance_transform_edt(bg, return_indices=True)
             yy, xx = np.indices(g.shape)
             d2 = (fy - yy).astype(np.intp) ** 2 + (fx - xx).astype(np.intp) ** 2
         et = _band_errors(ec, gc, d2[r0:r1, c0:c1])
-        ew_all = _dot(e.ravel(), _importance(d2).ravel())      # E * B summed; B = 1 on the foreground
+        ew_all = _dot(e.ravel(), _importance(d2).ravel())  # E * B summed; B = 1 on the foreground
     else:
         gc, ec = g, e
         et, ew_all = ec, None
     ea = cv2.sepFilter2D(et, cv2.CV_64F, _GAUSS1, _GAUSS1, borderType=cv2.BORDER_CONSTANT)
     e_fg = ec[gc]
-    fg_err = np.minimum(ea[gc], e_fg)                          # MIN_E_EA on the foreground (B = 1 there)
-    fp = 0.0 if ew_all is None else max(ew_all - float(np.sum(e_fg)), 0.0)   # sum of E * B on the background
+    fg_err = np.minimum(ea[gc], e_fg)  # MIN_E_EA on the foreground (B = 1 there)
+    fp = 0.0 if ew_all is None else max(ew_all - float(np.sum(e_fg)), 0.0)  # sum of E * B on the background
     n_fg = fg_err.size
     tp = n_fg - np.sum(fg_err)
     recall = 1 - np.mean(fg_err)
@@ -425,7 +441,7 @@ def _curves(hist, adp_counts, n_fg, size, beta2=BETA2):
         parts = ((fg_fg, 1 - mp, 1 - mg), (fg_bg, 1 - mp, -mg), (bg_fg, -mp, 1 - mg), (bg_bg, -mp, -mg))
         total = 0.0
         for numel, a, b in parts:
-            align = 2 * (a * b) / (a ** 2 + b ** 2 + EPS)
+            align = 2 * (a * b) / (a**2 + b**2 + EPS)
             total = total + ((align + 1) ** 2 / 4) * numel
         total = jnp.where(n_fg == 0, pred_bg, jnp.where(n_fg == size, pred_fg, total))
         return total / (size - 1 + EPS)
@@ -443,8 +459,12 @@ def curves_from_histograms(hist, adp_counts, n_fg, size):
     """JAX (float64) batch of curves: returns numpy (precision, recall, f_curve, e_curve) each (N, 256) and
     (adp_f, adp_e) each (N,). See ``_curves`` for the inputs (integer counts)."""
     with jax.enable_x64(True):
-        out = _curves(np.asarray(hist, np.int64), np.asarray(adp_counts, np.int64), np.asarray(n_fg, np.int64),
-                      np.asarray(size, np.int64))
+        out = _curves(
+            np.asarray(hist, np.int64),
+            np.asarray(adp_counts, np.int64),
+            np.asarray(n_fg, np.int64),
+            np.asarray(size, np.int64),
+        )
         return tuple(np.asarray(o) for o in out)
 
 
@@ -452,28 +472,33 @@ def _pixel_stats(p, g, e):
     """Host part of the per-image work: histograms (2, 256) of the quantised map on the background / foreground,
     adaptive counts (2,), MAE."""
     cv2 = _cv2()
-    q = (p * 255).astype(np.uint8)                   # PySODMetrics's quantisation (truncation)
+    q = (p * 255).astype(np.uint8)  # PySODMetrics's quantisation (truncation)
     fg_mask = g.view(np.uint8)
     hist = np.empty((2, 256), np.int64)
-    hist[1] = cv2.calcHist([q], [0], fg_mask, [256], [0, 256])[:, 0]      # exact counts (float32 below 2^24)
+    hist[1] = cv2.calcHist([q], [0], fg_mask, [256], [0, 256])[:, 0]  # exact counts (float32 below 2^24)
     hist[0] = cv2.calcHist([q], [0], None, [256], [0, 256])[:, 0] - hist[1]
-    threshold = min(2 * p.mean(), 1)                 # same numpy mean as the reference: >= is exact
+    threshold = min(2 * p.mean(), 1)  # same numpy mean as the reference: >= is exact
     binary = p >= threshold
     fg_fg = np.count_nonzero(binary & g)
     adp = np.array([fg_fg, np.count_nonzero(binary) - fg_fg])
-    return hist, adp, float(np.mean(e))              # e = |p - gt| bit for bit: the reference's MAE
+    return hist, adp, float(np.mean(e))  # e = |p - gt| bit for bit: the reference's MAE
 
 
 def _host_scores(pred, gt, normalize: bool):
     """The per-image host work: histograms and counts for the curves, and the scalar metrics."""
     p, g = prepare(pred, gt, normalize)
-    if g.size >= 2 ** 24:
+    if g.size >= 2**24:
         raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
-    e = p.copy()                                     # |p - gt|: p on the background, 1 - p on the foreground
+    e = p.copy()  # |p - gt|: p on the background, 1 - p on the foreground
     np.subtract(1, p, out=e, where=g)
     hist, adp, mae_value = _pixel_stats(p, g, e)
-    return hist, adp, np.count_nonzero(g), g.size, {"mae": mae_value, "s_measure": s_measure(p, g),
-                                                      "w_f": weighted_f(p, g, e=e)}
+    return (
+        hist,
+        adp,
+        np.count_nonzero(g),
+        g.size,
+        {"mae": mae_value, "s_measure": s_measure(p, g), "w_f": weighted_f(p, g, e=e)},
+    )
 
 
 @functools.cache
@@ -498,8 +523,18 @@ def batch_scores(preds, gts, *, normalize: bool = True) -> list[dict]:
     padded = 1 << (n - 1).bit_length()
     hist, adp, n_fg, size = (np.stack([h[k] for h in host] + [host[-1][k]] * (padded - n)) for k in range(4))
     precision, recall, f_curve, e_curve, adp_f, adp_e = curves_from_histograms(hist, adp, n_fg, size)
-    return [{**h[4], "adp_f": float(adp_f[i]), "adp_e": float(adp_e[i]), "precision": precision[i],
-             "recall": recall[i], "f_curve": f_curve[i], "e_curve": e_curve[i]} for i, h in enumerate(host)]
+    return [
+        {
+            **h[4],
+            "adp_f": float(adp_f[i]),
+            "adp_e": float(adp_e[i]),
+            "precision": precision[i],
+            "recall": recall[i],
+            "f_curve": f_curve[i],
+            "e_curve": e_curve[i],
+        }
+        for i, h in enumerate(host)
+    ]
 
 
 def image_scores(pred, gt, *, normalize: bool = True) -> dict:
@@ -543,8 +578,18 @@ class SODMetrics:
             raise ValueError("no image was scored")
         mean = {k: np.mean(np.array(v, dtype=np.float64), axis=0) for k, v in self._values.items()}
         f_curve, e_curve = mean["f_curve"], mean["e_curve"]
-        return {"n_images": len(self), "mae": float(mean["mae"]), "adp_f": float(mean["adp_f"]),
-                "mean_f": float(f_curve.mean()), "max_f": float(f_curve.max()), "s_measure": float(mean["s_measure"]),
-                "adp_e": float(mean["adp_e"]), "mean_e": float(e_curve.mean()), "max_e": float(e_curve.max()),
-                "w_f": float(mean["w_f"]), "precision": mean["precision"], "recall": mean["recall"],
-                "f_curve": f_curve}
+        return {
+            "n_images": len(self),
+            "mae": float(mean["mae"]),
+            "adp_f": float(mean["adp_f"]),
+            "mean_f": float(f_curve.mean()),
+            "max_f": float(f_curve.max()),
+            "s_measure": float(mean["s_measure"]),
+            "adp_e": float(mean["adp_e"]),
+            "mean_e": float(e_curve.mean()),
+            "max_e": float(e_curve.max()),
+            "w_f": float(mean["w_f"]),
+            "precision": mean["precision"],
+            "recall": mean["recall"],
+            "f_curve": f_curve,
+        }

@@ -12,6 +12,7 @@ size that is a multiple of 32 and any base width:
 `MEnet.apply` returns a dict with `features` (N, H, W, 16), un-normalised tanh outputs, and `logits` (N, H, W, 2),
 channel 1 = salient. Inputs are NHWC RGB images with values 0..255 (any dtype).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,6 +31,7 @@ FEATURE_DIM = 16
 
 class _Block(nn.Module):
     """Base for residual blocks: carries the BN settings and dtype to their BRC units."""
+
     features: int
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
@@ -37,8 +39,14 @@ class _Block(nn.Module):
     conv: str = "auto"
 
     def brc(self, **kw):
-        return BRC(self.features, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                   conv=self.conv, **kw)
+        return BRC(
+            self.features,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            conv=self.conv,
+            **kw,
+        )
 
 
 class IdentityBlock(_Block):
@@ -84,13 +92,19 @@ class MEnet(nn.Module):
     input_scale: str = "raw"
     bn_momentum: float = 0.999
     bn_epsilon: float = 1e-5
-    conv: str = "auto"              # convolution formulation (`layers.conv_impl`): a field, so jit caches see it
+    conv: str = "auto"  # convolution formulation (`layers.conv_impl`): a field, so jit caches see it
 
     @classmethod
     def from_config(cls, config: Config) -> "MEnet":
-        return cls(image_size=config.image_size, width=config.width, dtype=jnp.dtype(config.dtype),
-                   input_scale=config.input_scale, bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-                   conv=config.conv)
+        return cls(
+            image_size=config.image_size,
+            width=config.width,
+            dtype=jnp.dtype(config.dtype),
+            input_scale=config.input_scale,
+            bn_momentum=config.bn_momentum,
+            bn_epsilon=config.bn_epsilon,
+            conv=config.conv,
+        )
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -102,7 +116,7 @@ class MEnet(nn.Module):
             x = x / 127.5 - 1.0
         x = x.astype(self.dtype)
         bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype, conv=self.conv)
-        channels = [self.width * 2 ** i for i in range(6)]
+        channels = [self.width * 2**i for i in range(6)]
 
         # Encoder.
         h = Conv(channels[0], 3, 1, 1, self.dtype, self.conv, name="stem_conv")(x)
@@ -131,8 +145,10 @@ class MEnet(nn.Module):
 
         # 13 one-channel side maps, replicated to full resolution and concatenated in the authors' order.
         sources = [x, *encoder, *(decoder[s] for s in range(5)), bottleneck]
-        sides = [replicate_upsample(BRC(1, name=f"side_{name}", **bn)(src, train), self.image_size)
-                 for name, src in zip(SIDE_MAP_ORDER, sources)]
+        sides = [
+            replicate_upsample(BRC(1, name=f"side_{name}", **bn)(src, train), self.image_size)
+            for name, src in zip(SIDE_MAP_ORDER, sources)
+        ]
         z = jnp.concatenate(sides, axis=-1)
 
         # Heads (conv -> BN, no ReLU): tanh metric features and two-class logits.
@@ -189,7 +205,11 @@ def describe(config: Config) -> str:
     """The network of `config` in three lines: its settings, parameter count and forward FLOPs per image."""
     model = MEnet.from_config(config)
     shapes = parameter_shapes(model)
-    return "\n".join([f"config: image_size={config.image_size} width={config.width} batch_size={config.batch_size} "
-                      f"dtype={config.dtype} loss={config.loss}",
-                      f"parameters: {count_parameters(shapes['params'])}",
-                      f"forward FLOPs per image: {forward_flops(model, shapes):.4g}"])
+    return "\n".join(
+        [
+            f"config: image_size={config.image_size} width={config.width} batch_size={config.batch_size} "
+            f"dtype={config.dtype} loss={config.loss}",
+            f"parameters: {count_parameters(shapes['params'])}",
+            f"forward FLOPs per image: {forward_flops(model, shapes):.4g}",
+        ]
+    )

@@ -20,6 +20,7 @@ Images are (N, S, S, 3) on the 0..255 scale (S = config.image_size). BatchNorm u
 statistics are dropped). The convolution formulation and the compute dtype are the config's (`Config.conv`,
 `Config.dtype`): replace them (`dataclasses.replace`) for another runtime or an analysis.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,8 +33,14 @@ from menet_jax.runtime.xla import compiler_options
 OUTPUTS = ("maps", "metric", "ce", "salient_prob", "metric_distance", "heads", "features", "logits")
 
 
-def network_function(config: Config, *, output: str = "maps", normalize: bool = True, background: str = "eq5",
-                     batch_stats: str = "running"):
+def network_function(
+    config: Config,
+    *,
+    output: str = "maps",
+    normalize: bool = True,
+    background: str = "eq5",
+    batch_stats: str = "running",
+):
     """`f(variables, images, key=None)` -> the chosen `output` of `config`'s network (module docstring). `key` is
     needed only for the authors' random border background (`background="border"`)."""
     if output not in OUTPUTS:
@@ -52,14 +59,17 @@ def network_function(config: Config, *, output: str = "maps", normalize: bool = 
         if output == "salient_prob":
             return salient_probability(heads["logits"])
         if output == "metric_distance":
-            return metric_distance(heads["features"], salient_probability(heads["logits"]), background=background,
-                                   key=key)
+            return metric_distance(
+                heads["features"], salient_probability(heads["logits"]), background=background, key=key
+            )
         maps = saliency_maps(heads, background=background, key=key, normalize=normalize)
         return maps if output == "maps" else maps[output]
+
     return f
 
 
 def predict_function(config: Config, *, background: str = "eq5", normalize: bool = True):
     """Jitted `(variables, images, key=None)` -> {"metric", "ce"} maps at the network's resolution."""
-    return jax.jit(network_function(config, background=background, normalize=normalize),
-                   compiler_options=compiler_options())
+    return jax.jit(
+        network_function(config, background=background, normalize=normalize), compiler_options=compiler_options()
+    )

@@ -9,6 +9,7 @@ their code. Here it is seeded and deterministic.
 Maps are scaled to [0, 1] per image by min-max, as the authors (and PySODMetrics) do; a constant map has no range
 to stretch and is divided by its largest possible value instead (2 for distances of unit vectors, 1 for p).
 """
+
 from __future__ import annotations
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 
 from menet_jax.core.loss import l2_normalize
 
-RANGE_EPS = 1e-8      # a map with a smaller range is "constant" (`scale_to_unit`)
+RANGE_EPS = 1e-8  # a map with a smaller range is "constant" (`scale_to_unit`)
 
 
 def salient_probability(logits):
@@ -48,7 +49,7 @@ def _mean_background(f, background):
 def border_band(size: int, width: int | None = None):
     """Boolean (size, size) mask of the border frame used by the authors (20 px wide at 224 px)."""
     width = max(1, round(20 * size / 224)) if width is None else width
-    inner = jnp.zeros((size, size), bool).at[width:size - width, width:size - width].set(True)
+    inner = jnp.zeros((size, size), bool).at[width : size - width, width : size - width].set(True)
     return ~inner
 
 
@@ -57,7 +58,7 @@ def _border_background_one(f, candidates, key, max_samples):
     h, w, c = f.shape
     flat_f = f.reshape(h * w, c)
     priority = jnp.where(candidates.reshape(-1), jax.random.uniform(key, (h * w,)), -1.0)
-    priority, index = jax.lax.top_k(priority, min(max_samples, h * w))   # random order, without replacement
+    priority, index = jax.lax.top_k(priority, min(max_samples, h * w))  # random order, without replacement
     samples, valid = flat_f[index], priority >= 0
 
     def assign(state, item):

@@ -17,6 +17,7 @@ that this builder does not follow fails there.
 The graph is written with the optional `onnx` package (`pip install 'menet-jax[export]'`), imported where a graph
 is built.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,7 @@ from menet_jax.inference.predictor import load_network
 from menet_jax.io.images import MAPS
 
 FORMATS = ("onnx", "stablehlo")
-OPSET = 18                                          # ReduceMin / ReduceMax take axes as an input
+OPSET = 18  # ReduceMin / ReduceMax take axes as an input
 
 
 # ------------------------------------------------------------------------------------------------ ONNX: writing
@@ -45,7 +46,8 @@ class _Graph:
     """A small ONNX graph builder: each method adds one node and returns its output's name."""
 
     def __init__(self):
-        from onnx import helper, numpy_helper     # optional dependency (the export extra)
+        from onnx import helper, numpy_helper  # optional dependency (the export extra)
+
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.initializers, self._count = [], [], 0
 
@@ -74,20 +76,25 @@ def _bn(g, x, bn, stats, eps):
 
 
 def _conv(g, x, conv, stride=1, padding=1):
-    kernel = np.asarray(conv["kernel"], np.float32)                     # HWIO -> OIHW
+    kernel = np.asarray(conv["kernel"], np.float32)  # HWIO -> OIHW
     inputs = [x, g.const(kernel.transpose(3, 2, 0, 1), "w")]
     if "bias" in conv:
         inputs.append(g.const(np.asarray(conv["bias"], np.float32), "b"))
-    return g.op("Conv", *inputs, kernel_shape=list(kernel.shape[:2]), strides=[stride, stride],
-                pads=[padding] * 4)
+    return g.op("Conv", *inputs, kernel_shape=list(kernel.shape[:2]), strides=[stride, stride], pads=[padding] * 4)
 
 
 def _deconv(g, x, conv, stride, padding):
     """layers.conv_transpose2d: ONNX ConvTranspose scatters x[h] * W[i] to h * stride + i - padding, the same
     (unflipped) definition, with the kernel HWIO -> IOHW."""
     kernel = np.asarray(conv["kernel"], np.float32)
-    return g.op("ConvTranspose", x, g.const(kernel.transpose(2, 3, 0, 1), "w"),
-                kernel_shape=list(kernel.shape[:2]), strides=[stride, stride], pads=[padding] * 4)
+    return g.op(
+        "ConvTranspose",
+        x,
+        g.const(kernel.transpose(2, 3, 0, 1), "w"),
+        kernel_shape=list(kernel.shape[:2]),
+        strides=[stride, stride],
+        pads=[padding] * 4,
+    )
 
 
 def _brc(g, x, params, stats, eps, *, stride=1, padding=1, transpose=False):
@@ -122,15 +129,17 @@ def _scale_to_unit(g, m, max_value):
     spread = g.op("Sub", hi, lo)
     wide = g.op("Greater", spread, g.const(np.float32(RANGE_EPS)))
     stretched = g.op("Div", g.op("Sub", m, lo), g.op("Where", wide, spread, g.const(np.float32(1.0))))
-    flat = g.op("Clip", g.op("Div", m, g.const(np.float32(max_value))), g.const(np.float32(0.0)),
-                g.const(np.float32(1.0)))
+    flat = g.op(
+        "Clip", g.op("Div", m, g.const(np.float32(max_value))), g.const(np.float32(0.0)), g.const(np.float32(1.0))
+    )
     return g.op("Where", wide, stretched, flat)
 
 
 def onnx_model(variables, config):
     """The ONNX ModelProto of `config`'s network with `variables` (eval mode, normalised eq5 and CE maps), built
     layer by layer as `model.MEnet.__call__` and `saliency.saliency_maps` compute them."""
-    from onnx import TensorProto, checker, helper     # optional dependency (the export extra)
+    from onnx import TensorProto, checker, helper  # optional dependency (the export extra)
+
     p, s, eps, size = variables["params"], variables["batch_stats"], config.bn_epsilon, config.image_size
     g = _Graph()
     x = g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2], hint="nchw")
@@ -155,27 +164,41 @@ def onnx_model(variables, config):
         decoder[level] = h
 
     sides = []
-    feature_sizes = [size] + [size // 2 ** i for i in range(6)] + [size // 2 ** i for i in range(5)] + [size // 32]
+    feature_sizes = [size] + [size // 2**i for i in range(6)] + [size // 2**i for i in range(5)] + [size // 32]
     sources = [x, *encoder, *(decoder[i] for i in range(5)), bottleneck]
     for name, src, src_size in zip(SIDE_MAP_ORDER, sources, feature_sizes):
         side = _brc(g, src, p[f"side_{name}"], s[f"side_{name}"], eps)
         factor = size // src_size
-        if factor > 1:        # Eq. 14 replication: exact for integer factors with asymmetric / floor nearest
-            side = g.op("Resize", side, "", g.const(np.array([1, 1, factor, factor], np.float32), "scales"),
-                        mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        if factor > 1:  # Eq. 14 replication: exact for integer factors with asymmetric / floor nearest
+            side = g.op(
+                "Resize",
+                side,
+                "",
+                g.const(np.array([1, 1, factor, factor], np.float32), "scales"),
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor",
+            )
         sides.append(side)
     z = g.op("Concat", *sides, axis=1)
     features = g.op("Tanh", _bn(g, _conv(g, z, p["metric_conv"]), p["metric_bn"], s["metric_bn"], eps))
     logits = _bn(g, _conv(g, z, p["logit_conv"]), p["logit_bn"], s["logit_bn"], eps)
 
     # saliency.saliency_maps, background "eq5", normalised.
-    prob = g.op("Slice", g.op("Softmax", logits, axis=1), g.const(np.array([1], np.int64)),
-                g.const(np.array([2], np.int64)), g.const(np.array([1], np.int64)), hint="p")     # (N, 1, S, S)
+    prob = g.op(
+        "Slice",
+        g.op("Softmax", logits, axis=1),
+        g.const(np.array([1], np.int64)),
+        g.const(np.array([2], np.int64)),
+        g.const(np.array([1], np.int64)),
+        hint="p",
+    )  # (N, 1, S, S)
     channel = g.const(np.array([1], np.int64), "axis1")
     sq = g.op("ReduceSum", g.op("Mul", features, features), channel, keepdims=1)
     nonzero = g.op("Greater", sq, g.const(np.float32(0.0)))
-    norm = g.op("Where", nonzero, g.op("Sqrt", g.op("Where", nonzero, sq, g.const(np.float32(1.0)))),
-                g.const(np.float32(1.0)))
+    norm = g.op(
+        "Where", nonzero, g.op("Sqrt", g.op("Where", nonzero, sq, g.const(np.float32(1.0)))), g.const(np.float32(1.0))
+    )
     f = g.op("Div", features, norm)
     weights = g.op("Cast", g.op("Less", prob, g.const(np.float32(0.5))), to=TensorProto.FLOAT)
     hw = g.const(np.array([2, 3], np.int64), "axes_hw")
@@ -189,16 +212,22 @@ def onnx_model(variables, config):
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", size, size]))
 
     graph = helper.make_graph(
-        g.nodes, "menet", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", size, size, 3])],
-        outputs, g.initializers)
+        g.nodes,
+        "menet",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", size, size, 3])],
+        outputs,
+        g.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="menet-jax")
-    helper.set_model_props(model, {"menet.image_size": str(size), "menet.width": str(config.width),
-                                   "menet.maps": ",".join(MAPS)})
+    helper.set_model_props(
+        model, {"menet.image_size": str(size), "menet.width": str(config.width), "menet.maps": ",".join(MAPS)}
+    )
     checker.check_model(model)
     return model
 
 
 # --------------------------------------------------------------------------------------------- StableHLO: writing
+
 
 def stablehlo_bytes(variables, config: Config) -> bytes:
     """`jax.export` of the jitted forward pass (float32, plain convolutions: one conv_general_dilated per layer, what
@@ -208,7 +237,7 @@ def stablehlo_bytes(variables, config: Config) -> bytes:
     def forward(images):
         return tuple(maps(variables, images)[name] for name in MAPS)
 
-    batch, = jax_export.symbolic_shape("batch")
+    (batch,) = jax_export.symbolic_shape("batch")
     size = config.image_size
     exported = jax_export.export(jax.jit(forward))(jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
     return bytes(exported.serialize())
@@ -221,15 +250,14 @@ def export(checkpoint, out, fmt: str = "onnx") -> Path:
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give a file name such as {out / ('menet.' + fmt)}")
-    variables, config = load_network(checkpoint)                 # weights checked: shapes, finite values
+    variables, config = load_network(checkpoint)  # weights checked: shapes, finite values
     variables = jax.tree_util.tree_map(np.asarray, variables)
-    data = (onnx_model(variables, config).SerializeToString() if fmt == "onnx"
-            else stablehlo_bytes(variables, config))
+    data = onnx_model(variables, config).SerializeToString() if fmt == "onnx" else stablehlo_bytes(variables, config)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")
         tmp.write_bytes(data)
-        tmp.replace(out)                                         # never a half-written file under the name
+        tmp.replace(out)  # never a half-written file under the name
     except OSError as error:
         raise ExportError(f"{out}: cannot write ({error.strerror or error})") from None
     return out

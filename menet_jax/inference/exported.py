@@ -4,6 +4,7 @@ uses) and `StableHLOModel` (a deserialized `jax.export` artifact). `inference.ex
 This module imports neither JAX nor onnxruntime when it is imported: onnxruntime is an optional dependency (the
 export extra), and JAX stays off the ONNX path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,11 +24,20 @@ def _one_line(error: BaseException) -> str:
 
 def _check_signature(path, shape, dtype, names):
     """The input must be (N, S, S, 3) float32 and the outputs the two maps: anything else is another model."""
-    ok = (len(shape) == 4 and shape[3] == 3 and isinstance(shape[1], int) and shape[1] == shape[2]
-          and shape[1] > 0 and dtype == "float32" and list(names) == list(MAPS))
+    ok = (
+        len(shape) == 4
+        and shape[3] == 3
+        and isinstance(shape[1], int)
+        and shape[1] == shape[2]
+        and shape[1] > 0
+        and dtype == "float32"
+        and list(names) == list(MAPS)
+    )
     if not ok:
-        raise ExportError(f"{path}: not a menet-jax export (input {list(shape)} {dtype}, outputs {list(names)}; "
-                          f"expected input [N, S, S, 3] float32 and outputs {list(MAPS)})")
+        raise ExportError(
+            f"{path}: not a menet-jax export (input {list(shape)} {dtype}, outputs {list(names)}; "
+            f"expected input [N, S, S, 3] float32 and outputs {list(MAPS)})"
+        )
     return shape[1]
 
 
@@ -40,16 +50,16 @@ class OnnxPredictor:
         if not path.is_file():
             raise ExportError(f"{path}: ONNX file not found")
         try:
-            import onnxruntime as ort     # optional dependency (the export extra)
+            import onnxruntime as ort  # optional dependency (the export extra)
         except ImportError:
             raise ExportError(f"{path}: onnxruntime is not installed (pip install 'menet-jax[export]')") from None
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.log_severity_level = 3                            # errors only: no warnings on stderr
+        options.log_severity_level = 3  # errors only: no warnings on stderr
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:         # onnxruntime's error types (InvalidProtobuf, Fail, ...) vary by version
+        except Exception as error:  # onnxruntime's error types (InvalidProtobuf, Fail, ...) vary by version
             raise ExportError(f"{path}: not a readable ONNX model ({_one_line(error)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
@@ -70,7 +80,7 @@ class OnnxPredictor:
         """images: a list of uint8 (H, W, 3) arrays of any sizes."""
         results = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             maps = self.forward(np.stack([resize_input(image, self.image_size) for image in chunk]))
             for j, image in enumerate(chunk):
                 h, w = image.shape[:2]
@@ -85,16 +95,17 @@ class StableHLOModel:
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"{path}: StableHLO file not found")
-        from jax import export as jax_export     # JAX only here: the ONNX path runs without it
+        from jax import export as jax_export  # JAX only here: the ONNX path runs without it
+
         try:
             self.exported = jax_export.deserialize(bytearray(path.read_bytes()))
-            aval, = self.exported.in_avals
+            (aval,) = self.exported.in_avals
             names = [f"output {i}" for i in range(len(self.exported.out_avals))]
             shape = tuple(d if isinstance(d, int) else "N" for d in aval.shape)
             dtype = str(aval.dtype)
         except OSError as error:
             raise ExportError(f"{path}: cannot read ({error.strerror or error})") from None
-        except Exception as error:            # flatbuffers / struct errors of a damaged or foreign file
+        except Exception as error:  # flatbuffers / struct errors of a damaged or foreign file
             raise ExportError(f"{path}: not a serialized jax.export artifact ({_one_line(error)})") from None
         if len(self.exported.out_avals) == len(MAPS):
             names = list(MAPS)

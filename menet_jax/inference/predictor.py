@@ -4,6 +4,7 @@ trained networks (a training workdir, an exported .npz, or the shipped weights).
 The network's input size is fixed, so images are resized in (bilinear, as the authors did) and the maps resized
 back to each image's original size; batches are padded to one shape, so the network compiles once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,20 +30,25 @@ def check_variables(variables, config: Config, source) -> None:
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra:
         name, problem = (missing[0], "missing") if missing else (extra[0], "not in the network")
-        raise WeightsError(f"{source}: the weights do not fit the config's network ({name} {problem}; "
-                           f"{len(missing)} missing, {len(extra)} extra)")
+        raise WeightsError(
+            f"{source}: the weights do not fit the config's network ({name} {problem}; "
+            f"{len(missing)} missing, {len(extra)} extra)"
+        )
     for name, value in got.items():
         if tuple(np.shape(value)) != tuple(expected[name].shape):
-            raise WeightsError(f"{source}: {name} has shape {tuple(np.shape(value))}, the network's is "
-                               f"{tuple(expected[name].shape)}")
+            raise WeightsError(
+                f"{source}: {name} has shape {tuple(np.shape(value))}, the network's is {tuple(expected[name].shape)}"
+            )
         bad = np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value)))
         if bad:
-            raise WeightsError(f"{source}: {name} has {bad} NaN or infinite values (a diverged run?); "
-                               "use an earlier checkpoint")
+            raise WeightsError(
+                f"{source}: {name} has {bad} NaN or infinite values (a diverged run?); use an earlier checkpoint"
+            )
 
 
-def load_network(checkpoint_path=None, *, preset: str | None = None, seed: int = 0, step: int | None = None,
-                 dtype: str | None = None):
+def load_network(
+    checkpoint_path=None, *, preset: str | None = None, seed: int = 0, step: int | None = None, dtype: str | None = None
+):
     """(variables, config) of a network, checked (`check_variables`): a training workdir (its latest intact
     checkpoint, or `step`, with the config it was trained with), an exported weights file (.npz), the shipped
     weights when `checkpoint_path` is None, or with `preset` (a config name) that preset's network with fresh
@@ -69,8 +75,17 @@ def load_network(checkpoint_path=None, *, preset: str | None = None, seed: int =
 class Predictor:
     """`predictor(images)` -> one dict {"metric": map, "ce": map} per image, maps float32 in [0, 1] at image size."""
 
-    def __init__(self, variables, config: Config, *, batch_size: int = 8, background: str = "eq5",
-                 normalize: bool = True, dtype: str | None = None, source="the weights"):
+    def __init__(
+        self,
+        variables,
+        config: Config,
+        *,
+        batch_size: int = 8,
+        background: str = "eq5",
+        normalize: bool = True,
+        dtype: str | None = None,
+        source="the weights",
+    ):
         """`normalize=False` gives the raw maps (`saliency.saliency_maps`); `dtype` ("float32" or "bfloat16")
         replaces the compute dtype the network was trained with. The weights are checked first
         (`check_variables`, naming them as `source`)."""
@@ -82,8 +97,7 @@ class Predictor:
         self.predict_batch = predict_function(config, background=background, normalize=normalize)
 
     @classmethod
-    def load(cls, checkpoint_path=None, *, step: int | None = None, dtype: str | None = None,
-             **kwargs) -> "Predictor":
+    def load(cls, checkpoint_path=None, *, step: int | None = None, dtype: str | None = None, **kwargs) -> "Predictor":
         """A training workdir, an exported weights file (.npz), or the shipped weights when None (`load_network`)."""
         variables, config = load_network(checkpoint_path, step=step, dtype=dtype)
         return cls(variables, config, source=checkpoint_path or "the shipped weights", **kwargs)
@@ -92,7 +106,7 @@ class Predictor:
         """images: a list of uint8 (H, W, 3) arrays of any sizes."""
         size, results = self.config.image_size, []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             batch = np.zeros((self.batch_size, size, size, 3), np.uint8)
             for j, image in enumerate(chunk):
                 batch[j] = resize_input(image, size)

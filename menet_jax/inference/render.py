@@ -1,5 +1,6 @@
 """Saliency maps of image files written as image files: grey maps, binary masks or RGBA cut-outs (the library of
 `python -m menet_jax.predict`). Works with any predictor (`Predictor`, `OnnxPredictor`); imports no JAX."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,17 +28,20 @@ def check_outputs(inputs, outputs, *, cutout=False) -> list[str]:
     return formats
 
 
-def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=None, cutout=False,
-                  progress=True) -> int:
+def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=None, cutout=False, progress=True) -> int:
     """Predict each input file and write the matching output (format from its extension); returns the number
     written. The outputs are checked first (`io.outputs`), so a bad path fails before any prediction."""
     formats = check_outputs(inputs, outputs, cutout=cutout)
     bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(inputs), predictor.batch_size):
-        paths = inputs[start:start + predictor.batch_size]
+        paths = inputs[start : start + predictor.batch_size]
         images = [load_photo(p) for p in paths]
-        chunk = zip(images, predictor(images), outputs[start:start + predictor.batch_size],
-                    formats[start:start + predictor.batch_size])
+        chunk = zip(
+            images,
+            predictor(images),
+            outputs[start : start + predictor.batch_size],
+            formats[start : start + predictor.batch_size],
+        )
         for image, maps, out, fmt in chunk:
             save_image(render(image, maps[map_name], threshold=threshold, cutout=cutout), out, fmt)
         bar.update(len(paths))

@@ -11,6 +11,7 @@ In a run of several processes, all of them save and restore together (Orbax writ
 from process 0, and coordinates the commit); process 0 alone moves damaged checkpoints aside. A checkpoint is read
 back by `load_variables` on any number of devices, whatever the run that wrote it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -49,8 +50,10 @@ def lock_workdir(workdir):
         f.seek(0)
         owner = f.read().strip()
         f.close()
-        raise WorkdirError(f"{workdir} is in use by another training run{f' (pid {owner})' if owner else ''}: "
-                           "wait for it to end or use another --workdir") from None
+        raise WorkdirError(
+            f"{workdir} is in use by another training run{f' (pid {owner})' if owner else ''}: "
+            "wait for it to end or use another --workdir"
+        ) from None
     f.truncate(0)
     f.write(f"{os.getpid()}\n")
     f.flush()
@@ -65,8 +68,10 @@ def check_config(workdir, config: Config) -> None:
         saved = Config.from_json(config_file)
         for key in SHAPE_KEYS:
             if getattr(saved, key) != getattr(config, key):
-                raise ConfigError(f"{workdir} holds checkpoints of a model with {key}={getattr(saved, key)}, not "
-                                  f"{getattr(config, key)}: use another --workdir")
+                raise ConfigError(
+                    f"{workdir} holds checkpoints of a model with {key}={getattr(saved, key)}, not "
+                    f"{getattr(config, key)}: use another --workdir"
+                )
 
 
 def write_config(workdir, config: Config) -> None:
@@ -77,8 +82,10 @@ def workdir_config(workdir) -> Config:
     """The config a training workdir was trained with (its config.json)."""
     config_file = Path(workdir) / "config.json"
     if not config_file.exists():
-        raise ConfigError(f"{workdir}: not a training workdir (no config.json); train one with "
-                          f"python -m menet_jax.train --workdir {workdir}")
+        raise ConfigError(
+            f"{workdir}: not a training workdir (no config.json); train one with "
+            f"python -m menet_jax.train --workdir {workdir}"
+        )
     return Config.from_json(config_file)
 
 
@@ -88,8 +95,11 @@ def remove_unfinished_writes(workdir) -> list:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     if stale:
-        print(f"note: removed {len(stale)} unfinished checkpoint write(s) of an interrupted run: "
-              + ", ".join(p.name for p in stale), file=sys.stderr)
+        print(
+            f"note: removed {len(stale)} unfinished checkpoint write(s) of an interrupted run: "
+            + ", ".join(p.name for p in stale),
+            file=sys.stderr,
+        )
     return stale
 
 
@@ -100,8 +110,9 @@ def open_manager(workdir, config: Config, *, write: bool = True) -> ocp.Checkpoi
     check_config(workdir, config)
     if write:
         write_config(workdir, config)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           save_interval_steps=config.checkpoint_every, create=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every, create=True
+    )
     return ocp.CheckpointManager(workdir / "checkpoints", options=options)
 
 
@@ -128,7 +139,7 @@ def _restore_intact(manager: ocp.CheckpointManager, steps, restore, on_damaged):
         try:
             restored = restore(step)
             reason = None if all_finite(restored) else "non-finite values"
-        except Exception as error:   # TensorStore, JSON, missing files: all mean a damaged checkpoint here
+        except Exception as error:  # TensorStore, JSON, missing files: all mean a damaged checkpoint here
             reason = _one_line(error)
         if reason is None:
             return restored, int(step)
@@ -146,7 +157,7 @@ def restore_latest(manager: ocp.CheckpointManager, state):
     damaged = []
 
     def quarantine(step, reason):
-        if jax.process_index() != 0:   # the same verdict on every process: process 0 moves it and tells
+        if jax.process_index() != 0:  # the same verdict on every process: process 0 moves it and tells
             return
         target = directory.parent / "damaged" / str(step)
         suffix = 0
@@ -156,21 +167,23 @@ def restore_latest(manager: ocp.CheckpointManager, state):
         target.parent.mkdir(exist_ok=True)
         os.replace(directory / str(step), target)
         damaged.append(step)
-        print(f"warning: checkpoint {directory / str(step)} is damaged ({reason}); moved to {target}",
-              file=sys.stderr)
+        print(f"warning: checkpoint {directory / str(step)} is damaged ({reason}); moved to {target}", file=sys.stderr)
 
     steps = manager.all_steps()
     if not steps:
         return state, 0
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     restored, step = _restore_intact(
-        manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine)
-    if jax.process_count() > 1:   # every damaged step moved before any process lists the steps again
+        manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine
+    )
+    if jax.process_count() > 1:  # every damaged step moved before any process lists the steps again
         multihost_utils.sync_global_devices("menet_jax.checkpoint.restore_latest")
     manager.reload()
     if restored is None:
-        raise WorkdirError(f"no intact checkpoint in {directory} (damaged steps {', '.join(map(str, damaged))} "
-                           f"moved to {directory.parent / 'damaged'}): use another --workdir to start afresh")
+        raise WorkdirError(
+            f"no intact checkpoint in {directory} (damaged steps {', '.join(map(str, damaged))} "
+            f"moved to {directory.parent / 'damaged'}): use another --workdir to start afresh"
+        )
     return restored, step
 
 
@@ -203,17 +216,20 @@ def load_variables(workdir, step: int | None = None):
         kept = sorted(manager.all_steps())
         if step is None and not kept:
             raise FileNotFoundError(f"no checkpoint in {directory}")
-        if step is not None and step not in kept:   # orbax would fail with an unrelated message
-            raise FileNotFoundError(f"no checkpoint of step {step} in {directory} "
-                                    f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)")
+        if step is not None and step not in kept:  # orbax would fail with an unrelated message
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {directory} "
+                f"(kept: {', '.join(map(str, kept)) or 'none'}; keep_checkpoints sets how many)"
+            )
 
         def restore(s):
             # Onto this process's first device: the saved shardings may name devices that are not here (a run
             # of several devices or processes).
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             metadata = manager.item_metadata(s)
-            target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                            getattr(metadata, "tree", metadata))
+            target = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), getattr(metadata, "tree", metadata)
+            )
             restored = manager.restore(s, args=ocp.args.StandardRestore(target))
             return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
 
@@ -221,9 +237,12 @@ def load_variables(workdir, step: int | None = None):
             print(f"warning: checkpoint {directory / str(s)} is damaged ({reason}); skipped", file=sys.stderr)
 
         variables, found = _restore_intact(manager, [step] if step is not None else kept, restore, warn)
-        if variables is None:   # FileNotFoundError, as for a missing checkpoint: no usable one is there
-            raise FileNotFoundError(f"no intact checkpoint in {directory}" if step is None else
-                                    f"checkpoint {directory / str(step)} is damaged")
+        if variables is None:  # FileNotFoundError, as for a missing checkpoint: no usable one is there
+            raise FileNotFoundError(
+                f"no intact checkpoint in {directory}"
+                if step is None
+                else f"checkpoint {directory / str(step)} is damaged"
+            )
         return variables
     finally:
         manager.close()

@@ -1,5 +1,6 @@
 """Images in and out of the network's size, shared by every runtime (JAX, ONNX): this module imports no JAX, so
 `predict --backend onnx` runs with onnxruntime, numpy and Pillow alone."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image, ImageOps
 
 import menet_datasets
 
-MAPS = ("metric", "ce")     # the two maps every predictor gives: Eq. 5 metric map, logit head's salient probability
+MAPS = ("metric", "ce")  # the two maps every predictor gives: Eq. 5 metric map, logit head's salient probability
 
 
 def load_photo(path) -> np.ndarray:
@@ -16,7 +17,7 @@ def load_photo(path) -> np.ndarray:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return menet_datasets.load_image(path)   # 16-bit and integer modes: the dataset loader scales them
+                return menet_datasets.load_image(path)  # 16-bit and integer modes: the dataset loader scales them
             return np.asarray(img.convert("RGB"))
     except menet_datasets.READ_ERRORS as error:
         raise menet_datasets.DataError(f"{path}: cannot read image ({error})") from None

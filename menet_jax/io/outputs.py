@@ -3,6 +3,7 @@
 A run that loads a network and predicts a folder for minutes must not then fail on a path it could have refused at
 the start, nor overwrite the photos it read, nor end in a traceback when the disk is full. Imports no JAX.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,13 @@ def image_format(path: Path, mode: str) -> str:
     if suffix in WRITABLE_EXTS and _can_save(suffix, mode):
         return Image.registered_extensions()[suffix]
     usable = ", ".join(ext for ext in WRITABLE_EXTS if _can_save(ext, mode))
-    problem = (f"{suffix} cannot hold {mode} images" if suffix in WRITABLE_EXTS
-               else f"unknown image extension {suffix!r}" if suffix else "no image extension")
+    problem = (
+        f"{suffix} cannot hold {mode} images"
+        if suffix in WRITABLE_EXTS
+        else f"unknown image extension {suffix!r}"
+        if suffix
+        else "no image extension"
+    )
     raise OutputError(f"{path}: {problem}; use one of {usable}")
 
 
@@ -64,7 +70,7 @@ def check_file(path, mode: str = "L") -> str:
         raise OutputError(f"{path}: is a folder; give a file name such as {path / 'map.png'}")
     if path.exists():
         try:
-            open(path, "ab").close()            # opened for writing, not changed
+            open(path, "ab").close()  # opened for writing, not changed
         except OSError as error:
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
     else:
@@ -89,8 +95,7 @@ def check_distinct(inputs, outputs) -> None:
         if key in sources:
             raise OutputError(f"{out}: is the input image {sources[key]}; it would be overwritten")
         if key in written:
-            raise OutputError(f"{out}: both {written[key]} and {source} would be written there "
-                              "(same stem); rename one")
+            raise OutputError(f"{out}: both {written[key]} and {source} would be written there (same stem); rename one")
         written[key] = source
 
 

@@ -7,6 +7,7 @@ A training workdir (Orbax, float32, optimiser state) is the format to resume fro
 and to load anywhere with numpy alone. The SHA-256 of the shipped file is recorded in this module, so a truncated
 or altered download fails with one clear line instead of giving wrong maps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,7 @@ def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:               # np.savez on a file object: no ".npz" appended to the name
+    with open(path, "wb") as f:  # np.savez on a file object: no ".npz" appended to the name
         np.savez_compressed(f, **arrays)
     return sha256(path)
 
@@ -65,8 +66,10 @@ def load(path=None, *, expected_sha256: str | None = None):
     where they are used (`inference.Predictor`)."""
     if path is None:
         if DEFAULT is None:
-            raise WeightsError("this copy of menet-jax ships no trained weights: give --checkpoint "
-                              "(a training workdir or an exported .npz)")
+            raise WeightsError(
+                "this copy of menet-jax ships no trained weights: give --checkpoint "
+                "(a training workdir or an exported .npz)"
+            )
         path = WEIGHTS_DIR / DEFAULT
     path = Path(path)
     if not path.is_file():
@@ -75,9 +78,11 @@ def load(path=None, *, expected_sha256: str | None = None):
     if expected is not None:
         actual = sha256(path)
         if actual != expected:
-            raise WeightsError(f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., expected {expected[:12]}...): "
-                              "the file is damaged or not the shipped one; restore it with git checkout")
-    try:                                      # whatever a damaged or foreign file raises, one line naming it
+            raise WeightsError(
+                f"{path}: checksum mismatch (SHA-256 {actual[:12]}..., expected {expected[:12]}...): "
+                "the file is damaged or not the shipped one; restore it with git checkout"
+            )
+    try:  # whatever a damaged or foreign file raises, one line naming it
         if not zipfile.is_zipfile(path):
             raise zipfile.BadZipFile("not a .npz archive")
         with np.load(path) as data:
@@ -86,14 +91,24 @@ def load(path=None, *, expected_sha256: str | None = None):
         config = Config.from_dict(header["config"], source=f"{path} (its config)")
     except ConfigError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
-            zlib.error) as error:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as error:
         reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
-        raise WeightsError(f"{path}: not an exported menet-jax weights file "
-                          f"({reason or type(error).__name__})") from None
+        raise WeightsError(
+            f"{path}: not an exported menet-jax weights file ({reason or type(error).__name__})"
+        ) from None
     variables = {}
     for collection in ("params", "batch_stats"):
         prefix = collection + "/"
         variables[collection] = traverse_util.unflatten_dict(
-            {tuple(k[len(prefix):].split("/")): v for k, v in flat.items() if k.startswith(prefix)})
+            {tuple(k[len(prefix) :].split("/")): v for k, v in flat.items() if k.startswith(prefix)}
+        )
     return variables, config, header.get("meta", {})

@@ -12,6 +12,7 @@ for arguments shaped like `args`: in one child on a single-device CPU backend un
 wherever MENET_COMPILE (auto, child or here) says. Factories must be importable by name (module-level functions)
 and their arguments picklable: the child rebuilds each program from them (the same program, traced elsewhere).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,14 +37,14 @@ from menet_jax.runtime import settings
 PLACES = ("auto", "child", "here")
 
 
-Job = tuple   # (factory, factory_args, args): compile factory(*factory_args), a jitted function, for args
+Job = tuple  # (factory, factory_args, args): compile factory(*factory_args), a jitted function, for args
 
 
 @dataclasses.dataclass
 class CompiledPrograms:
-    programs: list      # jax.stages.Compiled, one per job: call each like its jitted function
-    seconds: float      # wall time until they were ready to run here (child start-up and compile, and the load)
-    where: str          # "child" or "here"
+    programs: list  # jax.stages.Compiled, one per job: call each like its jitted function
+    seconds: float  # wall time until they were ready to run here (child start-up and compile, and the load)
+    where: str  # "child" or "here"
 
 
 def compile_place(place: str | None = None) -> str:
@@ -61,8 +62,9 @@ def compile_place(place: str | None = None) -> str:
 
 def argument_specs(tree):
     """Shape, dtype and weak type of every array leaf (what a program is compiled for), without the values."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, weak_type=getattr(x, "weak_type", False)),
-                        tree)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, weak_type=getattr(x, "weak_type", False)), tree
+    )
 
 
 def compile_programs(jobs: Sequence[Job], *, place: str | None = None) -> CompiledPrograms:
@@ -75,10 +77,11 @@ def compile_programs(jobs: Sequence[Job], *, place: str | None = None) -> Compil
         try:
             programs = _compile_in_child(jobs)
             return CompiledPrograms(programs, time.perf_counter() - started, "child")
-        except Exception as error:   # any failure of the child: the programs are still needed
+        except Exception as error:  # any failure of the child: the programs are still needed
             names = ", ".join(factory.__name__ for factory, _, _ in jobs)
-            warnings.warn(f"compiling {names} in a child process failed ({error}); compiling here", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"compiling {names} in a child process failed ({error}); compiling here", RuntimeWarning, stacklevel=2
+            )
     programs = [_compile(*job) for job in jobs]
     return CompiledPrograms(programs, time.perf_counter() - started, "here")
 
@@ -91,11 +94,12 @@ def _compile_in_child(jobs):
     with tempfile.TemporaryDirectory(prefix="menet-compile-") as tmp:
         path = Path(tmp) / "programs.pickle"
         child = multiprocessing.get_context("spawn").Process(
-            target=_child_main, args=(jobs, str(path)), name="menet compile", daemon=True)
+            target=_child_main, args=(jobs, str(path)), name="menet compile", daemon=True
+        )
         child.start()
         try:
             child.join()
-        finally:   # interrupted (Ctrl-C): the compile is not needed any more
+        finally:  # interrupted (Ctrl-C): the compile is not needed any more
             if child.is_alive():
                 child.terminate()
         if child.exitcode != 0 or not path.is_file():

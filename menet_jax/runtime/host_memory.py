@@ -9,6 +9,7 @@ process keeps its peak memory until it exits.
 glibc reads these settings only when a process starts, so `reexec_with_reused_memory` starts the command again
 with them, once, before any work. `MENET_MALLOC=default` (or a non-glibc system) leaves the process as it is.
 """
+
 from __future__ import annotations
 
 import platform

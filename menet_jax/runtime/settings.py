@@ -15,6 +15,7 @@ other choice of that kind is a field of `core.config.Config` (and of the Flax mo
 Each function reads the variable when it is called (commands call them once, at start-up), and a value that is
 not allowed is a one-line `SettingsError` that names the variable and lists the allowed values.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,11 @@ def distributed(environ=None) -> dict:
         except ValueError:
             raise SettingsError(f"{name} must be an integer, got {value!r}") from None
 
-    return {"coordinator": environ.get("JAX_COORDINATOR_ADDRESS") or None,
-            "num_processes": number("JAX_NUM_PROCESSES"), "process_id": number("JAX_PROCESS_ID")}
+    return {
+        "coordinator": environ.get("JAX_COORDINATOR_ADDRESS") or None,
+        "num_processes": number("JAX_NUM_PROCESSES"),
+        "process_id": number("JAX_PROCESS_ID"),
+    }
 
 
 def environment() -> dict:

@@ -1,4 +1,5 @@
 """XLA options for MEnet's programs, and the persistent compilation cache."""
+
 from __future__ import annotations
 
 import functools
@@ -27,11 +28,14 @@ def compiler_options(training: bool = False) -> dict:
     the option (it is experimental)."""
     if jax.default_backend() != "cpu":
         return {}
-    options = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
-        f"LIBRARY_FUSION_TYPE_{kind}" for kind in _YNN_FUSION_KINDS[training])}
+    options = {
+        "xla_cpu_experimental_ynn_fusion_type": ",".join(
+            f"LIBRARY_FUSION_TYPE_{kind}" for kind in _YNN_FUSION_KINDS[training]
+        )
+    }
     try:
         jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
-    except Exception:     # an unknown option or enum value: XLA's error types differ between jaxlib versions
+    except Exception:  # an unknown option or enum value: XLA's error types differ between jaxlib versions
         return {}
     return options
 

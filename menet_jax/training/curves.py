@@ -2,12 +2,13 @@
 
 `python -m menet_jax.train` writes the figure at the end of every run; `python -m menet_jax.curves WORKDIR` redraws it.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from matplotlib.figure import Figure          # no pyplot: leaves a notebook's backend alone
+from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
 from menet_jax.errors import WorkdirError
 

@@ -4,6 +4,7 @@ Several processes (machines) train one run together after `initialize_distribute
 process's devices, each process builds only its rows of every global batch (`process_rows`), and the global batch,
 hence every step, is the one a single process with as many devices computes.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -11,14 +12,21 @@ from typing import Optional
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from menet_jax.errors import DistributedError
 from menet_jax.runtime import settings
 
 
-def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, *, environ=None, timeout: int = 300) -> bool:
+def initialize_distributed(
+    coordinator: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    *,
+    environ=None,
+    timeout: int = 300,
+) -> bool:
     """Join a multi-process run (`jax.distributed.initialize`) when asked; call it before any other JAX use.
 
     Each argument left None is read from JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0, which hosts the
@@ -36,20 +44,27 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
     if num_processes == 1 and process_id in (None, 0):
         return False
     if coordinator is None:
-        raise DistributedError("a multi-process run needs the coordinator's address: --coordinator HOST:PORT "
-                               "(or JAX_COORDINATOR_ADDRESS), the same for every process")
-    if num_processes is not None and (num_processes < 1 or process_id is not None
-                                      and not 0 <= process_id < num_processes):
-        raise DistributedError(f"the process id must be in 0..{num_processes - 1} and the number of processes "
-                               f"positive, got process id {process_id} of {num_processes}")
+        raise DistributedError(
+            "a multi-process run needs the coordinator's address: --coordinator HOST:PORT "
+            "(or JAX_COORDINATOR_ADDRESS), the same for every process"
+        )
+    if num_processes is not None and (
+        num_processes < 1 or process_id is not None and not 0 <= process_id < num_processes
+    ):
+        raise DistributedError(
+            f"the process id must be in 0..{num_processes - 1} and the number of processes "
+            f"positive, got process id {process_id} of {num_processes}"
+        )
     if not settings.cpu_collectives_set():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout)
-    except Exception as error:   # a timeout, an unreachable coordinator, a port in use: one line
+    except Exception as error:  # a timeout, an unreachable coordinator, a port in use: one line
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DistributedError(f"could not join the run coordinated at {coordinator} as process {process_id} of "
-                               f"{num_processes}: {first[:300]}") from None
+        raise DistributedError(
+            f"could not join the run coordinated at {coordinator} as process {process_id} of "
+            f"{num_processes}: {first[:300]}"
+        ) from None
     return True
 
 
@@ -89,8 +104,10 @@ def shard_batch(batch, mesh, batch_size: Optional[int] = None):
     (`process_rows`) of a global batch of `batch_size`, and the result is the global array."""
     if jax.process_count() > 1:
         sharding = NamedSharding(mesh, P("data"))
-        return {key: jax.make_array_from_process_local_data(sharding, value, (batch_size, *value.shape[1:]))
-                for key, value in batch.items()}
+        return {
+            key: jax.make_array_from_process_local_data(sharding, value, (batch_size, *value.shape[1:]))
+            for key, value in batch.items()
+        }
     n = len(mesh.devices.flat)
     first = next(iter(batch.values())).shape[0]
     if first % n:
@@ -100,10 +117,10 @@ def shard_batch(batch, mesh, batch_size: Optional[int] = None):
 
 def replicate(tree, mesh):
     sharding = NamedSharding(mesh, P())
-    if jax.process_count() > 1:   # from host values, the same on every process (a jax.Array on one device cannot
-        return jax.tree_util.tree_map(   # be put on other processes' devices)
-            lambda x: x if getattr(x, "sharding", None) == sharding else jax.device_put(np.asarray(x), sharding),
-            tree)
+    if jax.process_count() > 1:  # from host values, the same on every process (a jax.Array on one device cannot
+        return jax.tree_util.tree_map(  # be put on other processes' devices)
+            lambda x: x if getattr(x, "sharding", None) == sharding else jax.device_put(np.asarray(x), sharding), tree
+        )
     return jax.device_put(tree, sharding)
 
 

@@ -3,6 +3,7 @@
 The programs are built from the config alone (`gradients_program_for`, `update_program_for`), so that
 `runtime.compilation` can rebuild and compile them in a child process.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import menet_datasets
 from menet_jax.core.config import Config
@@ -32,8 +34,9 @@ class TrainStep:
     update, because on CPU each is fastest with different XLA options (`runtime.xla.compiler_options`); the paper
     step is faster so than as one program (`python benchmarks/train_step.py`, BENCHMARKS.md).
     """
-    gradients: Any   # (state, batch) -> (gradients, new batch statistics, metrics)
-    update: Any      # (state, gradients, batch statistics) -> new state; the state is donated
+
+    gradients: Any  # (state, batch) -> (gradients, new batch statistics, metrics)
+    update: Any  # (state, gradients, batch statistics) -> new state; the state is donated
 
     def __call__(self, state, batch):
         grads, batch_stats, metrics = self.gradients(state, batch)
@@ -42,8 +45,9 @@ class TrainStep:
     def compile(self, state, batch) -> "TrainStep":
         """Both programs compiled here for these arguments (arrays or ShapeDtypeStructs)."""
         grads, batch_stats, _ = self.gradients.eval_shape(state, batch)
-        return TrainStep(self.gradients.lower(state, batch).compile(),
-                         self.update.lower(state, grads, batch_stats).compile())
+        return TrainStep(
+            self.gradients.lower(state, batch).compile(), self.update.lower(state, grads, batch_stats).compile()
+        )
 
 
 def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Config, mesh) -> TrainStep:
@@ -60,10 +64,15 @@ def _gradients_program(model: MEnet, config: Config, mesh):
 
     def gradients(state: TrainState, batch):
         def loss_fn(params):
-            outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                           train=True, mutable=["batch_stats"])
-            loss, terms = menet_loss(outputs["features"], outputs["logits"], batch["mask"],
-                                     variant=config.loss, ce_weight=config.ce_weight)
+            outputs, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss, terms = menet_loss(
+                outputs["features"], outputs["logits"], batch["mask"], variant=config.loss, ce_weight=config.ce_weight
+            )
             return loss, (terms, updates["batch_stats"])
 
         (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -71,19 +80,28 @@ def _gradients_program(model: MEnet, config: Config, mesh):
         return grads, batch_stats, metrics
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(gradients, in_shardings=(replicated, sharded), out_shardings=replicated,
-                   compiler_options=compiler_options(training=True))
+    return jax.jit(
+        gradients,
+        in_shardings=(replicated, sharded),
+        out_shardings=replicated,
+        compiler_options=compiler_options(training=True),
+    )
 
 
 def _update_program(tx: optax.GradientTransformation, mesh):
     def update(state: TrainState, grads, batch_stats):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
+        return TrainState(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
 
     replicated = NamedSharding(mesh, P())
-    return jax.jit(update, donate_argnums=0, in_shardings=replicated, out_shardings=replicated,
-                   compiler_options=compiler_options())
+    return jax.jit(
+        update, donate_argnums=0, in_shardings=replicated, out_shardings=replicated, compiler_options=compiler_options()
+    )
 
 
 def gradients_program_for(config: Config):
@@ -98,15 +116,19 @@ def update_program_for(config: Config):
 
 def train_step_jobs(config: Config, state: TrainState, batch) -> list:
     """`compilation.compile_programs` jobs for the two programs of a `TrainStep`: `TrainStep(*programs[:2])`."""
-    return [(gradients_program_for, (config,), (state, batch)),
-            (update_program_for, (config,), (state, state.params, state.batch_stats))]
+    return [
+        (gradients_program_for, (config,), (state, batch)),
+        (update_program_for, (config,), (state, state.params, state.batch_stats)),
+    ]
 
 
 def train_batch_spec(config: Config) -> dict:
     """Shapes and dtypes of a training batch (what `menet_datasets.BatchLoader` yields)."""
     size, n = config.image_size, config.batch_size
-    return {"image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8),
-            "mask": jax.ShapeDtypeStruct((n, size, size), np.uint8)}
+    return {
+        "image": jax.ShapeDtypeStruct((n, size, size, 3), np.uint8),
+        "mask": jax.ShapeDtypeStruct((n, size, size), np.uint8),
+    }
 
 
 @jax.jit
