@@ -12,7 +12,14 @@ Training lives in `menet_jax.training` (`from menet_jax.training.loop import tra
     f = network_function(config, output="salient_prob")  # f(variables, images) -> (N, S, S)
 """
 
-from menet_jax.cli import CHECKPOINT_HELP, CHECKPOINT_HELP_FLOAT32, add_checkpoint_argument, command, start
+from menet_jax.cli import (
+    CHECKPOINT_HELP,
+    CHECKPOINT_HELP_FLOAT32,
+    add_checkpoint_argument,
+    check_minimums,
+    command,
+    start,
+)
 from menet_jax.core.config import PRESETS, Config, get_config
 from menet_jax.core.loss import menet_loss
 from menet_jax.core.metrics import SODMetrics, image_scores, to_8bit
@@ -28,6 +35,7 @@ __all__ = [
     "CHECKPOINT_HELP",
     "CHECKPOINT_HELP_FLOAT32",
     "add_checkpoint_argument",
+    "check_minimums",
     "command",
     "start",
     "PRESETS",

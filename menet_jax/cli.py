@@ -17,7 +17,7 @@ import functools
 import sys
 from pathlib import Path
 
-from menet_jax.errors import MenetError
+from menet_jax.errors import ConfigError, MenetError
 from menet_jax.runtime.host_memory import reexec_with_reused_memory
 
 CHECKPOINT_HELP = "training workdir (latest checkpoint) or exported weights .npz (default: the shipped weights)"
@@ -36,6 +36,15 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser, *, float32: bool = 
     which.add_argument("--checkpoint", type=Path, help=help_text)
     which.add_argument("--config", help="a preset (e.g. tiny) with freshly initialised weights")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed with --config (and noise seed)")
+
+
+def check_minimums(args: argparse.Namespace, **minimums) -> None:
+    """One-line ConfigErrors, before any work, for numeric flags below their smallest sensible value (a batch size of
+    0 or -1, a negative iteration count): `check_minimums(args, batch_size=1, probes=0)`; unset (None) flags pass."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and not value >= minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
 def command(main=None, *, compilation_cache: bool = True):

@@ -63,6 +63,7 @@ def parse_args(argv=None):
 @cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.check_minimums(args, batch_size=1)
     check_folder(args.output)  # before the data is read and the network loaded
     sources = sources_from_args(args)
     if args.predictions is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from menet_jax import cli
+from menet_jax.errors import ConfigError
 from menet_jax.inference.export import FORMATS, export
 from menet_jax.inference.exported import OnnxPredictor, load
 
@@ -60,6 +61,11 @@ def main(argv=None) -> int:
     if len(args.paths) > 2:
         parser.error("give at most CHECKPOINT and OUT")
     checkpoint, out = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    if checkpoint is None and Path(out).suffix.lower() == ".npz":
+        raise ConfigError(
+            f"{out}: a weights file is not an export format; give the network and the file to write, "
+            f"e.g. python -m menet_jax.export {out} {Path(out).with_suffix('.onnx')}"
+        )
     fmt = args.format or ("onnx" if Path(out).suffix.lower() == ".onnx" else "stablehlo")
     path = export(checkpoint, out, fmt)
     print(f"{path}: {fmt}, {path.stat().st_size / 1e6:.1f} MB")

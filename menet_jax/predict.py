@@ -69,8 +69,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_predictor(args):
-    """The network to run: the JAX Predictor, or with --backend onnx an OnnxPredictor (JAX never imported)."""
+def load_predictor(args, images: int):
+    """The network to run: the JAX Predictor, or with --backend onnx an OnnxPredictor (JAX never imported). Its
+    batches are padded to `--batch-size` rows, so that is never more than the `images` there are."""
+    batch_size = min(args.batch_size, images)
     onnx_file = args.checkpoint is not None and args.checkpoint.suffix.lower() == ".onnx"
     if args.backend == "onnx":
         if args.checkpoint is None or not onnx_file:
@@ -82,7 +84,7 @@ def load_predictor(args):
             raise ConfigError(f"--dtype {args.dtype}: an ONNX export computes in float32")
         from menet_jax.inference.exported import OnnxPredictor  # onnxruntime, not JAX
 
-        return OnnxPredictor(args.checkpoint, batch_size=args.batch_size)
+        return OnnxPredictor(args.checkpoint, batch_size=batch_size)
     if onnx_file:
         raise ConfigError(f"{args.checkpoint}: an ONNX export; run it with --backend onnx")
     # JAX is imported here, on the JAX backend's path only: the ONNX path never loads it.
@@ -90,12 +92,13 @@ def load_predictor(args):
     from menet_jax.runtime.xla import enable_compilation_cache
 
     enable_compilation_cache()
-    return Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)
+    return Predictor.load(args.checkpoint, batch_size=batch_size, dtype=args.dtype)
 
 
 @cli.command(compilation_cache=False)  # load_predictor switches it on for the JAX backend
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cli.check_minimums(args, batch_size=1)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     source, target = Path(args.input), Path(args.output)
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
         check_folder(target)
         outputs = [target / f"{p.stem}.png" for p in inputs]
     check_outputs(inputs, outputs, cutout=args.cutout)  # before the network loads
-    predictor = load_predictor(args)
+    predictor = load_predictor(args, len(inputs))
     count = predict_files(
         predictor,
         inputs,

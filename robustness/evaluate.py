@@ -584,8 +584,11 @@ def parse_levels(kind, items):
             value = float(item)
         except ValueError:
             raise ConfigError(f"bad level {item!r}: a number or 'random'") from None
-        if kind == "awgn" and value < 0 or kind == "jpeg" and not 1 <= value <= 100:
-            raise ConfigError(f"bad {kind} level {item}: " + ("variance >= 0" if kind == "awgn" else "quality 1..100"))
+        if kind == "awgn" and not 0 <= value < np.inf or kind == "jpeg" and not (1 <= value <= 100 and value % 1 == 0):
+            raise ConfigError(
+                f"bad {kind} level {item}: "
+                + ("a finite variance >= 0" if kind == "awgn" else "an integer quality 1..100")
+            )
         levels.append(value)
     return levels
 
@@ -737,10 +740,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         raise ConfigError(f"--corruptions: {error}") from None
     reference, reference_model = load_reference(args.reference) if args.reference else (None, None)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    api.check_minimums(args, limit=1, seeds=1, batch_size=1, input_size=1)
     input_size = args.input_size
     sources = sources_from_args(args)
     predictor = None

@@ -235,8 +235,9 @@ def parse_args(argv=None):
 @api.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise api.ConfigError(f"--limit must be >= 1, got {args.limit}")
+    api.check_minimums(args, limit=1, power_iterations=0, probes=0, mc_directions=0)
+    if not all(0 < t < np.inf for t in args.t_schedule):
+        raise api.ConfigError(f"--t-schedule takes step sizes > 0, got {' '.join(map(str, args.t_schedule))}")
     sources = sources_from_args(args)
     # Jacobians and bounds need float32.
     variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")

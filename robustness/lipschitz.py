@@ -784,6 +784,7 @@ def parse_args(argv=None):
 @api.command
 def main(argv=None) -> int:
     args = parse_args(argv)
+    api.check_minimums(args, power_iterations=0)
     # Bounds need float32.
     variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
     variables = jax.device_get(variables)

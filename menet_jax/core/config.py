@@ -70,8 +70,18 @@ class Config:
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        if self.batch_size < 1 or self.steps < 1:
-            raise ConfigError("batch_size and steps must be >= 1")
+        for key in (
+            "batch_size",
+            "steps",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "train_size",
+            "val_size",
+        ):
+            if getattr(self, key) < 1:  # 0 would divide by zero after the compile, or delete every checkpoint
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.crop_min <= 1:
             raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
 

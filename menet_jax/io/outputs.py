@@ -86,17 +86,43 @@ def check_folder(path) -> None:
     _probe(path if path.is_dir() else _start_folder(path), path)
 
 
+def _identity(path: Path):
+    """What makes two paths one file: (device, inode) for an existing file, so hard links and symlinks are caught;
+    the resolved path for one that does not exist yet."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return path.resolve()
+    return (stat.st_dev, stat.st_ino)
+
+
 def check_distinct(inputs, outputs) -> None:
-    """Refuse outputs that would overwrite an input, or two inputs that would write the same output."""
-    sources = {Path(p).resolve(): p for p in inputs}
+    """Refuse outputs that would overwrite an input (the same file under any name: a symlink or a hard link of it),
+    or two inputs that would write the same output."""
+    sources = {_identity(Path(p)): p for p in inputs}
     written = {}
     for source, out in zip(inputs, outputs):
+        if _identity(Path(out)) in sources:
+            raise OutputError(f"{out}: is the input image {sources[_identity(Path(out))]}; it would be overwritten")
         key = Path(out).resolve()
-        if key in sources:
-            raise OutputError(f"{out}: is the input image {sources[key]}; it would be overwritten")
         if key in written:
             raise OutputError(f"{out}: both {written[key]} and {source} would be written there (same stem); rename one")
         written[key] = source
+
+
+def check_not_owned(out, *, reads=()) -> None:
+    """Refuse an output file that would destroy something the user owns: one of the files the command reads (under
+    any name: symlinks and hard links are caught), a file that is not a regular file (a device, a FIFO), or a file
+    inside a training workdir (its config.json, checkpoints and logs)."""
+    out = Path(out)
+    for source in reads:
+        if source is not None and Path(source).is_file() and _identity(out) == _identity(Path(source)):
+            raise OutputError(f"{out}: is the input {source}; it would be overwritten")
+    if out.exists() and not out.is_file() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a regular file (a device or a pipe); give a file name")
+    for folder in out.resolve().parents:
+        if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
+            raise OutputError(f"{out}: inside the training workdir {folder}; write it elsewhere")
 
 
 def save_image(image: Image.Image, path, fmt: str | None = None) -> None:

@@ -1,0 +1,118 @@
+"""Hostile input, as a user who mistypes would give it: every case is exit code 2 with one stderr line naming the
+flag or file, before any work, and every file the user owns is byte-identical afterwards.
+
+The start of the hostile-input suite (issue 36): values checked before work, outputs that are an input under
+another name (hard links, symlinks), exports over weights, devices or a training workdir."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from helpers import one_line_error
+from PIL import Image
+
+from menet_jax import evaluate, export, predict, train
+from menet_jax.core.config import get_config
+from menet_jax.core.model import MEnet, init_variables
+from menet_jax.io import weights
+from robustness import evaluate as robustness_evaluate
+from robustness import jacobian, lipschitz
+
+
+@pytest.fixture(scope="module")
+def owned(tmp_path_factory):
+    """What a user owns: photos (one hard-linked into an output folder), a weights file and a hard link of it."""
+    root = tmp_path_factory.mktemp("owned")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    linked = root / "maps"  # `cp -al photos maps`: the outputs are the photos
+    linked.mkdir()
+    for photo in photos.iterdir():
+        os.link(photo, linked / photo.name)
+    os.link(photos / "a.png", root / "a_link.png")
+    config = get_config("tiny")
+    weights.export(init_variables(MEnet.from_config(config), 0), config, root / "mine.npz")
+    os.link(root / "mine.npz", root / "mine_link.npz")
+    return root
+
+
+def _hashes(root):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+DATA = ["--data-dir", "{ecssd}", "--no-progress"]
+ROBUST = [*DATA, "--distortion", "awgn", "--output", "{owned}/r"]
+JAC = [*DATA, "--config", "tiny"]
+# (command, argv with {owned}, {workdir} and {ecssd} filled in, what the one line must contain)
+CASES = [
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.png", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.png", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/a_link.png"], "is the input image"),
+    (predict, ["p", "{owned}/photos", "{owned}/maps"], "is the input image"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.png", "--threshold", "2"], "--threshold must be in [0, 1]"),
+    (evaluate, [*DATA, "--batch-size", "0", "--output", "{owned}/e"], "--batch-size must be >= 1"),
+    (train, ["--config", "tiny", "--set", "checkpoint_every=0", "--dry-run"], "checkpoint_every must be >= 1"),
+    (train, ["--config", "tiny", "--set", "log_every=0", "--dry-run"], "log_every must be >= 1"),
+    (train, ["--config", "tiny", "--set", "eval_every=0", "--dry-run"], "eval_every must be >= 1"),
+    (train, ["--config", "tiny", "--set", "keep_checkpoints=0", "--dry-run"], "keep_checkpoints must be >= 1"),
+    (train, ["--config", "tiny", "--set", "batch_size=-2", "--dry-run"], "batch_size must be >= 1"),
+    (train, ["--config", "tiny", "--set", "conv=cudnn", "--dry-run"], "conv must be one of auto, mixed"),
+    (export, ["{owned}/mine.npz"], "a weights file is not an export format"),
+    (export, ["{owned}/mine.npz", "{owned}/mine.npz"], "is the input"),
+    (export, ["{owned}/mine.npz", "{owned}/mine_link.npz"], "is the input"),
+    (export, ["{owned}/mine.npz", os.devnull], "not a regular file"),
+    (export, ["{workdir}", "{workdir}/config.json"], "inside the training workdir"),
+    (robustness_evaluate, [*ROBUST, "--levels", "nan"], "bad awgn level nan"),
+    (robustness_evaluate, [*ROBUST, "--levels", "inf"], "a finite variance"),
+    (
+        robustness_evaluate,
+        [*DATA, "--distortion", "jpeg", "--levels", "50.5", "--output", "{owned}/r"],
+        "an integer quality",
+    ),
+    (robustness_evaluate, [*ROBUST, "--batch-size", "0"], "--batch-size must be >= 1"),
+    (robustness_evaluate, [*ROBUST, "--seeds", "0"], "--seeds must be >= 1"),
+    (robustness_evaluate, [*ROBUST, "--limit", "0"], "--limit must be >= 1"),
+    (robustness_evaluate, [*ROBUST, "--input-size", "-5"], "--input-size must be >= 1"),
+    (jacobian, [*JAC, "--probes", "-3"], "--probes must be >= 0, got -3"),
+    (jacobian, [*JAC, "--power-iterations", "-1"], "--power-iterations must be >= 0"),
+    (jacobian, [*JAC, "--t-schedule", "0"], "--t-schedule takes step sizes > 0"),
+    (jacobian, [*JAC, "--limit", "0"], "--limit must be >= 1"),
+    (lipschitz, ["--config", "tiny", "--power-iterations", "-1"], "--power-iterations must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "command, argv, expected", CASES, ids=[f"{c.__name__.split('.')[-1]}-{i}" for i, (c, _, _) in enumerate(CASES)]
+)
+def test_hostile_case_is_one_line_and_exit_2_with_nothing_lost(
+    owned, tiny_checkpoint, shared_data, capsys, command, argv, expected
+):
+    paths = {"owned": owned, "workdir": tiny_checkpoint, "ecssd": shared_data / "ECSSD"}
+    argv = [a.format(**paths) for a in argv]
+    before = {**_hashes(owned), **_hashes(tiny_checkpoint)}
+    capsys.readouterr()
+    line = one_line_error(capsys, expected, run=(command.main, argv))
+    assert "Traceback" not in line
+    assert {**_hashes(owned), **_hashes(tiny_checkpoint)} == before  # every file byte-identical
+    assert not any((owned / name).exists() for name in ("m.png", "e", "r"))  # nothing written
+
+
+def test_a_batch_size_larger_than_the_images_pads_only_to_the_images(owned, tiny_checkpoint, tmp_path, capsys):
+    """One image with --batch-size 16384 is a batch of one (it was padded to 16384 images: std::bad_alloc)."""
+    out = tmp_path / "map.png"
+    argv = [
+        "i",
+        str(owned / "photos" / "b.png"),
+        str(out),
+        "--batch-size",
+        "16384",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--no-progress",
+    ]
+    assert predict.main(argv) == 0
+    assert Image.open(out).size == (60, 40) and "wrote 1 map" in capsys.readouterr().out
