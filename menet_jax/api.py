@@ -29,6 +29,7 @@ from menet_jax.core.saliency import metric_distance, resize_map, saliency_maps, 
 from menet_jax.errors import ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError, WorkdirError
 from menet_jax.inference.predictor import Predictor, load_network
 from menet_jax.io.images import MAPS, load_photo, resize_input, resize_to
+from menet_jax.io.outputs import check_folder, check_output_file
 from menet_jax.runtime.xla import compiler_options, enable_compilation_cache
 
 __all__ = [
@@ -72,6 +73,8 @@ __all__ = [
     "load_photo",
     "resize_input",
     "resize_to",
+    "check_folder",
+    "check_output_file",
     "compiler_options",
     "enable_compilation_cache",
 ]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax import cli
+from menet_jax.errors import OutputError
 from menet_jax.evaluation import (
     evaluate_source,
     format_tables,
@@ -65,6 +66,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.check_minimums(args, batch_size=1)
     check_folder(args.output)  # before the data is read and the network loaded
+    if args.save_maps and args.predictions is not None:
+        saved, read = (args.output / "maps").resolve(), args.predictions.resolve()
+        if saved == read or read in saved.parents or saved in read.parents:
+            raise OutputError(
+                f"{args.output / 'maps'}: --save-maps would write over the --predictions it reads ({args.predictions})"
+            )
     sources = sources_from_args(args)
     if args.predictions is None:
         predictor = Predictor.load(args.checkpoint, batch_size=args.batch_size, dtype=args.dtype)

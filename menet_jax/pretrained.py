@@ -15,6 +15,7 @@ from pathlib import Path
 from menet_jax import cli
 from menet_jax.errors import WeightsError
 from menet_jax.io import checkpoint, weights
+from menet_jax.io.outputs import check_output_file
 
 
 @cli.command
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     ve.add_argument("path", type=Path)
     args = parser.parse_args(argv)
     if args.command == "export":
+        check_output_file(args.output, reads=[args.workdir])  # before the checkpoint is read
         config = checkpoint.workdir_config(args.workdir)
         try:
             step = checkpoint.latest_step(args.workdir) if args.step is None else args.step

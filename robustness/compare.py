@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--raw", action="store_true", help="score the raw maps (default: the normalised ones)")
     parser.add_argument("--reference", metavar="LABEL", help="imagenet-c: the run CE is relative to")
     args = parser.parse_args(argv)
+    api.check_folder(args.output)  # before the runs are read
     mode = "raw" if args.raw else "normalised"
     runs = [load_run(spec, args.dataset, mode) for spec in args.runs]
     kinds = sorted({r["distortion"] for r in runs})

@@ -741,6 +741,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"--corruptions: {error}") from None
     reference, reference_model = load_reference(args.reference) if args.reference else (None, None)
     api.check_minimums(args, limit=1, seeds=1, batch_size=1, input_size=1)
+    api.check_folder(args.output)  # before the work, not after it
     input_size = args.input_size
     sources = sources_from_args(args)
     predictor = None

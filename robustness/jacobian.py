@@ -236,6 +236,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     api.check_minimums(args, limit=1, power_iterations=0, probes=0, mc_directions=0)
+    api.check_folder(args.output_dir)  # before the work, not after it
     if not all(0 < t < np.inf for t in args.t_schedule):
         raise api.ConfigError(f"--t-schedule takes step sizes > 0, got {' '.join(map(str, args.t_schedule))}")
     sources = sources_from_args(args)

@@ -785,6 +785,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     api.check_minimums(args, power_iterations=0)
+    in_workdir = args.checkpoint is not None and args.checkpoint.is_dir()
+    target = args.json or (args.checkpoint / "lipschitz.json" if in_workdir else Path("lipschitz.json"))
+    api.check_output_file(target, reads=[args.checkpoint])  # before the work, not after it
     # Bounds need float32.
     variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
     variables = jax.device_get(variables)
@@ -829,8 +832,6 @@ def main(argv=None) -> int:
             f"{output:14s} {r['layerwise_certified']:27.6g} {('%18.6g' % est) if est else '-':>18s} "
             f"{r['elementwise_certified']:18.6g} {r['elementwise_estimate']:17.6g}"
         )
-    in_workdir = args.checkpoint is not None and args.checkpoint.is_dir()
-    target = args.json or (args.checkpoint / "lipschitz.json" if in_workdir else Path("lipschitz.json"))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(
         json.dumps(

@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.lipschitz is None and args.jacobian is None and not args.evaluate:
         raise ReportError("nothing to report: give --lipschitz, --jacobian and/or --evaluate")
+    api.check_folder(args.output)
     report = build(
         _load(args.lipschitz, "outputs") if args.lipschitz else None,
         _load(args.jacobian, "settings") if args.jacobian else None,

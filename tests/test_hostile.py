@@ -6,18 +6,19 @@ another name (hard links, symlinks), exports over weights, devices or a training
 
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 import pytest
 from helpers import one_line_error
 from PIL import Image
 
-from menet_jax import evaluate, export, predict, train
+from menet_jax import evaluate, export, predict, pretrained, train
 from menet_jax.core.config import get_config
 from menet_jax.core.model import MEnet, init_variables
 from menet_jax.io import weights
+from robustness import compare, jacobian, lipschitz
 from robustness import evaluate as robustness_evaluate
-from robustness import jacobian, lipschitz
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,14 @@ def owned(tmp_path_factory):
     config = get_config("tiny")
     weights.export(init_variables(MEnet.from_config(config), 0), config, root / "mine.npz")
     os.link(root / "mine.npz", root / "mine_link.npz")
+    # An .npz whose only member declares 40 GB in its header and holds 16 bytes.
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**10,)}
+    with zipfile.ZipFile(root / "huge.npz", "w") as archive, archive.open("params.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, header)
+        member.write(np.zeros(4, np.float32).tobytes())
+    empty = root / "emptyconfig"  # a workdir whose config.json was emptied
+    (empty / "checkpoints").mkdir(parents=True)
+    (empty / "config.json").write_text("")
     return root
 
 
@@ -65,7 +74,7 @@ CASES = [
     (export, ["{owned}/mine.npz", "{owned}/mine.npz"], "is the input"),
     (export, ["{owned}/mine.npz", "{owned}/mine_link.npz"], "is the input"),
     (export, ["{owned}/mine.npz", os.devnull], "not a regular file"),
-    (export, ["{workdir}", "{workdir}/config.json"], "inside the training workdir"),
+    (export, ["{workdir}", "{workdir}/config.json"], "belongs to the training run in"),
     (robustness_evaluate, [*ROBUST, "--levels", "nan"], "bad awgn level nan"),
     (robustness_evaluate, [*ROBUST, "--levels", "inf"], "a finite variance"),
     (
@@ -82,6 +91,27 @@ CASES = [
     (jacobian, [*JAC, "--t-schedule", "0"], "--t-schedule takes step sizes > 0"),
     (jacobian, [*JAC, "--limit", "0"], "--limit must be >= 1"),
     (lipschitz, ["--config", "tiny", "--power-iterations", "-1"], "--power-iterations must be >= 0"),
+    # Outputs checked before the work: a file where a folder goes, a folder where a file goes, a run's own files.
+    (lipschitz, ["--config", "tiny", "--json", "{workdir}/config.json"], "belongs to the training run in"),
+    (lipschitz, ["--config", "tiny", "--json", "{owned}/photos"], "is a folder"),
+    (jacobian, [*JAC, "--output-dir", "{owned}/mine.npz"], "is a file, not a folder"),
+    (robustness_evaluate, [*DATA, "--distortion", "awgn", "--output", "{owned}/mine.npz"], "is a file, not a folder"),
+    (compare, ["a={owned}/mine.npz", "--output", "{owned}/mine.npz"], "is a file, not a folder"),
+    (pretrained, ["export", "{workdir}", "{workdir}/config.json"], "belongs to the training run in"),
+    (pretrained, ["export", "{workdir}", "{owned}/photos"], "is a folder"),
+    (
+        evaluate,
+        ["--predictions", "{owned}/maps", *DATA, "--output", "{owned}", "--save-maps"],
+        "--save-maps would write over the --predictions",
+    ),
+    (train, ["--config", "tiny", "--workdir", "{owned}/mine.npz", "--no-progress"], "cannot be used as a workdir"),
+    # Inputs that are not what they claim.
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.png", "--checkpoint", "{owned}/huge.npz"], "declares"),
+    (
+        predict,
+        ["i", "{owned}/photos/a.png", "{owned}/m.png", "--checkpoint", "{owned}/emptyconfig"],
+        "not a config written by train",
+    ),
 ]
 
 

@@ -36,7 +36,7 @@ from menet_jax.errors import ExportError
 from menet_jax.inference.exported import INPUT_NAME
 from menet_jax.inference.predictor import load_network
 from menet_jax.io.images import MAPS
-from menet_jax.io.outputs import check_not_owned
+from menet_jax.io.outputs import check_output_file
 
 FORMATS = ("onnx", "stablehlo")
 OPSET = 18  # ReduceMin / ReduceMax take axes as an input
@@ -251,7 +251,7 @@ def export(checkpoint, out, fmt: str = "onnx") -> Path:
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give a file name such as {out / ('menet.' + fmt)}")
-    check_not_owned(out, reads=[checkpoint])
+    check_output_file(out, reads=[checkpoint])
     variables, config = load_network(checkpoint)  # weights checked: shapes, finite values
     variables = jax.tree_util.tree_map(np.asarray, variables)
     data = onnx_model(variables, config).SerializeToString() if fmt == "onnx" else stablehlo_bytes(variables, config)

@@ -42,8 +42,11 @@ def lock_workdir(workdir):
     """An exclusive lock on WORKDIR/.lock for a run's life: close the returned file to release it; the kernel
     releases it when the process dies, so a killed run never leaves a stale lock."""
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    f = open(workdir / ".lock", "a+")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        f = open(workdir / ".lock", "a+")
+    except OSError as error:  # a file in the way, a read-only folder
+        raise WorkdirError(f"{workdir}: cannot be used as a workdir ({error.strerror or error})") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -110,19 +110,30 @@ def check_distinct(inputs, outputs) -> None:
         written[key] = source
 
 
-def check_not_owned(out, *, reads=()) -> None:
-    """Refuse an output file that would destroy something the user owns: one of the files the command reads (under
-    any name: symlinks and hard links are caught), a file that is not a regular file (a device, a FIFO), or a file
-    inside a training workdir (its config.json, checkpoints and logs)."""
+# What a training run owns in its workdir: another command's output must never replace them.
+WORKDIR_OWNED = ("config.json", "metrics.jsonl", ".lock", "curves.png")
+WORKDIR_OWNED_FOLDERS = ("checkpoints", "damaged")
+
+
+def check_output_file(out, *, reads=()) -> None:
+    """Refuse now an output file that cannot be written or would destroy something the user owns: a folder, one of
+    the files the command reads (under any name: symlinks and hard links are caught), a file that is not a regular
+    file (a device, a FIFO), or what a training workdir's run owns (its config.json, logs and checkpoints)."""
     out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a file name")
     for source in reads:
         if source is not None and Path(source).is_file() and _identity(out) == _identity(Path(source)):
             raise OutputError(f"{out}: is the input {source}; it would be overwritten")
-    if out.exists() and not out.is_file() and not out.is_dir():
+    if out.exists() and not out.is_file():
         raise OutputError(f"{out}: exists and is not a regular file (a device or a pipe); give a file name")
-    for folder in out.resolve().parents:
+    resolved = out.resolve()
+    for folder in resolved.parents:
         if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
-            raise OutputError(f"{out}: inside the training workdir {folder}; write it elsewhere")
+            inside = resolved.relative_to(folder).parts
+            if inside[0] in WORKDIR_OWNED_FOLDERS or len(inside) == 1 and inside[0] in WORKDIR_OWNED:
+                raise OutputError(f"{out}: belongs to the training run in {folder}; write it elsewhere")
+    _probe(_start_folder(out), out)
 
 
 def save_image(image: Image.Image, path, fmt: str | None = None) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from menet_jax.core.config import Config
-from menet_jax.errors import ConfigError, WeightsError
+from menet_jax.errors import ConfigError, OutputError, WeightsError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # The weights shipped in the repository (issue 21: all of DUTS-TR at 160 px, width 8): file name -> SHA-256.
@@ -52,10 +52,32 @@ def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
     header = {"config": dataclasses.asdict(config), "meta": meta or {}}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # np.savez on a file object: no ".npz" appended to the name
-        np.savez_compressed(f, **arrays)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as f:  # np.savez on a file object: no ".npz" appended to the name
+            np.savez_compressed(f, **arrays)
+        partial.replace(path)  # never a half-written file under the name
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
     return sha256(path)
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse a member whose .npy header declares more data than the member holds: numpy would first allocate what
+    the header says (a damaged or hostile file can declare tens of GiB)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else (np.lib.format.read_array_header_2_0)
+                )
+                shape, _, dtype = read_header(member)
+                declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise ValueError(f"{info.filename} declares {declared} bytes but holds {info.file_size}")
 
 
 def load(path=None, *, expected_sha256: str | None = None):
@@ -85,6 +107,7 @@ def load(path=None, *, expected_sha256: str | None = None):
     try:  # whatever a damaged or foreign file raises, one line naming it
         if not zipfile.is_zipfile(path):
             raise zipfile.BadZipFile("not a .npz archive")
+        _check_declared_sizes(path)
         with np.load(path) as data:
             header = json.loads(bytes(data["__header__"]).decode())
             flat = {key: np.asarray(data[key], np.float32) for key in data.files if key != "__header__"}
