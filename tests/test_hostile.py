@@ -146,3 +146,28 @@ def test_a_batch_size_larger_than_the_images_pads_only_to_the_images(owned, tiny
     ]
     assert predict.main(argv) == 0
     assert Image.open(out).size == (60, 40) and "wrote 1 map" in capsys.readouterr().out
+
+
+def test_checkpoints_of_another_network_are_refused_and_kept(tmp_path, capsys):
+    """A workdir without its config.json, trained on with another width: its intact checkpoints were reported
+    damaged and moved aside, and the run started from step 0. Now: one line naming the first array that differs,
+    and every checkpoint where it was."""
+    from menet_jax.io import checkpoint
+    from menet_jax.training.state import create_state, make_optimizer
+
+    config = get_config("tiny")
+    workdir = tmp_path / "w"
+    manager = checkpoint.open_manager(workdir, config)
+    checkpoint.save(manager, 10, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    (workdir / "config.json").unlink()
+    before = _hashes(workdir / "checkpoints")
+    line = one_line_error(
+        capsys,
+        "holds checkpoints of a network of other shapes than this config's (params/",
+        "(4,) there, (8,) here",
+        run=(train.main, ["--config", "tiny", "--set", "width=8", "--workdir", str(workdir), "--no-progress"]),
+    )
+    assert "use another --workdir" in line
+    assert _hashes(workdir / "checkpoints") == before and not (workdir / "damaged").exists()

@@ -1,5 +1,8 @@
 """`predict` refuses bad output paths before any work, never overwrites its inputs, and a failed write is one line."""
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import one_line_error
@@ -67,8 +70,8 @@ def test_two_inputs_of_one_stem_are_refused(photos, tmp_path, capsys):
 
 
 def test_formats_from_the_extension_and_a_full_disk(photos, tiny_weights, tmp_path, capsys):
-    """Grey maps and masks write as JPEG, a cut-out as WebP (it has alpha); writing to a full device is one line
-    and leaves no file."""
+    """Grey maps and masks write as JPEG, a cut-out as WebP (it has alpha); an output that is a device (here a
+    symlink to one) is refused before the work: the map would be renamed over the device node."""
     common = ["--checkpoint", str(tiny_weights), "--no-progress"]
     assert main(["i", str(photos / "b.jpg"), str(tmp_path / "map.jpg"), *common]) == 0
     assert main(["i", str(photos / "b.jpg"), str(tmp_path / "mask.jpeg"), "--threshold", "0.5", *common]) == 0
@@ -80,4 +83,25 @@ def test_formats_from_the_extension_and_a_full_disk(photos, tiny_weights, tmp_pa
     full = tmp_path / "full.png"
     full.symlink_to("/dev/full")
     assert main(["i", str(photos / "a.png"), str(full), *common]) == 2
-    one_line_error(capsys, f"error: {full}: cannot write (No space left on device)")
+    one_line_error(capsys, f"error: {full}: exists and is not a regular file")
+    assert full.is_symlink() and Path("/dev/full").is_char_device()
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch):
+    """A disk that fills up mid-write: one line naming the file and the reason, the previous map as it was, and no
+    temporary file left beside it (maps are written beside their name and renamed over it)."""
+    from menet_jax.errors import OutputError
+    from menet_jax.io.outputs import save_image
+
+    target = tmp_path / "map.png"
+    save_image(Image.new("L", (2, 2), 7), target)
+    before = target.read_bytes()
+
+    def full(self, fp, format=None, **params):
+        fp.write(b"half a PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OutputError, match=r"map\.png: cannot write \(No space left on device\)$"):
+        save_image(Image.new("L", (2, 2), 9), target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["map.png"]

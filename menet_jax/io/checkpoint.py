@@ -23,7 +23,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from menet_jax.core.config import Config
@@ -150,6 +152,22 @@ def _restore_intact(manager: ocp.CheckpointManager, steps, restore, on_damaged):
     return None, None
 
 
+def _other_shapes(manager: ocp.CheckpointManager, step: int, params) -> str | None:
+    """The first parameter whose shape in checkpoint `step` differs from `params`' (its name and both shapes), or
+    None when they agree or the checkpoint's metadata cannot be read (damage, which the restore tells apart)."""
+    try:
+        metadata = manager.item_metadata(step)
+        saved = traverse_util.flatten_dict(dict(getattr(metadata, "tree", metadata)["params"]), sep="/")
+        saved = {name: tuple(m.shape) for name, m in saved.items()}
+    except Exception:  # unreadable metadata: a damaged checkpoint, handled by the restore
+        return None
+    expected = {name: tuple(np.shape(p)) for name, p in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    for name in sorted(set(saved) | set(expected)):
+        if saved.get(name) != expected.get(name):
+            return f"params/{name}: {saved.get(name, 'absent')} there, {expected.get(name, 'absent')} here"
+    return None
+
+
 def restore_latest(manager: ocp.CheckpointManager, state):
     """(state, step) from the newest intact checkpoint, or (state, 0) when there is none.
 
@@ -175,6 +193,20 @@ def restore_latest(manager: ocp.CheckpointManager, state):
     steps = manager.all_steps()
     if not steps:
         return state, 0
+    # Another network's checkpoints are not damaged: refused, and kept where they are. (The training manager has
+    # no item handler to read metadata with; a reader like `load_variables`' has.)
+    reader = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+    try:
+        difference = next(
+            filter(None, (_other_shapes(reader, s, state.params) for s in sorted(steps, reverse=True))), None
+        )
+    finally:
+        reader.close()
+    if difference is not None:
+        raise WorkdirError(
+            f"{directory} holds checkpoints of a network of other shapes than this config's ({difference}): "
+            "train with the config they were trained with, or use another --workdir"
+        )
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     restored, step = _restore_intact(
         manager, steps, lambda s: manager.restore(s, args=ocp.args.StandardRestore(abstract)), quarantine

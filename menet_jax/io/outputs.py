@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -68,13 +69,11 @@ def check_file(path, mode: str = "L") -> str:
     fmt = image_format(path, mode)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name such as {path / 'map.png'}")
-    if path.exists():
-        try:
-            open(path, "ab").close()  # opened for writing, not changed
-        except OSError as error:
-            raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
-    else:
-        _probe(_start_folder(path), path)
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: exists and is not a regular file (a device or a pipe); give a file name")
+    # The file is written beside itself (or beside the file a symlink points to) and renamed over it.
+    target = path.resolve() if path.exists() else path
+    _probe(_start_folder(target) if not target.parent.is_dir() else target.parent, path)
     return fmt
 
 
@@ -137,12 +136,20 @@ def check_output_file(out, *, reads=()) -> None:
 
 
 def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
-    """`image.save` with missing parents created; a failed write (disk full, ...) is one line, no partial file."""
+    """`image.save` with missing parents created, written to a temporary file beside `path` and renamed over it: a
+    reader, or another run writing the same file, never sees a mixed or half-written file, and a failed write (disk
+    full, ...) is one line that leaves no partial file and any previous file as it was."""
     path = Path(path)
+    fmt = fmt or Image.registered_extensions().get(path.suffix.lower())
+    path = path.resolve() if path.is_symlink() else path  # a symlinked output: its file is replaced, not the link
+    partial = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format=fmt)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            partial = Path(f.name)
+            image.save(f, format=fmt)
+        os.replace(partial, path)
     except OSError as error:
-        if path.is_file():
-            path.unlink()
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
