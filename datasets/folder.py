@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,12 @@ def load_mask_grey(path) -> np.ndarray:
 
 
 def binarise(grey: np.ndarray) -> np.ndarray:
-    """The field's protocol: grey >= 128 is foreground (255), the rest background (0)."""
+    """The field's protocol: grey >= 128 is foreground (255), the rest background (0). A mask whose values are only
+    0 and 1 is a binary mask stored as 0/1 (as numpy code often saves them), not an all-background one: its 1 is
+    foreground (a warning says so, once)."""
+    if grey.size and grey.max() == 1:
+        warnings.warn("masks with the values 0 and 1 only are read as binary masks (1 = foreground)", stacklevel=2)
+        return np.where(grey == 1, np.uint8(255), np.uint8(0))
     return np.where(grey >= 128, np.uint8(255), np.uint8(0))
 
 

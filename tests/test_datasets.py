@@ -636,3 +636,21 @@ def test_cached_source_gives_the_same_batches_and_pre_resizes():
     assert set(np.unique(ex["mask"])) <= {0, 255} and (ex["image"] == 5).all()
     # Example 5's foreground is its first 6 of 60 columns: 3 of 30 after halving.
     assert (ex["mask"][:, :3] == 255).all() and (ex["mask"][:, 4:] == 0).all()
+
+
+def test_a_mask_stored_as_0_and_1_is_a_binary_mask(tmp_path):
+    """A 0/1 mask (as numpy code saves them) was read as all background, so a perfect map scored F-beta 0 with no
+    warning; its 1 is foreground, with a warning. Any other mask keeps the >= 128 rule."""
+    from menet_datasets import load_mask
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:4, 3:6] = 1
+    Image.fromarray(mask).save(tmp_path / "zero_one.png")
+    with pytest.warns(UserWarning, match="0 and 1 only are read as binary masks"):
+        loaded = load_mask(tmp_path / "zero_one.png")
+    np.testing.assert_array_equal(loaded, mask * 255)
+    soft = np.where(mask == 1, 200, 100).astype(np.uint8)  # a soft mask: thresholded at 128 as before
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "soft.png"), mask * 255)
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "empty.png")
+    assert not load_mask(tmp_path / "empty.png").any()  # an empty mask stays empty

@@ -153,6 +153,19 @@ def _wrong_input_onnx(onnx, path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
+def _wrong_output_onnx(onnx, path):
+    """Our input and output names, other output shapes: (N, 32, 32, 3) maps (the input passed through)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["metric"]), helper.make_node("Identity", ["images"], ["ce"])],
+        "other",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 32, 32, 3])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 32, 32, 3]) for name in ("metric", "ce")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
 def test_damaged_and_foreign_files_are_one_line_errors(onnx, exported, tmp_path, capsys):
     onnx_bytes, hlo_bytes = exported["onnx"].read_bytes(), exported["stablehlo"].read_bytes()
     rng = np.random.default_rng(0)
@@ -167,6 +180,7 @@ def test_damaged_and_foreign_files_are_one_line_errors(onnx, exported, tmp_path,
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     _wrong_input_onnx(onnx, tmp_path / "wrong_input.onnx")
+    _wrong_output_onnx(onnx, tmp_path / "wrong_output.onnx")
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
     for path in sorted(tmp_path.iterdir()):
@@ -195,6 +209,8 @@ def test_damaged_and_foreign_files_are_one_line_errors(onnx, exported, tmp_path,
             assert err.startswith(f"error: {path}: ") and "\n" not in err, (path.name, err)
             if path.name == "wrong_input.onnx":
                 assert "not a menet-jax export" in err and "[1, 3, 224, 224]" in err
+            if path.name == "wrong_output.onnx":
+                assert "output metric is ['batch', 32, 32, 3]; expected [N, 32, 32]" in err
     assert not (tmp_path / "map.png").exists()
 
 

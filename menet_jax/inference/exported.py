@@ -22,8 +22,9 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _check_signature(path, shape, dtype, names):
-    """The input must be (N, S, S, 3) float32 and the outputs the two maps: anything else is another model."""
+def _check_signature(path, shape, dtype, names, output_shapes=None):
+    """The input must be (N, S, S, 3) float32 and the outputs the two maps, (N, S, S) each: anything else is another
+    model (with our names, but other shapes, its maps would be wrong or fail deep inside the runtime)."""
     ok = (
         len(shape) == 4
         and shape[3] == 3
@@ -38,6 +39,11 @@ def _check_signature(path, shape, dtype, names):
             f"{path}: not a menet-jax export (input {list(shape)} {dtype}, outputs {list(names)}; "
             f"expected input [N, S, S, 3] float32 and outputs {list(MAPS)})"
         )
+    for name, out in zip(names, output_shapes or ()):
+        if len(out) != 3 or list(out[1:]) != [shape[1], shape[2]]:
+            raise ExportError(
+                f"{path}: not a menet-jax export (output {name} is {list(out)}; expected [N, {shape[1]}, {shape[2]}])"
+            )
     return shape[1]
 
 
@@ -65,7 +71,9 @@ class OnnxPredictor:
         if len(inputs) != 1:
             raise ExportError(f"{path}: not a menet-jax export ({len(inputs)} inputs, expected 1)")
         dtype = {"tensor(float)": "float32"}.get(inputs[0].type, inputs[0].type)
-        self.image_size = _check_signature(path, inputs[0].shape, dtype, [o.name for o in outputs])
+        self.image_size = _check_signature(
+            path, inputs[0].shape, dtype, [o.name for o in outputs], [o.shape for o in outputs]
+        )
         self.input_name, self.path, self.batch_size = inputs[0].name, path, batch_size
 
     def forward(self, batch: np.ndarray) -> dict:
@@ -109,7 +117,8 @@ class StableHLOModel:
             raise ExportError(f"{path}: not a serialized jax.export artifact ({_one_line(error)})") from None
         if len(self.exported.out_avals) == len(MAPS):
             names = list(MAPS)
-        self.image_size = _check_signature(path, shape, dtype, names)
+        output_shapes = [tuple(d if isinstance(d, int) else "N" for d in a.shape) for a in self.exported.out_avals]
+        self.image_size = _check_signature(path, shape, dtype, names, output_shapes)
         self.path = path
 
     def __call__(self, batch) -> dict:
