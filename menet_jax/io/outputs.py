@@ -65,15 +65,8 @@ def _probe(folder: Path, path: Path) -> None:
 
 def check_file(path, mode: str = "L") -> str:
     """Refuse now an image output that cannot be written; returns its Pillow format."""
-    path = Path(path)
-    fmt = image_format(path, mode)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name such as {path / 'map.png'}")
-    if path.exists() and not path.is_file():
-        raise OutputError(f"{path}: exists and is not a regular file (a device or a pipe); give a file name")
-    # The file is written beside itself (or beside the file a symlink points to) and renamed over it.
-    target = path.resolve() if path.exists() else path
-    _probe(_start_folder(target) if not target.parent.is_dir() else target.parent, path)
+    fmt = image_format(Path(path), mode)
+    check_output_file(path, example="map.png")
     return fmt
 
 
@@ -114,13 +107,14 @@ WORKDIR_OWNED = ("config.json", "metrics.jsonl", ".lock", "curves.png")
 WORKDIR_OWNED_FOLDERS = ("checkpoints", "damaged")
 
 
-def check_output_file(out, *, reads=()) -> None:
-    """Refuse now an output file that cannot be written or would destroy something the user owns: a folder, one of
-    the files the command reads (under any name: symlinks and hard links are caught), a file that is not a regular
-    file (a device, a FIFO), or what a training workdir's run owns (its config.json, logs and checkpoints)."""
+def check_output_file(out, *, reads=(), example: str | None = None) -> None:
+    """Refuse now an output file that cannot be written or would destroy something the user owns: a folder (the
+    message suggests `example` as a name in it), one of the files the command reads (under any name: symlinks and
+    hard links are caught), a file that is not a regular file (a device, a FIFO), or what a training workdir's run
+    owns (its config.json, logs and checkpoints)."""
     out = Path(out)
     if out.is_dir():
-        raise OutputError(f"{out}: is a folder; give a file name")
+        raise OutputError(f"{out}: is a folder; give a file name" + (f" such as {out / example}" if example else ""))
     for source in reads:
         if source is not None and Path(source).is_file() and _identity(out) == _identity(Path(source)):
             raise OutputError(f"{out}: is the input {source}; it would be overwritten")
@@ -132,7 +126,8 @@ def check_output_file(out, *, reads=()) -> None:
             inside = resolved.relative_to(folder).parts
             if inside[0] in WORKDIR_OWNED_FOLDERS or len(inside) == 1 and inside[0] in WORKDIR_OWNED:
                 raise OutputError(f"{out}: belongs to the training run in {folder}; write it elsewhere")
-    _probe(_start_folder(out), out)
+    # Written beside itself (beside the file a symlink points to) and renamed over it: that folder must take it.
+    _probe(_start_folder(resolved if out.exists() else out), out)
 
 
 def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
