@@ -195,11 +195,18 @@ def _to_8bit_grey(img: Image.Image) -> np.ndarray | None:
     return None
 
 
-def load_image(path) -> np.ndarray:
-    """Read an image as a uint8 ``(H, W, 3)`` RGB array (raw pixel order, no EXIF rotation: see
-    :func:`load_pair`)."""
+def load_image(path, *, upright: bool = False) -> np.ndarray:
+    """Read an image as a uint8 ``(H, W, 3)`` RGB array: 16-bit, integer and float images scaled to 8 bit, alpha
+    dropped. Raw pixel order by default (no EXIF rotation: see :func:`load_pair`); ``upright`` applies the EXIF
+    orientation, as a photo viewer shows the photo (what ``predict`` reads), for every bit depth."""
     path = Path(path)
-    return _image_array(open_image(path, "image"), path)
+    img = open_image(path, "image")
+    if upright:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from exc
+    return _image_array(img, path)
 
 
 def _image_array(img: Image.Image, path: Path) -> np.ndarray:

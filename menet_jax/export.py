@@ -45,6 +45,7 @@ def main(argv=None) -> int:
         help="onnx or stablehlo (default: from OUT's extension, .onnx -> onnx, anything else -> stablehlo)",
     )
     parser.add_argument("--check", action="store_true", help="load an exported file and run it on one blank image")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     if args.check:
         if len(args.paths) != 1:
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
             f"e.g. python -m menet_jax.export {out} {Path(out).with_suffix('.onnx')}"
         )
     fmt = args.format or ("onnx" if Path(out).suffix.lower() == ".onnx" else "stablehlo")
-    path = export(checkpoint, out, fmt)
+    path = export(checkpoint, out, fmt, overwrite=args.overwrite)
     print(f"{path}: {fmt}, {path.stat().st_size / 1e6:.1f} MB")
     return 0
 

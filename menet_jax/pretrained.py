@@ -31,11 +31,12 @@ def main(argv=None) -> int:
     ex.add_argument("workdir", type=Path)
     ex.add_argument("output", type=Path)
     ex.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     ve = commands.add_parser("verify", help="print the config and SHA-256 of a weights file")
     ve.add_argument("path", type=Path)
     args = parser.parse_args(argv)
     if args.command == "export":
-        check_output_file(args.output, reads=[args.workdir])  # before the checkpoint is read
+        check_output_file(args.output, reads=[args.workdir], overwrite=args.overwrite)  # before the checkpoint is read
         config = checkpoint.workdir_config(args.workdir)
         try:
             step = checkpoint.latest_step(args.workdir) if args.step is None else args.step

@@ -75,6 +75,8 @@ CASES = [
     (export, ["{owned}/mine.npz", "{owned}/mine_link.npz"], "is the input"),
     (export, ["{owned}/mine.npz", os.devnull], "not a regular file"),
     (export, ["{workdir}", "{workdir}/config.json"], "belongs to the training run in"),
+    (export, ["{owned}/mine.npz", "{owned}/photos/b.png"], "exists; give --overwrite to replace it"),
+    (pretrained, ["export", "{workdir}", "{owned}/mine.npz"], "exists; give --overwrite to replace it"),
     (robustness_evaluate, [*ROBUST, "--levels", "nan"], "bad awgn level nan"),
     (robustness_evaluate, [*ROBUST, "--levels", "inf"], "a finite variance"),
     (

@@ -62,6 +62,18 @@ def test_load_photo_handles_modes_and_exif(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to display"
     img.save(rotated, exif=exif)
     assert load_photo(rotated).shape == (20, 10, 3)  # upright, as a viewer shows it
+    # A 16-bit PNG with the same orientation is upright too (it was read unrotated), scaled to 8 bit.
+    deep = tmp_path / "rotated16.png"
+    img16 = Image.fromarray(np.full((10, 20), 65535, np.uint16))
+    exif16 = img16.getexif()
+    exif16[0x0112] = 6
+    img16.save(deep, exif=exif16)
+    photo16 = load_photo(deep)
+    assert photo16.shape == (20, 10, 3) and (photo16 == 255).all()
+    # A float TIFF photo in [0, 1] is scaled (it was truncated to an all-black image).
+    floats = tmp_path / "float.tiff"
+    Image.fromarray(np.full((10, 20), 0.5, np.float32)).save(floats)
+    assert (load_photo(floats) == 128).all()
 
 
 def test_render_modes():

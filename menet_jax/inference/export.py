@@ -244,14 +244,15 @@ def stablehlo_bytes(variables, config: Config) -> bytes:
     return bytes(exported.serialize())
 
 
-def export(checkpoint, out, fmt: str = "onnx") -> Path:
-    """Write `checkpoint`'s network (a workdir, an exported .npz, or None: the shipped weights) to `out`."""
+def export(checkpoint, out, fmt: str = "onnx", *, overwrite: bool = False) -> Path:
+    """Write `checkpoint`'s network (a workdir, an exported .npz, or None: the shipped weights) to `out`; an
+    existing `out` only with `overwrite`."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (onnx or stablehlo)")
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give a file name such as {out / ('menet.' + fmt)}")
-    check_output_file(out, reads=[checkpoint])
+    check_output_file(out, reads=[checkpoint], overwrite=overwrite)
     variables, config = load_network(checkpoint)  # weights checked: shapes, finite values
     variables = jax.tree_util.tree_map(np.asarray, variables)
     data = onnx_model(variables, config).SerializeToString() if fmt == "onnx" else stablehlo_bytes(variables, config)

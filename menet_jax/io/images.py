@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 import menet_datasets
 
@@ -12,15 +12,9 @@ MAPS = ("metric", "ce")  # the two maps every predictor gives: Eq. 5 metric map,
 
 
 def load_photo(path) -> np.ndarray:
-    """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied), alpha dropped."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return menet_datasets.load_image(path)  # 16-bit and integer modes: the dataset loader scales them
-            return np.asarray(img.convert("RGB"))
-    except menet_datasets.READ_ERRORS as error:
-        raise menet_datasets.DataError(f"{path}: cannot read image ({error})") from None
+    """Any image file as uint8 RGB (H, W, 3), upright (EXIF orientation applied, for every bit depth), 16-bit and
+    float photos scaled to 8 bit (not truncated), alpha dropped; an unreadable file is a one-line DataError."""
+    return menet_datasets.load_image(path, upright=True)
 
 
 def resize_input(image: np.ndarray, size: int) -> np.ndarray:

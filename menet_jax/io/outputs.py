@@ -107,11 +107,12 @@ WORKDIR_OWNED = ("config.json", "metrics.jsonl", ".lock", "curves.png")
 WORKDIR_OWNED_FOLDERS = ("checkpoints", "damaged")
 
 
-def check_output_file(out, *, reads=(), example: str | None = None) -> None:
+def check_output_file(out, *, reads=(), example: str | None = None, overwrite: bool = True) -> None:
     """Refuse now an output file that cannot be written or would destroy something the user owns: a folder (the
     message suggests `example` as a name in it), one of the files the command reads (under any name: symlinks and
-    hard links are caught), a file that is not a regular file (a device, a FIFO), or what a training workdir's run
-    owns (its config.json, logs and checkpoints)."""
+    hard links are caught), a file that is not a regular file (a device, a FIFO), what a training workdir's run owns
+    (its config.json, logs and checkpoints), or with `overwrite=False` any existing file (weights and exports:
+    `--overwrite` replaces them)."""
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name" + (f" such as {out / example}" if example else ""))
@@ -126,6 +127,8 @@ def check_output_file(out, *, reads=(), example: str | None = None) -> None:
             inside = resolved.relative_to(folder).parts
             if inside[0] in WORKDIR_OWNED_FOLDERS or len(inside) == 1 and inside[0] in WORKDIR_OWNED:
                 raise OutputError(f"{out}: belongs to the training run in {folder}; write it elsewhere")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: exists; give --overwrite to replace it")
     # Written beside itself (beside the file a symlink points to) and renamed over it: that folder must take it.
     _probe(_start_folder(resolved if out.exists() else out), out)
 
