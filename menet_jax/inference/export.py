@@ -250,9 +250,7 @@ def export(checkpoint, out, fmt: str = "onnx", *, overwrite: bool = False) -> Pa
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (onnx or stablehlo)")
     out = Path(out)
-    if out.is_dir():
-        raise ExportError(f"{out}: is a folder; give a file name such as {out / ('menet.' + fmt)}")
-    check_output_file(out, reads=[checkpoint], overwrite=overwrite)
+    check_output_file(out, reads=[checkpoint], example=f"menet.{fmt}", overwrite=overwrite)
     variables, config = load_network(checkpoint)  # weights checked: shapes, finite values
     variables = jax.tree_util.tree_map(np.asarray, variables)
     data = onnx_model(variables, config).SerializeToString() if fmt == "onnx" else stablehlo_bytes(variables, config)

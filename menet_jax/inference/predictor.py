@@ -53,6 +53,15 @@ def load_network(
     checkpoint, or `step`, with the config it was trained with), an exported weights file (.npz), the shipped
     weights when `checkpoint_path` is None, or with `preset` (a config name) that preset's network with fresh
     weights drawn with `seed`. `dtype` ("float32" or "bfloat16") replaces the compute dtype it was trained with."""
+    variables, config, source = _read_network(checkpoint_path, preset=preset, seed=seed, step=step)
+    check_variables(variables, config, source)
+    if dtype is not None:
+        config = dataclasses.replace(config, dtype=dtype)
+    return variables, config
+
+
+def _read_network(checkpoint_path, *, preset=None, seed=0, step=None):
+    """(variables, config, how to name them in an error) as `load_network` reads them, not yet checked."""
     if preset is not None:
         config = get_config(preset)
         variables, source = init_variables(MEnet.from_config(config), seed), f"a fresh {preset} network"
@@ -66,10 +75,7 @@ def load_network(
     else:
         variables, config, _ = weights.load(checkpoint_path)
         source = checkpoint_path or weights.WEIGHTS_DIR / weights.DEFAULT
-    check_variables(variables, config, source)
-    if dtype is not None:
-        config = dataclasses.replace(config, dtype=dtype)
-    return variables, config
+    return variables, config, source
 
 
 class Predictor:
@@ -98,9 +104,10 @@ class Predictor:
 
     @classmethod
     def load(cls, checkpoint_path=None, *, step: int | None = None, dtype: str | None = None, **kwargs) -> "Predictor":
-        """A training workdir, an exported weights file (.npz), or the shipped weights when None (`load_network`)."""
-        variables, config = load_network(checkpoint_path, step=step, dtype=dtype)
-        return cls(variables, config, source=checkpoint_path or "the shipped weights", **kwargs)
+        """A training workdir, an exported weights file (.npz), or the shipped weights when None (`load_network`;
+        the weights are checked once, by the constructor)."""
+        variables, config, source = _read_network(checkpoint_path, step=step)
+        return cls(variables, config, source=source, dtype=dtype, **kwargs)
 
     def __call__(self, images):
         """images: a list of uint8 (H, W, 3) arrays of any sizes."""

@@ -94,8 +94,9 @@ def check_distinct(inputs, outputs) -> None:
     sources = {_identity(Path(p)): p for p in inputs}
     written = {}
     for source, out in zip(inputs, outputs):
-        if _identity(Path(out)) in sources:
-            raise OutputError(f"{out}: is the input image {sources[_identity(Path(out))]}; it would be overwritten")
+        same = sources.get(_identity(Path(out)))
+        if same is not None:
+            raise OutputError(f"{out}: is the input image {same}; it would be overwritten")
         key = Path(out).resolve()
         if key in written:
             raise OutputError(f"{out}: both {written[key]} and {source} would be written there (same stem); rename one")
