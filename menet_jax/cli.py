@@ -13,6 +13,7 @@ This module imports no JAX, so `predict --backend onnx` stays JAX-free.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -56,6 +57,7 @@ def command(main=None, *, compilation_cache: bool = True):
 
     @functools.wraps(main)
     def run(argv=None) -> int:
+        _drop_closed_loop_noise()
         try:
             if compilation_cache:
                 # Imported here, not above: a command that never runs JAX (predict --backend onnx) never loads it.
@@ -65,13 +67,40 @@ def command(main=None, *, compilation_cache: bool = True):
             return main(argv) or 0
         except MenetError as error:
             return _report(error)
+        except OSError as error:
+            # A write that the checks made before the work could not foresee: the disk filled up or the folder
+            # went read-only meanwhile. One line naming the file, not a traceback.
+            if error.errno not in _WRITE_ERRNOS or not error.filename:
+                raise
+            return _report(f"{error.filename}: {error.strerror}")
 
     return run
 
 
-def _report(error: MenetError) -> int:
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _report(error) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
+
+
+def _drop_closed_loop_noise() -> None:
+    """Orbax's asyncio threads outlive their event loop after a failed checkpoint read or write and each reports
+    "RuntimeError: Event loop is closed" as an unraisable exception: tens of thousands of lines that buried the one
+    line saying what happened. Those are dropped; every other unraisable exception is reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loops", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loops = True
+    sys.unraisablehook = hook
 
 
 def start(main, *, reuse_memory: bool = False) -> None:

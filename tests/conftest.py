@@ -50,6 +50,5 @@ def tiny_checkpoint(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     manager = ckpt.open_manager(workdir, config)
     ckpt.save(manager, 0, create_state(MEnet.from_config(config), make_optimizer(config)), force=True)
-    manager.wait_until_finished()
     manager.close()
     return workdir

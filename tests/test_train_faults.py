@@ -118,6 +118,8 @@ def test_kill_9_at_random_points(data, reference, tmp_path, capsys):
             assert "note: removed" in out, out
         left_stale = bool(stale_writes(workdir))
         assert steps(workdir), f"trial {trial} (seed {seed}) left no complete checkpoint"
+        # Each checkpoint is committed before training goes on: a kill loses at most one interval of steps.
+        assert logged(workdir) - max(steps(workdir)) <= 5, (trial, seed, logged(workdir), steps(workdir))
         ckpt.load_variables(workdir, max(steps(workdir)))  # the newest complete one restores
     start = max(steps(workdir))
     assert start < STEPS, f"the run finished before the last kill (seed {seed})"
@@ -200,6 +202,24 @@ def copy_until(reference, workdir, last):
         if step > last:
             shutil.rmtree(workdir / "checkpoints" / str(step))
     return workdir
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_good_one(data, reference, tmp_path, capsys):
+    """The disk fills up (here: a file size limit, see `run_cli`) while step 10 is saved: one line naming the checkpoint, the
+    reason and the one kept; step 5 untouched, no unfinished write left, and the rerun resumes from it exact."""
+    workdir = copy_until(reference, tmp_path / "w", 5)
+    before = {p: p.read_bytes() for p in (workdir / "checkpoints" / "5").rglob("*") if p.is_file()}
+    process = run_cli(*cli_args(data, workdir), env=ENV, file_size_limit=1 << 20)
+    out = finish(process, timeout=300, code=2)
+    errors = [line for line in out.splitlines() if line.strip()]
+    assert errors == [
+        f"error: {workdir.resolve()}/checkpoints/10: the checkpoint could not be written (File too large); the "
+        "last good one, step 5, is kept: free space (or fix the folder) and rerun to resume"
+    ], out
+    assert steps(workdir) == [5] and not stale_writes(workdir)
+    assert {p: p.read_bytes() for p in (workdir / "checkpoints" / "5").rglob("*") if p.is_file()} == before
+    resume_in_process(data, workdir, capsys, 5)
+    assert_bitwise_equal(params(reference), params(workdir))
 
 
 @pytest.mark.parametrize("how", ["truncated", "no_metadata", "flipped"])

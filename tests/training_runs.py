@@ -15,11 +15,21 @@ from menet_jax.io import checkpoint as ckpt
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, env=None, **kwargs):
-    """`python -m menet_jax.train --no-progress ARGS` started in the background, output in one pipe."""
+def run_cli(*args, env=None, file_size_limit=None, **kwargs):
+    """`python -m menet_jax.train --no-progress ARGS` started in the background, output in one pipe. With
+    `file_size_limit` (bytes), no file can grow past it and a write past it fails with EFBIG (SIGXFSZ ignored): an
+    OS-level write failure, as a full disk's ENOSPC is, without a disk to fill (both survive the malloc re-exec)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    command = ["-m", "menet_jax.train"]
+    if file_size_limit is not None:
+        command = [
+            "-c",
+            "import resource, runpy, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit}, {file_size_limit})); "
+            "runpy.run_module('menet_jax.train', run_name='__main__')",
+        ]
     return subprocess.Popen(
-        [sys.executable, "-m", "menet_jax.train", "--no-progress", *args],
+        [sys.executable, *command, "--no-progress", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

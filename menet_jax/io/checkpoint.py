@@ -14,9 +14,12 @@ back by `load_variables` on any number of devices, whatever the run that wrote i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -223,13 +226,56 @@ def restore_latest(manager: ocp.CheckpointManager, state):
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
-    """Save if `step` is on the save interval (or `force`); returns whether a save was started. A state with a
-    non-finite value is refused (FloatingPointError): it would push good checkpoints out of the kept ones."""
+    """Save if `step` is on the save interval (or `force`) and wait until the checkpoint is committed; returns
+    whether it saved. A state with a non-finite value is refused (FloatingPointError): it would push good
+    checkpoints out of the kept ones. A write that fails (a full disk, a folder gone read-only) is a one-line
+    WorkdirError; its unfinished folder is removed and the older checkpoints stay as they were.
+
+    Waiting here, not at the next save, is what bounds a kill -9 to one lost interval: Orbax commits (renames) an
+    asynchronous save only when it is waited for, so a checkpoint left in flight would be lost with the next one.
+    """
     if not force and not manager.should_save(step):
         return False
     if not all_finite(state):
         raise FloatingPointError(f"the train state of step {step} is not finite; not saved")
-    return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    directory = Path(manager.directory)
+    _mute_orbax_write_errors()
+    try:
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        manager.wait_until_finished()
+        error = None
+    except Exception as failure:  # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ...")
+        error = failure
+        with contextlib.suppress(Exception):  # its writer threads still running: stopped here, quietly
+            manager.close()
+    if error is not None:
+        for unfinished in directory.glob(f"{step}{TMP_MARKER}*"):
+            shutil.rmtree(unfinished, ignore_errors=True)
+        kept = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and int(p.name) != step]
+        raise WorkdirError(
+            f"{directory / str(step)}: the checkpoint could not be written ({_write_failure(error)}); "
+            + (f"the last good one, step {max(kept)}, is kept" if kept else "no earlier checkpoint exists")
+            + ": free space (or fix the folder) and rerun to resume"
+        ) from None
+    return True
+
+
+def _write_failure(error: BaseException) -> str:
+    """The OS's reason for a failed write: TensorStore buries it in a long message as [os_error_code='28']."""
+    code = getattr(error, "errno", None) or next(iter(re.findall(r"os_error_code='(\d+)'", str(error))), None)
+    return os.strerror(int(code)) if code else _one_line(error)
+
+
+def _mute_orbax_write_errors() -> None:
+    """Orbax's writer threads log a failed write at ERROR, with tracebacks, before and after the error reaches
+    `save`, which reports it in one line: those records are dropped (once installed, for the process)."""
+    logger = logging.getLogger("absl")
+    if _drop_orbax_errors not in logger.filters:
+        logger.addFilter(_drop_orbax_errors)
+
+
+def _drop_orbax_errors(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def latest_step(workdir) -> int:
