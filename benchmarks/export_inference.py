@@ -4,7 +4,7 @@
     python benchmarks/export_inference.py --images 50 --checkpoint runs/duts
 
 Both run the evaluation forward pass with both maps at the network's input size (images resized beforehand, not
-timed): onnxruntime on a file written by `menet_jax.export.onnx_model` (into a temporary folder), JAX on
+timed): onnxruntime on a file written by `menet_jax.inference.export.onnx_bytes` (into a temporary folder), JAX on
 `Predictor`'s jitted program (default CPU convolutions and compiler options). They alternate image by image, and
 which goes first alternates too, so machine noise hits both; medians and the ratio (onnxruntime / JAX) are printed.
 """
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from menet_jax.inference.export import onnx_model
+    from menet_jax.inference.export import onnx_bytes
     from menet_jax.inference.exported import OnnxPredictor
     from menet_jax.inference.predictor import Predictor
 
@@ -55,9 +55,8 @@ def main(argv=None) -> int:
     size = predictor.config.image_size
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "menet.onnx"
-        path.write_bytes(
-            onnx_model(jax.tree_util.tree_map(np.asarray, predictor.variables), predictor.config).SerializeToString()
-        )
+        # onnx_bytes, not onnx_model().SerializeToString(): the file must carry the checksum OnnxPredictor checks.
+        path.write_bytes(onnx_bytes(jax.tree_util.tree_map(np.asarray, predictor.variables), predictor.config))
         runner = OnnxPredictor(path, batch_size=1)
 
     def run_jax(x):

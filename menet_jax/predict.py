@@ -78,7 +78,7 @@ def load_predictor(args, images: int):
         if args.checkpoint is None or not onnx_file:
             raise ConfigError(
                 "--backend onnx needs --checkpoint FILE.onnx (write one with "
-                "python -m menet_jax.export [CHECKPOINT] menet.onnx)"
+                "python -m menet_jax.export [--checkpoint PATH] menet.onnx)"
             )
         if args.dtype not in (None, "float32"):
             raise ConfigError(f"--dtype {args.dtype}: an ONNX export computes in float32")

@@ -6,6 +6,7 @@ Tolerance: max |exported map - Predictor map| < 2e-4 (float32, maps in [0, 1]). 
 stretch magnifies the convolutions' summation-order differences), hence the margin for other CPUs and versions.
 """
 
+import hashlib
 import importlib
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from PIL import Image
 
 from menet_jax import export as menet_export
@@ -51,7 +53,7 @@ def exported(onnx, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     paths = {"onnx": folder / "menet.onnx", "stablehlo": folder / "menet.stablehlo"}
     assert menet_export.main([str(paths["onnx"])]) == 0  # default: shipped weights
-    assert menet_export.main([str(paths["stablehlo"]), "--format", "stablehlo"]) == 0
+    assert menet_export.main([str(paths["stablehlo"])]) == 0  # the format from the extension
     return paths
 
 
@@ -119,22 +121,31 @@ def test_predict_backend_onnx_imports_no_jax(exported, shared_data, photos, pred
     assert np.abs(np.asarray(Image.open(out), np.int16) - expected).max() <= 1
 
 
-def test_export_from_a_weights_file_of_another_size(onnx, tmp_path):
-    """CHECKPOINT as an exported .npz (the tiny config: another size and width), both formats against the
-    Predictor on a random image."""
+@pytest.fixture(scope="module")
+def tiny(onnx, tmp_path_factory):
+    """Tiny weights (another size and width than the shipped ones) as an .npz, exported with the CLI to both
+    formats: {"npz", "onnx", "stablehlo"} -> path."""
     from menet_jax.core.model import MEnet, init_variables
     from menet_jax.io import weights as pretrained
 
+    folder = tmp_path_factory.mktemp("tiny")
     config = get_config("tiny")
-    weights = tmp_path / "tiny.npz"
-    pretrained.export(init_variables(MEnet.from_config(config), 3), config, weights)
-    reference = Predictor.load(weights, batch_size=2)
+    paths = {"npz": folder / "tiny.npz", "onnx": folder / "tiny.onnx", "stablehlo": folder / "tiny.stablehlo"}
+    pretrained.export(init_variables(MEnet.from_config(config), 3), config, paths["npz"])
+    for fmt in ("onnx", "stablehlo"):
+        assert menet_export.main(["--checkpoint", str(paths["npz"]), str(paths[fmt])]) == 0
+    return paths
+
+
+def test_export_from_a_weights_file_of_another_size(tiny):
+    """--checkpoint as an exported .npz (the tiny config: another size and width), both formats against the
+    Predictor on a random image."""
+    reference = Predictor.load(tiny["npz"], batch_size=2)
     size = reference.config.image_size
     batch = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
     expected = reference.predict_batch(reference.variables, batch)
     for fmt in ("onnx", "stablehlo"):
-        out = tmp_path / f"tiny.{fmt}"
-        assert menet_export.main([str(weights), str(out), "--format", fmt]) == 0
+        out = tiny[fmt]
         runner = exported_files.load(out)
         maps = runner.forward(batch) if fmt == "onnx" else runner(batch.astype(np.float32))
         assert runner.image_size == size and _max_difference(maps, expected) < TOLERANCE, fmt
@@ -227,3 +238,114 @@ def test_predict_backend_option_errors(exported, tmp_path, capsys):
         assert predict_main(["i", str(photo), out, "--no-progress", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def _flip_kernel_bytes(data: bytes, fmt: str, weights_file) -> bytearray:
+    """`data` with 64 bytes inverted (XOR 0x5a) in the middle of the largest kernel's float32 values, found by
+    their bytes (ONNX stores the kernel OIHW, StableHLO as the HWIO constant): damage that still decodes."""
+    from menet_jax.io import weights as pretrained
+
+    variables, _, _ = pretrained.load(weights_file)
+    kernel = np.asarray(variables["params"]["E5_block"]["BRC_0"]["Conv_0"]["kernel"], np.float32)
+    raw = (kernel.transpose(3, 2, 0, 1) if fmt == "onnx" else kernel).tobytes()
+    start = data.find(raw)
+    assert start > 0 and len(raw) > 1024, fmt
+    at = start + len(raw) // 2
+    damaged = bytearray(data)
+    damaged[at : at + 64] = bytes(b ^ 0x5A for b in damaged[at : at + 64])
+    return damaged
+
+
+def test_flipped_weight_bytes_are_refused_though_the_file_decodes(tiny, tmp_path, capsys):
+    """64 flipped bytes inside a kernel: the file still decodes (onnxruntime runs it, with other maps; jax.export
+    deserializes it), so only the recorded SHA-256 can catch it: --check and predict --backend onnx refuse it in
+    one line naming the file; the intact file still passes."""
+    import onnxruntime as ort
+    from jax import export as jax_export
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
+    for fmt in ("onnx", "stablehlo"):
+        intact = tiny[fmt].read_bytes()
+        damaged = _flip_kernel_bytes(intact, fmt, tiny["npz"])
+        path = tmp_path / f"damaged.{fmt}"
+        path.write_bytes(damaged)
+        runs = [(menet_export.main, ["--check", str(path)])]
+        if fmt == "onnx":
+            batch = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+            before, after = (
+                ort.InferenceSession(bytes(b), providers=["CPUExecutionProvider"]).run(["metric"], {"images": batch})[0]
+                for b in (intact, damaged)
+            )
+            assert not np.allclose(before, after, atol=1e-3)  # the damage decodes and changes the maps
+            out = str(tmp_path / "map.png")
+            runs.append((predict_main, ["i", str(photo), out, "--backend", "onnx", "--checkpoint", str(path)]))
+        else:
+            payload, recorded = exported_files.split_stablehlo(bytes(damaged))
+            assert recorded is not None
+            jax_export.deserialize(bytearray(payload))  # decodes: the damage is inside a constant
+        for run in runs:
+            line = one_line_error(capsys, f"error: {path}: checksum does not match", "damaged or was modified", run=run)
+            assert "re-export it" in line
+        assert menet_export.main(["--check", str(tiny[fmt])]) == 0, fmt
+        assert capsys.readouterr().out.startswith(f"{tiny[fmt]}: input [N, 32, 32, 3] float32")
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_exports_record_their_checksum_and_files_without_one_are_refused(tiny, tmp_path, capsys):
+    """The ONNX digest is the SHA-256 of the file with the placeholder in its place (checkable with bytes alone),
+    the StableHLO one that of the serialization before the trailer; a damaged record and files without one (an
+    older export, the record stripped) are one-line errors that say to re-export."""
+    import onnxruntime as ort
+
+    from menet_jax.inference.export import onnx_model
+    from menet_jax.io import weights as pretrained
+
+    data = tiny["onnx"].read_bytes()
+    meta = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    digest = meta[exported_files.DIGEST_KEY]
+    assert digest != exported_files.DIGEST_PLACEHOLDER and data.count(digest.encode()) == 1
+    unsealed = data.replace(digest.encode(), exported_files.DIGEST_PLACEHOLDER.encode())
+    assert hashlib.sha256(unsealed).hexdigest() == digest
+    payload, recorded = exported_files.split_stablehlo(tiny["stablehlo"].read_bytes())
+    assert recorded == hashlib.sha256(payload).hexdigest().encode()
+
+    variables, config, _ = pretrained.load(tiny["npz"])
+    other_digest = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    files = {
+        "old.onnx": (onnx_model(variables, config).SerializeToString(), "records no checksum"),
+        "old.stablehlo": (payload, "records no checksum"),
+        "record.onnx": (data.replace(digest.encode(), other_digest.encode()), "checksum does not match"),
+        "record.stablehlo": (payload + exported_files.STABLEHLO_TRAILER + b"0" * 64 + b"\n", "checksum does not match"),
+    }
+    for name, (content, expected) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        one_line_error(
+            capsys, f"error: {path}: {expected}", "re-export it", run=(menet_export.main, ["--check", str(path)])
+        )
+
+
+def test_export_takes_one_out_and_the_network_as_checkpoint(tiny, tmp_path, capsys):
+    """OUT is the only positional path: the old CHECKPOINT OUT form, a lone weights file (the old form's accident:
+    the weights as the output), an extension naming no format and a --format contradicting it are one-line errors
+    that write nothing and leave the weights as they were; --format names the format of any other file name."""
+    weights = tiny["npz"]
+    before = weights.read_bytes()
+    out = tmp_path / "new.onnx"
+    other = tmp_path / "net.bin"
+    for argv, expected in (
+        (
+            [str(weights), str(out)],
+            f"give the network with --checkpoint: python -m menet_jax.export --checkpoint {weights} {out}",
+        ),
+        ([str(weights)], f"{weights}: a weights file is not an export format; give the network with --checkpoint"),
+        (["--checkpoint", str(weights), str(other)], f"{other}: unknown export extension '.bin'"),
+        (["--checkpoint", str(weights), str(out), "--format", "stablehlo"], "--format stablehlo, but .onnx names onnx"),
+        (["--checkpoint", str(weights), str(out), str(other)], "give one OUT file"),
+    ):
+        one_line_error(capsys, expected, run=(menet_export.main, argv))
+        assert not out.exists() and not other.exists() and weights.read_bytes() == before, argv
+    assert menet_export.main(["--checkpoint", str(weights), str(other), "--format", "stablehlo"]) == 0
+    assert menet_export.main(["--check", str(other)]) == 0  # read by its content: the StableHLO trailer
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{other}: input [N, 32, 32, 3] float32")

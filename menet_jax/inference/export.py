@@ -16,11 +16,15 @@ that this builder does not follow fails there.
 
 The graph is written with the optional `onnx` package (`pip install 'menet-jax[export]'`), imported where a graph
 is built.
+
+Both files carry the SHA-256 of their bytes (`onnx_bytes`, `stablehlo_bytes`; `inference.exported` says where and
+checks it on load), so a damaged export is refused instead of giving other maps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import jax
@@ -33,7 +37,7 @@ from menet_jax.core.model import SIDE_MAP_ORDER
 from menet_jax.core.network import network_function
 from menet_jax.core.saliency import RANGE_EPS
 from menet_jax.errors import ExportError
-from menet_jax.inference.exported import INPUT_NAME
+from menet_jax.inference.exported import DIGEST_KEY, DIGEST_PLACEHOLDER, INPUT_NAME, STABLEHLO_TRAILER
 from menet_jax.inference.predictor import load_network
 from menet_jax.io.images import MAPS
 from menet_jax.io.outputs import check_output_file
@@ -227,12 +231,26 @@ def onnx_model(variables, config):
     return model
 
 
+def onnx_bytes(variables, config) -> bytes:
+    """The ONNX file of `onnx_model(variables, config)`, its SHA-256 in the metadata entry `menet.sha256`: the
+    model serialized once with the placeholder there, hashed, and the placeholder's bytes replaced by the hex digest
+    (the same length, so no other byte moves and the reader can recompute it from the bytes alone)."""
+    model = onnx_model(variables, config)
+    model.metadata_props.add(key=DIGEST_KEY, value=DIGEST_PLACEHOLDER)
+    data = model.SerializeToString()
+    placeholder = DIGEST_PLACEHOLDER.encode()
+    if data.count(placeholder) != 1:  # 64 '0' bytes inside the weights too: which one is the record is ambiguous
+        raise ExportError(f"cannot record the ONNX file's checksum: {DIGEST_PLACEHOLDER[:8]}... occurs in its weights")
+    return data.replace(placeholder, hashlib.sha256(data).hexdigest().encode())
+
+
 # --------------------------------------------------------------------------------------------- StableHLO: writing
 
 
 def stablehlo_bytes(variables, config: Config) -> bytes:
     """`jax.export` of the jitted forward pass (float32, plain convolutions: one conv_general_dilated per layer, what
-    another runtime should be handed) with a symbolic batch dimension, serialized."""
+    another runtime should be handed) with a symbolic batch dimension, serialized, then the trailer with the
+    serialization's SHA-256 (`inference.exported.STABLEHLO_TRAILER`): the file's bytes."""
     maps = network_function(dataclasses.replace(config, dtype="float32", conv="plain"))
 
     def forward(images):
@@ -241,7 +259,8 @@ def stablehlo_bytes(variables, config: Config) -> bytes:
     (batch,) = jax_export.symbolic_shape("batch")
     size = config.image_size
     exported = jax_export.export(jax.jit(forward))(jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
-    return bytes(exported.serialize())
+    payload = bytes(exported.serialize())
+    return payload + STABLEHLO_TRAILER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
 
 
 def export(checkpoint, out, fmt: str = "onnx", *, overwrite: bool = False) -> Path:
@@ -253,7 +272,7 @@ def export(checkpoint, out, fmt: str = "onnx", *, overwrite: bool = False) -> Pa
     check_output_file(out, reads=[checkpoint], example=f"menet.{fmt}", overwrite=overwrite)
     variables, config = load_network(checkpoint)  # weights checked: shapes, finite values
     variables = jax.tree_util.tree_map(np.asarray, variables)
-    data = onnx_model(variables, config).SerializeToString() if fmt == "onnx" else stablehlo_bytes(variables, config)
+    data = onnx_bytes(variables, config) if fmt == "onnx" else stablehlo_bytes(variables, config)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")

@@ -5,7 +5,9 @@
 
 A training workdir (Orbax, float32, optimiser state) is the format to resume from; this one is the format to ship
 and to load anywhere with numpy alone. The SHA-256 of the shipped file is recorded in this module, so a truncated
-or altered download fails with one clear line instead of giving wrong maps.
+or altered download fails with one clear line instead of giving wrong maps. Every file also records the SHA-256 of
+its own contents (the `__sha256__` member, `contents_sha256`), checked on load, so the same holds for weights a
+user exported: the zip's CRC-32s only catch accidents inside compressed data, not an edited or rewritten member.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # The weights shipped in the repository (issue 21: all of DUTS-TR at 160 px, width 8): file name -> SHA-256.
 SHIPPED = {"menet-duts192-160w8.npz": "6af85c4c94b00811ec6df49528b576a9779056c9a647222b1c1e69cc3b98c8f5"}
 DEFAULT = "menet-duts192-160w8.npz"
+# The member holding the hex SHA-256 of every other member (`contents_sha256`). Files written before it existed
+# (the shipped one among them: its whole-file SHA-256 above is the stronger check) have none and still load.
+DIGEST_MEMBER = "__sha256__"
 
 
 def sha256(path: Path) -> str:
@@ -34,6 +39,20 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def contents_sha256(arrays: dict) -> str:
+    """The hex SHA-256 of `arrays` (member name -> array, `DIGEST_MEMBER` left out), independent of the zip
+    around them: each member in sorted order as one JSON line [name, dtype, shape] and its C-order bytes (the line
+    fixes how many bytes follow, so no two contents hash alike by moving a boundary)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == DIGEST_MEMBER:
+            continue
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, value.dtype.str, list(value.shape)]).encode() + b"\n")
+        digest.update(value.tobytes())
     return digest.hexdigest()
 
 
@@ -51,6 +70,7 @@ def export(variables, config: Config, path, *, meta: dict | None = None) -> str:
             arrays[f"{collection}/{key}"] = value.astype(dtype)
     header = {"config": dataclasses.asdict(config), "meta": meta or {}}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    arrays[DIGEST_MEMBER] = np.frombuffer(contents_sha256(arrays).encode(), np.uint8)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -78,6 +98,22 @@ def _check_declared_sizes(path: Path) -> None:
                 declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 if declared > info.file_size:
                     raise ValueError(f"{info.filename} declares {declared} bytes but holds {info.file_size}")
+
+
+def _check_contents(path: Path, arrays: dict) -> None:
+    """The recorded contents SHA-256 against the arrays read: flipped bytes that still decode (a member rewritten
+    with a valid CRC, an edited array) are refused instead of giving other maps. No record: a file written before
+    the digest existed, loaded as it always was."""
+    if DIGEST_MEMBER not in arrays:
+        return
+    recorded = bytes(np.asarray(arrays[DIGEST_MEMBER], np.uint8).ravel()).decode("ascii", "replace")
+    actual = contents_sha256(arrays)
+    if recorded != actual:
+        shown = "".join(c if c.isalnum() else "?" for c in recorded[:12])  # a damaged record: still one line
+        raise WeightsError(
+            f"{path}: checksum does not match its contents (SHA-256 {actual[:12]}..., recorded {shown}...): "
+            "the file is damaged or was modified"
+        )
 
 
 def load(path=None, *, expected_sha256: str | None = None):
@@ -109,8 +145,10 @@ def load(path=None, *, expected_sha256: str | None = None):
             raise zipfile.BadZipFile("not a .npz archive")
         _check_declared_sizes(path)
         with np.load(path) as data:
-            header = json.loads(bytes(data["__header__"]).decode())
-            flat = {key: np.asarray(data[key], np.float32) for key in data.files if key != "__header__"}
+            arrays = {key: data[key] for key in data.files}
+        _check_contents(path, arrays)
+        header = json.loads(bytes(arrays.pop("__header__")).decode())
+        flat = {key: np.asarray(value, np.float32) for key, value in arrays.items() if key != DIGEST_MEMBER}
         config = Config.from_dict(header["config"], source=f"{path} (its config)")
     except ConfigError:
         raise
