@@ -205,8 +205,9 @@ def copy_until(reference, workdir, last):
 
 
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_good_one(data, reference, tmp_path, capsys):
-    """The disk fills up (here: a file size limit, see `run_cli`) while step 10 is saved: one line naming the checkpoint, the
-    reason and the one kept; step 5 untouched, no unfinished write left, and the rerun resumes from it exact."""
+    """The disk fills up (here: a file size limit, see `run_cli`) while step 10 is saved: one line naming the
+    checkpoint, the reason and the one kept; step 5 untouched, no unfinished write left, and the rerun resumes
+    from it exact."""
     workdir = copy_until(reference, tmp_path / "w", 5)
     before = {p: p.read_bytes() for p in (workdir / "checkpoints" / "5").rglob("*") if p.is_file()}
     process = run_cli(*cli_args(data, workdir), env=ENV, file_size_limit=1 << 20)
