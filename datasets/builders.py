@@ -6,9 +6,9 @@ writes array_record files that :func:`tensorflow_datasets.data_source` reads bac
 
 Features: ``image`` (uint8 H x W x 3, original size), ``mask`` (uint8 H x W x 1, 0/255, binarised at 128),
 ``mask_soft`` (the 8-bit mask as it is, only for DUTS, PASCAL-S and ``salient_folder``, whose masks are soft),
-``name`` (the file stem) and ``image_format`` (the original file's format, e.g. JPEG). Examples are stored in
-stem order (shuffling disabled), so index ``i`` is the ``i``-th stem, as in
-:class:`~menet_datasets.folder.FolderSource`.
+``name`` (the file stem, stored as its bytes: any file name, UTF-8 or not) and ``image_format`` (the original
+file's format, e.g. JPEG). Examples are stored in stem order (shuffling disabled), so index ``i`` is the ``i``-th
+stem, as in :class:`~menet_datasets.folder.FolderSource`.
 
 Nothing is lost: an 8-bit RGB JPEG keeps its original bytes, every other image (greyscale, CMYK, palette, RGBA,
 16-bit, EXIF-rotated to match its mask) is stored as a lossless PNG of the array
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,7 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for _, message in found.orphans:
             if not self.skip_bad:
                 more = len(found.orphans) - 1
-                raise DataError(message + (f" (and {more} more unmatched files)" if more else ""))
+                raise DataError(message + (f" (and {more} more unmatched or unreadable files)" if more else ""))
             meta["skipped"].append(message)
         return found
 
@@ -157,7 +158,13 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 meta["skipped"].append(str(error))
                 continue
             if pair.stored_as_is:
-                image = Path(image_path).read_bytes()
+                try:
+                    image = Path(image_path).read_bytes()
+                except OSError as error:  # removed or made unreadable since load_pair read it
+                    if not self.skip_bad:
+                        raise DataError(f"{image_path}: cannot read image ({error.strerror or error})") from None
+                    meta["skipped"].append(f"{image_path}: cannot read image ({error.strerror or error})")
+                    continue
             else:
                 image = _png(pair.image)
                 meta["stored_as_png"] += 1
@@ -167,7 +174,14 @@ class SalientBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if not np.isin(pair.mask_grey, (0, 255)).all():
                 meta["non_binary_masks"] += 1
             stem = Path(image_path).stem
-            example = {"image": image, "mask": _png(pair.mask), "name": stem, "image_format": pair.image_format}
+            # The name's bytes (any, as Linux allows; TFDS would refuse a str with an undecodable byte), read back
+            # as the same str as the file's (TFDSSource); the metadata (JSON) keeps the str's escapes.
+            example = {
+                "image": image,
+                "mask": _png(pair.mask),
+                "name": os.fsencode(stem),
+                "image_format": pair.image_format,
+            }
             if self.SOFT_MASKS:
                 example["mask_soft"] = _png(pair.mask_grey)
             # Integer keys: with shuffling disabled TFDS writes the examples sorted by key, i.e. in stem order.

@@ -13,14 +13,29 @@ Policy for real-world files (the same for a folder read as it is and for a prepa
 - a mask of another size, an image without a mask or a mask without an image, an unreadable, corrupt or
   truncated file: a one-line :class:`DataError` naming the file (``menet_datasets.prepare --skip-bad`` skips and
   lists them instead);
-- hidden files and files without an image extension are ignored (and counted by :func:`scan`).
+- hidden files and files without an image extension are ignored (and counted by :func:`scan`);
+- an entry with an image extension that cannot be read as a file (a dangling symlink, a symlink loop, a pipe, a
+  socket or a device, one whose metadata cannot be read) is an unreadable file as above: a one-line
+  :class:`DataError` naming it (``--skip-bad``: skipped and listed), since skipping it would quietly score or train
+  on a smaller dataset than the folder shows; such an entry *without* an image extension would be ignored anyway,
+  so it is skipped with a one-line ``warning:`` on stderr naming it and why (a symlink loop there made the whole
+  listing fail). Folders inside the image or mask folder are ignored whatever their name (nothing is read
+  recursively, so a folder symlink that loops is never followed), and an image or mask folder that is itself a
+  dangling or looping symlink is named in the error that no layout was found;
+- file names need not be UTF-8 (Linux allows any bytes): Python gives an undecodable byte as a lone surrogate
+  (``os.fsdecode``), which every file operation takes back; text outputs show such a name with
+  :func:`printable_name` (``caf\\xe9``) and :func:`original_name` gives the name back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import operator
 import os
+import re
+import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -72,19 +87,81 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-def list_images(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> dict[str, Path]:
+def printable_name(name: str) -> str:
+    """A file name (or a path) as text that any UTF-8 reader takes, for CSV, JSON, Markdown and the console: each
+    byte that is not UTF-8 (which Python gives as the lone surrogate ``\\udcNN``, see :func:`os.fsdecode`) as
+    ``\\xNN`` and each backslash doubled, so that :func:`original_name` gives the name back exactly. A UTF-8 name
+    without a backslash (nearly all) is unchanged."""
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else "\\\\" if c == "\\" else c for c in name
+    )
+
+
+_ESCAPE = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")
+
+
+def original_name(text: str) -> str:
+    """The file name that :func:`printable_name` wrote as ``text``, as Python names the file (``os.fsencode`` of it
+    gives the name's bytes)."""
+    return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), text)
+
+
+def _warn_skipped(path: Path, why: str) -> None:
+    print(f"warning: {printable_name(str(path))}: {why}; skipped", file=sys.stderr)
+
+
+def _unreadable_entry(entry: os.DirEntry) -> str | None:
+    """Why a directory entry cannot be read as a file ("" for a folder, ignored), or None for a regular file."""
+    try:
+        mode = entry.stat().st_mode  # follows symlinks
+    except OSError as error:
+        if entry.is_symlink():
+            if error.errno == errno.ELOOP:
+                return "a symlink loop"
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                try:
+                    target = os.readlink(entry.path)
+                except OSError:
+                    target = "?"
+                return f"a dangling symlink (to {target}, which does not exist)"
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return ""
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, a socket or a device)"
+    return None
+
+
+def list_images(
+    folder: Path, exts=IMAGE_EXTS, ignored: list | None = None, bad: list | None = None, *, warn: bool = True
+) -> dict[str, Path]:
     """Visible files of ``folder`` with one of ``exts``, keyed by stem (no recursion); the other visible files
-    are appended to ``ignored``. Two files of one stem (x.jpg, x.png) are a :class:`DataError`: one would be lost."""
+    are appended to ``ignored``. Two files of one stem (x.jpg, x.png) are a :class:`DataError`: one would be lost.
+
+    An entry with one of ``exts`` that cannot be read as a file (a dangling symlink, a symlink loop, a pipe...) is a
+    :class:`DataError` naming it, or with ``bad`` appended to it as ``(path, one-line reason)``; one without an image
+    extension is skipped with a ``warning:`` line (``warn=False``: silently, for a folder listed twice)."""
     files: dict[str, Path] = {}
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as error:
+        raise DataError(f"{folder}: cannot list the folder ({error.strerror or error})") from None
     for entry in entries:
         if entry.name.startswith("."):
             continue
         path = folder / entry.name
-        if path.suffix.lower() not in exts or not entry.is_file():
-            if ignored is not None and entry.is_file() and path.suffix.lower() not in IMAGE_EXTS:
+        problem = _unreadable_entry(entry)
+        if path.suffix.lower() not in exts or problem is not None:
+            if problem is None and ignored is not None and path.suffix.lower() not in IMAGE_EXTS:
                 ignored.append(path)
+            elif problem and path.suffix.lower() in exts:
+                message = f"{path}: {problem}"
+                if bad is None:
+                    raise DataError(message)
+                bad.append((path, message))
+            elif problem and warn and path.suffix.lower() not in IMAGE_EXTS:
+                _warn_skipped(path, problem)
             continue
         if path.stem in files:
             raise DataError(f"{path}: another file with the same stem exists: {files[path.stem]}")
@@ -92,57 +169,90 @@ def list_images(folder: Path, exts=IMAGE_EXTS, ignored: list | None = None) -> d
     return files
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()`` that is False, not an error, where the path cannot be looked at (no permission)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _single_subfolder(root: Path) -> Path | None:
     """The one visible folder of ``root`` if it holds nothing else but files (an archive's top folder)."""
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    try:
+        children = list(root.iterdir())
+    except OSError as error:
+        raise DataError(f"{root}: cannot list the folder ({error.strerror or error})") from None
+    folders = [p for p in children if _is_dir(p) and not p.name.startswith((".", "__MACOSX"))]
     return folders[0] if len(folders) == 1 else None
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why ``path`` is a symlink that leads nowhere (a loop, a missing target), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as error:
+        return "a symlink loop" if error.errno == errno.ELOOP else f"a dangling symlink (to {os.readlink(path)})"
+    return None
 
 
 def find_layout(root, layouts=LAYOUTS) -> tuple[Layout, Path, Path]:
     """The first of ``layouts`` present in ``root``, or else in its only subfolder (the top folder of an
     extracted archive, e.g. MSRA10K_Imgs_GT/): (layout, image folder, mask folder)."""
     root = Path(root)
-    if not root.is_dir():
+    if not _is_dir(root):
         raise DataError(f"dataset folder not found: {root}")
     for base in (root, _single_subfolder(root)):
         for layout in layouts if base is not None else ():
-            if (base / layout.images).is_dir() and (base / layout.masks).is_dir():
+            if _is_dir(base / layout.images) and _is_dir(base / layout.masks):
                 return layout, base / layout.images, base / layout.masks
     first, rest = layouts[0], "; ".join(layout.describe() for layout in layouts[1:])
     searched = f"{root / first.images} + {root / first.masks}" + (f"; and under it {rest}" if rest else "")
+    for layout in layouts:  # an image or mask folder that is a broken symlink: named, not only "not found"
+        for folder in (root / layout.images, root / layout.masks):
+            why = _broken_link(folder)
+            if why:
+                raise DataError(f"{folder}: {why}; no image/mask folder pair found in {root}")
     raise DataError(f"{root}: no image/mask folder pair found (searched {searched})")
 
 
 @dataclasses.dataclass
 class Scan:
-    """What a dataset folder holds: matched pairs (sorted by stem), unmatched files and ignored files."""
+    """What a dataset folder holds: matched pairs (sorted by stem), unmatched or unreadable files and ignored
+    files."""
 
     layout: Layout
     root: Path  # the folder the layout was found in
     pairs: list
-    orphans: list  # [(path, one-line reason)]
+    orphans: list  # [(path, one-line reason)]: unreadable entries first, then unmatched files
     ignored: list  # files without an image extension
 
 
 def scan(root, layouts=LAYOUTS) -> Scan:
-    """Match images and masks by stem, recording (not raising on) images without masks and masks without
-    images."""
+    """Match images and masks by stem, recording (not raising on) images without masks, masks without images and
+    entries that cannot be read as files (a dangling symlink, a symlink loop...; their pair is not listed again as
+    unmatched)."""
     layout, image_dir, mask_dir = find_layout(root, layouts)
     ignored: list = []
+    bad: list = []
     same = image_dir == mask_dir
-    images = list_images(image_dir, layout.image_exts, ignored)
-    masks = list_images(mask_dir, layout.mask_exts, None if same else ignored)
-    if not images:
+    images = list_images(image_dir, layout.image_exts, ignored, bad)
+    masks = list_images(mask_dir, layout.mask_exts, None if same else ignored, bad, warn=not same)
+    if not images and not bad:
         raise DataError(f"no images found in {image_dir}")
-    orphans = [
+    unreadable = {path.stem for path, _ in bad}
+    orphans = list(bad)
+    orphans += [
         (path, f"{path}: no mask with the same stem in {mask_dir}")
         for stem, path in images.items()
-        if stem not in masks
+        if stem not in masks and stem not in unreadable
     ]
     orphans += [
         (path, f"{path}: no image with the same stem in {image_dir}")
         for stem, path in masks.items()
-        if stem not in images
+        if stem not in images and stem not in unreadable
     ]
     pairs = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
     root = image_dir.parents[len(Path(layout.images).parts) - 1]
@@ -160,7 +270,7 @@ def find_pairs(root, layouts=LAYOUTS) -> list[tuple[Path, Path]]:
     if found.orphans:
         raise DataError(
             found.orphans[0][1]
-            + (f" (and {len(found.orphans) - 1} more unmatched files)" if len(found.orphans) > 1 else "")
+            + (f" (and {len(found.orphans) - 1} more unmatched or unreadable files)" if len(found.orphans) > 1 else "")
         )
     return found.pairs
 

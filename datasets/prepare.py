@@ -7,7 +7,8 @@
 
 Prints the number of examples per split and what was converted, skipped or ignored. Bad inputs (unreadable or
 corrupt files, a mask of another size, an image without a mask) stop the build with a one-line error naming the
-file; with --skip-bad they are skipped and listed at the end instead.
+file; with --skip-bad they are skipped and listed at the end instead. File names that are not UTF-8 are shown with
+their undecodable bytes as \\xNN (and backslashes doubled: ``menet_datasets.folder.printable_name``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import DataError
+from .errors import ArgumentParser, DataError, MenetError
+from .folder import printable_name
 
 
 def parse_args(argv=None):
     from .builders import BUILDERS  # TensorFlow Datasets (heavy): imported when a command runs, not on import
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m menet_datasets.prepare",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,7 +70,6 @@ def report(builder) -> list[str]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
     from absl import logging as absl_logging  # TFDS's logging, and TFDS itself (heavy): off the --help path
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns that a dataset it is about to build is absent
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
     from .tfds_source import prepared_builder
 
     try:
+        args = parse_args(argv)
         if args.name not in BUILDERS:
             raise DataError(f"unknown dataset {args.name!r} (known: {', '.join(sorted(BUILDERS))})")
         if args.instructions:
@@ -93,15 +95,15 @@ def main(argv=None) -> int:
         builder = prepared_builder(
             args.name, data_dir=args.data_dir, manual_dir=args.manual_dir, skip_bad=args.skip_bad, force=args.force
         )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except MenetError as error:  # DataError, or a usage error
+        print(f"error: {printable_name(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written (TFDS builds in a temporary folder)", file=sys.stderr)
         return 130
     if reused:
         print(f"already prepared (--force rebuilds it): {builder.data_dir}")
-    print("\n".join(report(builder)))
+    print("\n".join(printable_name(line) for line in report(builder)))  # file names need not be UTF-8
     return 0
 
 

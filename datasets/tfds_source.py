@@ -128,7 +128,8 @@ class TFDSSource:
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A stored name as the str Python gives the file (``os.fsdecode``: an undecodable byte as a lone surrogate)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def _decode(data: bytes, channels: int) -> np.ndarray:

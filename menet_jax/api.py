@@ -15,6 +15,7 @@ Training lives in `menet_jax.training` (`from menet_jax.training.loop import tra
 from menet_jax.cli import (
     CHECKPOINT_HELP,
     CHECKPOINT_HELP_FLOAT32,
+    ArgumentParser,
     add_checkpoint_argument,
     check_minimums,
     command,
@@ -29,11 +30,12 @@ from menet_jax.core.saliency import metric_distance, resize_map, saliency_maps, 
 from menet_jax.errors import ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError, WorkdirError
 from menet_jax.inference.predictor import Predictor, load_network
 from menet_jax.io.images import MAPS, load_photo, resize_input, resize_to
-from menet_jax.io.outputs import check_folder, check_output_file
+from menet_jax.io.outputs import check_folder, check_output_file, save_figure, write_text
 from menet_jax.runtime.xla import compiler_options, enable_compilation_cache
 
 __all__ = [
     "CHECKPOINT_HELP",
+    "ArgumentParser",
     "CHECKPOINT_HELP_FLOAT32",
     "add_checkpoint_argument",
     "check_minimums",
@@ -75,6 +77,8 @@ __all__ = [
     "resize_to",
     "check_folder",
     "check_output_file",
+    "save_figure",
+    "write_text",
     "compiler_options",
     "enable_compilation_cache",
 ]

@@ -7,6 +7,7 @@
     if __name__ == "__main__":
         cli.start(main, reuse_memory=True)
 
+Every command builds its parser with `cli.ArgumentParser`, whose usage errors are one line too.
 This module imports no JAX, so `predict --backend onnx` stays JAX-free.
 """
 
@@ -18,6 +19,7 @@ import functools
 import sys
 from pathlib import Path
 
+from menet_datasets.errors import ArgumentParser  # noqa: F401 (re-exported: every command's parser)
 from menet_jax.errors import ConfigError, MenetError
 from menet_jax.runtime.host_memory import reexec_with_reused_memory
 

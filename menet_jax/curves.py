@@ -5,7 +5,6 @@ python -m menet_jax.curves runs/duts128            # writes runs/duts128/curves.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from menet_jax import cli
@@ -14,7 +13,7 @@ from menet_jax.training.curves import plot_training
 
 @cli.command(compilation_cache=False)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.curves", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m menet_jax.curves", description=__doc__.split("\n")[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--output", type=Path, help="PNG path (default: WORKDIR/curves.png)")
     args = parser.parse_args(argv)

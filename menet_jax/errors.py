@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from menet_datasets.errors import DataError, MenetError
+from menet_datasets.errors import DataError, MenetError, UsageError
 
 __all__ = [
     "MenetError",
     "DataError",
+    "UsageError",
     "SettingsError",
     "ConfigError",
     "OutputError",

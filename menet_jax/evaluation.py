@@ -7,6 +7,11 @@ resized, and maps are min-max normalised per image (or scored as they are).
 Saved maps are read as: 8-bit images / 255 (colour ones by luminance), 16-bit ones / 65535, float TIFFs (mode F)
 with values in [0, 1] as they are and float maps of any other range min-max rescaled to [0, 1]; a map with NaN or
 inf, or two maps of one stem (x.png and x.jpg), is an error.
+
+Names in the outputs (per_image.csv's image and dataset names, results.json's keys, the tables) are written with
+`menet_datasets.folder.printable_name`: a file name that is not UTF-8 has each undecodable byte as \\xNN and
+backslashes doubled, so every output is UTF-8 and `original_name` gives the file's name back. Every file is written
+atomically (`io.outputs.atomic_write`).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import menet_datasets
+from menet_datasets.folder import printable_name
 from menet_jax.core.metrics import SODMetrics, to_8bit
 from menet_jax.errors import OutputError
 from menet_jax.io.images import resize_to
-from menet_jax.io.outputs import save_image
+from menet_jax.io.outputs import atomic_write, save_figure, save_image, write_text
 
 DATASET_KEYS = ("n_images", "mae", "adp_f", "mean_f", "max_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f")
 IMAGE_KEYS = ("mae", "adp_f", "s_measure", "adp_e", "w_f")
@@ -82,7 +88,7 @@ def evaluate_source(
     """
     meters = {name: SODMetrics(normalize=normalize) for name in map_names}
     rows = []
-    bar = tqdm(total=len(source), desc=name, unit="img", disable=not progress)
+    bar = tqdm(total=len(source), desc=printable_name(name), unit="img", disable=not progress)
     for start in range(0, len(source), batch_size):
         indices = range(start, min(start + batch_size, len(source)))
         examples = [source[i] for i in indices]
@@ -112,17 +118,18 @@ def format_tables(results) -> str:
     maps = sorted({key.split("/")[1] if "/" in key else "" for key in results})
     column = lambda m: m or "map"
     lines = [f"{'Dataset':14s} {'':7s}" + "".join(f"{column(m):>10s}" for m in maps)]
+    shown = printable_name  # a dataset folder's name need not be UTF-8: printed as results.json keys it
     for name in datasets_:
         for label, key in (("F-beta", "adp_f"), ("MAE", "mae")):
             values = [results.get(f"{name}/{m}" if m else name, {}).get(key) for m in maps]
             cells = "".join(f"{v:10.4f}" if v is not None else f"{'-':>10s}" for v in values)
-            lines.append(f"{name if label == 'F-beta' else '':14s} {label:7s}{cells}")
+            lines.append(f"{shown(name) if label == 'F-beta' else '':14s} {label:7s}{cells}")
     lines.append("")
     header = ["adpF", "MAE", "maxF", "meanF", "S", "adpE", "meanE", "maxE", "wF"]
     keys = ["adp_f", "mae", "max_f", "mean_f", "s_measure", "adp_e", "mean_e", "max_e", "w_f"]
     lines.append(f"{'Dataset/map':22s} {'n':>5s}" + "".join(f"{h:>8s}" for h in header))
     for key, r in results.items():
-        lines.append(f"{key:22s} {r['n_images']:5d}" + "".join(f"{r[k]:8.4f}" for k in keys))
+        lines.append(f"{shown(key):22s} {r['n_images']:5d}" + "".join(f"{r[k]:8.4f}" for k in keys))
     return "\n".join(lines)
 
 
@@ -136,24 +143,26 @@ def plot_curves(results, output: Path) -> None:
         fig = Figure(figsize=(5, 4), dpi=120)
         ax = fig.subplots()
         for key, r in results.items():
-            ax.plot(*draw(r), label=key)
+            ax.plot(*draw(r), label=printable_name(key))
         ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(output / filename)
+        save_figure(fig, output / filename)
 
 
 def write_outputs(results, rows, output: Path) -> None:
     """results.json, per_image.csv and the curves; a failed write (disk full, ...) is one line."""
     try:
         output.mkdir(parents=True, exist_ok=True)
-        summary = {"datasets": {key: {k: r[k] for k in DATASET_KEYS} for key, r in results.items()}}
-        (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with open(output / "per_image.csv", "w", newline="") as f:
+        datasets_ = {printable_name(key): {k: r[k] for k in DATASET_KEYS} for key, r in results.items()}
+        write_text(output / "results.json", json.dumps({"datasets": datasets_}, indent=2) + "\n")
+        with atomic_write(output / "per_image.csv") as f:
             writer = csv.DictWriter(f, fieldnames=["dataset", "map", "name", *IMAGE_KEYS])
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(
+                {**row, "dataset": printable_name(row["dataset"]), "name": printable_name(row["name"])} for row in rows
+            )
         plot_curves(results, output)
     except OSError as error:
         raise OutputError(f"{output}: cannot write the results ({error.strerror or error})") from None

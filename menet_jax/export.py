@@ -47,7 +47,7 @@ def _format(out: Path, fmt: str | None) -> str:
 
 @cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m menet_jax.export",
         usage="%(prog)s [-h] [--checkpoint CHECKPOINT] [--format {onnx,stablehlo}] [--overwrite] [--check] OUT",
         description=__doc__.split("\n")[0],

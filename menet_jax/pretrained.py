@@ -13,14 +13,14 @@ import argparse
 from pathlib import Path
 
 from menet_jax import cli
-from menet_jax.errors import WeightsError
+from menet_jax.errors import ConfigError, WeightsError
 from menet_jax.io import checkpoint, weights
 from menet_jax.io.outputs import check_output_file
 
 
 @cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m menet_jax.pretrained",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     ve.add_argument("path", type=Path)
     args = parser.parse_args(argv)
     if args.command == "export":
+        if args.output.suffix.lower() != ".npz":  # an .onnx name holding a numpy archive fails far from here
+            raise ConfigError(f"{args.output}: weights are a .npz archive; name it {args.output.with_suffix('.npz')}")
         check_output_file(args.output, reads=[args.workdir], overwrite=args.overwrite)  # before the checkpoint is read
         config = checkpoint.workdir_config(args.workdir)
         try:

@@ -126,7 +126,7 @@ def plot_levels(runs, mode, output: Path) -> None:
     label_level_axes(axes, kind, ("F-beta kept (% of clean)", "MAE"))
     fig.suptitle(f"{kind} ({mode} maps)")
     fig.tight_layout()
-    fig.savefig(output / "compare.png")
+    api.save_figure(fig, output / "compare.png")
 
 
 def corruption_kept(run, mode) -> dict:
@@ -182,12 +182,12 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(output / "compare.png")
+    api.save_figure(fig, output / "compare.png")
 
 
 @api.command(compilation_cache=False)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = api.ArgumentParser(
         prog="python -m robustness.compare",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         f"{r['label']}: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items() if v is not None) for r in runs
     )
     text = f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta.\n\n"
-    (args.output / "compare.md").write_text(text + table + f"\n\nRuns: {settings}\n")
+    api.write_text(args.output / "compare.md", text + table + f"\n\nRuns: {settings}\n")
     print(text + table)
     print(f"results: {args.output / 'compare.md'}, {args.output / 'compare.png'}")
     return 0

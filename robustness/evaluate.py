@@ -388,7 +388,7 @@ def plot_corruptions(all_results, output: Path) -> None:
             ax.legend(fontsize=6)
     axes[0].set_ylabel("adaptive F-beta (normalised maps)")
     fig.tight_layout()
-    fig.savefig(output / "curves.png")
+    api.save_figure(fig, output / "curves.png")
 
 
 def load_reference(path):
@@ -550,7 +550,7 @@ def plot_curves(all_results, kind, output: Path) -> None:
                     ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.2)
     label_level_axes(axes, kind, ("adaptive F-beta (beta^2 = 0.3)", "MAE"))
     fig.tight_layout()
-    fig.savefig(output / "curves.png")
+    api.save_figure(fig, output / "curves.png")
 
 
 def label_level_axes(axes, kind, ylabels) -> None:
@@ -625,7 +625,7 @@ def parse_budgets(kind, items):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = api.ArgumentParser(
         prog="python -m robustness.evaluate",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -821,8 +821,8 @@ def main(argv=None) -> int:
             "random_ranges": distortions.RANDOM_RANGES[kind],
             "datasets": all_results,
         }
-    (out / "table.md").write_text(tables + "\n")
-    (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
+    api.write_text(out / "table.md", tables + "\n")
+    api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
     written = [out / "robustness.json", out / "table.md"]
     if any(level != "random" for level in levels):  # Fig. 9 needs fixed levels; "random" alone is Table II
         plot_curves(all_results, kind, out)
@@ -844,7 +844,7 @@ def _write_corruptions(args, out, all_results, names, severities, input_size, re
                     errors.setdefault(dataset, {}).setdefault(mode, {})[m] = ce
                 tables.append(format_corruption_table(dataset, results, mode, m, ce, label))
     text = "\n\n".join(tables)
-    (out / "table.md").write_text(text + "\n")
+    api.write_text(out / "table.md", text + "\n")
     summary = {
         "distortion": "imagenet-c",
         "model": model_name(args),
@@ -860,7 +860,7 @@ def _write_corruptions(args, out, all_results, names, severities, input_size, re
         "corruption_errors": errors if reference is not None else None,
         "datasets": all_results,
     }
-    (out / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
+    api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
     plot_corruptions(all_results, out)
     print(text)
     print("results: " + ", ".join(map(str, [out / "robustness.json", out / "table.md", out / "curves.png"])))

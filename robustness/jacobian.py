@@ -202,11 +202,11 @@ def plot_histogram(grads_log_hist, edges, zeros, output: Path, label: str) -> No
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(output)
+    api.save_figure(fig, output)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = api.ArgumentParser(
         prog="python -m robustness.jacobian",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "config": dataclasses.asdict(config),
     }
-    (out / "jacobian.json").write_text(json.dumps({"settings": settings, "datasets": report}, indent=2) + "\n")
+    api.write_text(out / "jacobian.json", json.dumps({"settings": settings, "datasets": report}, indent=2) + "\n")
     plot_histogram(hist, edges, zeros, out / "gradient_histogram.png", label)
     print(f"results: {out / 'jacobian.json'}, histogram: {out / 'gradient_histogram.png'}")
     return 0

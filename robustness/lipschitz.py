@@ -764,7 +764,7 @@ def _print_table(layers):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = api.ArgumentParser(
         prog="python -m robustness.lipschitz",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -832,12 +832,12 @@ def main(argv=None) -> int:
             f"{output:14s} {r['layerwise_certified']:27.6g} {('%18.6g' % est) if est else '-':>18s} "
             f"{r['elementwise_certified']:18.6g} {r['elementwise_estimate']:17.6g}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(
+    api.write_text(
+        target,
         json.dumps(
             {"config": dataclasses.asdict(config), "input_scale": "0..255 per channel", "outputs": results}, indent=2
         )
-        + "\n"
+        + "\n",
     )
     print(f"results: {target}")
     return 0

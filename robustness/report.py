@@ -10,7 +10,6 @@ inputs may be left out; what is given must be the file the tool wrote (checked, 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -139,7 +138,7 @@ def markdown(report: dict) -> str:
 
 @api.command(compilation_cache=False)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.split("\n")[0])
+    parser = api.ArgumentParser(prog="python -m robustness.report", description=__doc__.split("\n")[0])
     parser.add_argument("--lipschitz", type=Path)
     parser.add_argument("--jacobian", type=Path)
     parser.add_argument("--evaluate", type=Path, nargs="*", default=[])
@@ -153,10 +152,9 @@ def main(argv=None) -> int:
         _load(args.jacobian, "settings") if args.jacobian else None,
         [_load(p, "distortion") for p in args.evaluate],
     )
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    api.write_text(args.output / "report.json", json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.output / "report.md").write_text(text + "\n")
+    api.write_text(args.output / "report.md", text + "\n")
     print(text)
     print(f"report: {args.output / 'report.md'}, {args.output / 'report.json'}")
     return 0

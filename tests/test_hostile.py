@@ -99,8 +99,9 @@ CASES = [
     (jacobian, [*JAC, "--output-dir", "{owned}/mine.npz"], "is a file, not a folder"),
     (robustness_evaluate, [*DATA, "--distortion", "awgn", "--output", "{owned}/mine.npz"], "is a file, not a folder"),
     (compare, ["a={owned}/mine.npz", "--output", "{owned}/mine.npz"], "is a file, not a folder"),
-    (pretrained, ["export", "{workdir}", "{workdir}/config.json"], "belongs to the training run in"),
-    (pretrained, ["export", "{workdir}", "{owned}/photos"], "is a folder"),
+    (pretrained, ["export", "{workdir}", "{workdir}/checkpoints/w.npz"], "belongs to the training run in"),
+    (pretrained, ["export", "{workdir}", "{workdir}/config.json"], "weights are a .npz archive; name it"),
+    (pretrained, ["export", "{workdir}", "{owned}/photos"], "weights are a .npz archive; name it"),
     (
         evaluate,
         ["--predictions", "{owned}/maps", *DATA, "--output", "{owned}", "--save-maps"],

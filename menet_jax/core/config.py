@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import secrets
 from pathlib import Path
 from typing import Tuple
 
@@ -84,6 +87,17 @@ class Config:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.crop_min <= 1:
             raise ConfigError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        # Written so that nan fails every test (every comparison with nan is false) and inf the finite bounds.
+        for keys, ok, allowed in (
+            (("learning_rate", "lr_decay", "bn_epsilon"), lambda v: 0 < v < math.inf, "> 0 and finite"),
+            (("weight_decay", "bias_lr_mult", "ce_weight"), lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+            (("momentum", "bn_momentum"), lambda v: 0 <= v < 1, "in [0, 1)"),
+        ):
+            for key in keys:
+                if not ok(getattr(self, key)):
+                    raise ConfigError(f"{key} must be {allowed}, got {getattr(self, key)}")
+        if any(b < 1 for b in self.lr_boundaries) or list(self.lr_boundaries) != sorted(self.lr_boundaries):
+            raise ConfigError(f"lr_boundaries must be ascending steps >= 1, got {list(self.lr_boundaries)}")
 
     @classmethod
     def from_dict(cls, values: dict, *, source="the config") -> "Config":
@@ -118,7 +132,19 @@ class Config:
         return cls.from_dict(values, source=path)
 
     def to_json(self, path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        """Write the config as JSON, atomically: beside `path`, flushed to disk, then renamed over it, so that a crash
+        mid-write leaves the previous config.json whole (a workdir's checkpoints are read with it). The steps of
+        `io.outputs.atomic_write`, which this layer cannot import (core is below io)."""
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(partial, "x", encoding="utf-8") as f:
+                f.write(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 PRESETS = {

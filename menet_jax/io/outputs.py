@@ -6,9 +6,12 @@ the start, nor overwrite the photos it read, nor end in a traceback when the dis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import secrets
+import stat
 import tempfile
 from pathlib import Path
 
@@ -134,21 +137,76 @@ def check_output_file(out, *, reads=(), example: str | None = None, overwrite: b
     _probe(_start_folder(resolved if out.exists() else out), out)
 
 
-def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
-    """`image.save` with missing parents created, written to a temporary file beside `path` and renamed over it: a
-    reader, or another run writing the same file, never sees a mixed or half-written file, and a failed write (disk
-    full, ...) is one line that leaves no partial file and any previous file as it was."""
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w"):
+    """Open a file that replaces `path` only once it is complete: every JSON, CSV, Markdown, figure and map the CLIs
+    write goes through here. Yields a file object ("w": UTF-8 text, "wb": bytes) on a temporary file beside `path`
+    (hidden, so that a folder scan skips it), which is flushed to disk and renamed over `path` when the block ends.
+    A reader, or another run writing the same file, never sees a mixed or half-written file; a failure (disk full,
+    an exception in the block) leaves no temporary file and any previous file as it was. A failed write is one line
+    (OutputError). Text that cannot be encoded (a lone surrogate: the undecodable byte of a file name) is written
+    as a backslash escape, not refused after the work."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes a whole file: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    fmt = fmt or Image.registered_extensions().get(path.suffix.lower())
     path = path.resolve() if path.is_symlink() else path  # a symlinked output: its file is replaced, not the link
     partial = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-            partial = Path(f.name)
-            image.save(f, format=fmt)
+        fd, partial = _create_beside(path)
+        text = {} if mode == "wb" else {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
+        with open(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # renamed only once the bytes are on disk: a crash leaves the old file or the new
         os.replace(partial, path)
+        partial = None
     except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
         if partial is not None:
             partial.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new file beside `path`, created as `open(path, "w")` would (the umask applies; an existing file's
+    permissions are kept): tempfile's files are private (0600), and results must stay readable by whoever could
+    read them before."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666
+    # Short enough for a 255-byte file name however long `path`'s is (4 bytes a character at most).
+    prefix = f".{path.name if len(os.fsencode(path.name)) <= 200 else path.name[:50]}."
+    while True:
+        partial = path.parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+        except FileExistsError:
+            continue
+        if mode != 0o666:
+            os.chmod(fd, mode)  # the umask applied to a kept mode: set it as it was
+        return fd, partial
+
+
+def write_text(path, text: str) -> None:
+    """Write a text file (UTF-8) atomically: see :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def save_figure(fig, path, **savefig_kwargs) -> None:
+    """`fig.savefig(path)` atomically (see :func:`atomic_write`), in the format of the extension."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".").lower() or None)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, **savefig_kwargs)
+
+
+def save_image(image: Image.Image, path, fmt: str | None = None) -> None:
+    """`image.save` with missing parents created, written atomically (see :func:`atomic_write`): a failed write
+    (disk full, ...) is one line that leaves no partial file and any previous file as it was."""
+    path = Path(path)
+    fmt = fmt or Image.registered_extensions().get(path.suffix.lower())
+    with atomic_write(path, "wb") as f:
+        image.save(f, format=fmt)

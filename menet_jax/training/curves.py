@@ -11,6 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
 from menet_jax.errors import WorkdirError
+from menet_jax.io.outputs import save_figure
 
 
 def read_log(workdir) -> tuple[list[dict], list[dict]]:
@@ -47,6 +48,5 @@ def plot_training(workdir, output=None) -> Path:
     for ax in (axes[0], axes[2], axes[3]):
         ax.legend()
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=80)
+    save_figure(fig, output, dpi=80)  # atomically: a viewer refreshing it never shows half a figure
     return output

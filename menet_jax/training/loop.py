@@ -189,6 +189,11 @@ def _train_locked(config: Config, workdir: Path, *, data_dir, dataset, split, ma
     train_source, val_source = make_sources(
         config, data_dir, dataset=dataset, split=split, manual_dir=manual_dir, tfds_dir=tfds_dir
     )
+    if config.batch_size > len(train_source):  # each batch would repeat images (and building it took minutes)
+        raise menet_datasets.DataError(
+            f"batch_size={config.batch_size} is larger than the training set ({len(train_source)} images after "
+            f"the validation hold-out): set batch_size to {len(train_source)} or less"
+        )
     mesh = data_mesh()
     multi, main = jax.process_count() > 1, is_main_process()
     state = create_state(MEnet.from_config(config), make_optimizer(config), config.seed)
