@@ -179,12 +179,14 @@ def test_truncated_image_mid_run_keeps_the_due_checkpoint(data, reference, tmp_p
 
 
 def damage(step_dir, how):
-    """Truncate the largest array file, delete the array metadata, or overwrite bytes of every array file with 0xff
-    (NaN as float32; a decode error where the bytes are compressed)."""
+    """Truncate the largest array file, append bytes to it, delete the array metadata, or overwrite bytes of every
+    array file with 0xff (NaN as float32; a decode error where the bytes are compressed)."""
     files = [p for p in (step_dir / "default").rglob("*") if p.is_file() and p.parent.name == "d"]
     largest = max(files, key=lambda p: p.stat().st_size)
     if how == "truncated":
         largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    elif how == "appended":  # read by offsets: the restore never looks past the arrays it knows
+        largest.write_bytes(largest.read_bytes() + b"\0" * 64)
     elif how == "no_metadata":
         (step_dir / "default" / "_METADATA").unlink()
     else:  # every array file: the largest may hold only optimiser state, which weights skip
@@ -237,6 +239,24 @@ def test_load_variables_skips_a_damaged_newest_checkpoint(reference, tmp_path, c
     assert_bitwise_equal(params(reference, 10), jax.tree_util.tree_leaves(variables))
     with pytest.raises(FileNotFoundError, match="is damaged"):  # an explicit step does not fall back
         ckpt.load_variables(workdir, 15)
+
+
+def test_a_changed_file_that_still_restores_is_caught_by_the_manifest(reference, tmp_path, capsys):
+    """Bytes appended to an array file: Orbax restores the checkpoint without noticing; its SHA-256 manifest does."""
+    workdir = copy_until(reference, tmp_path / "w", 15)
+    folder = workdir / "checkpoints" / "15"
+    assert (folder / ckpt.MANIFEST).is_file()
+    damage(folder, "appended")
+    variables = ckpt.load_variables(workdir)
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(
+        rf"warning: checkpoint {re.escape(str(folder.resolve()))} is damaged \(default/\S+ does not match its "
+        r"SHA-256 \(changed after the save\)\); skipped",
+        err,
+    ), err
+    assert_bitwise_equal(params(reference, 10), jax.tree_util.tree_leaves(variables))
+    (folder / ckpt.MANIFEST).unlink()  # without it, the restore alone would take the changed checkpoint
+    assert_bitwise_equal(params(reference, 15), jax.tree_util.tree_leaves(ckpt.load_variables(workdir, 15)))
 
 
 def test_resume_falls_back_from_a_damaged_checkpoint_and_cleans_stale_writes(data, reference, tmp_path, capsys):

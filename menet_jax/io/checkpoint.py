@@ -1,11 +1,13 @@
 """Orbax checkpoints of the train state, in WORKDIR/checkpoints/<step>.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run killed mid-save leaves
-no checkpoint that a restart could pick up; such leftovers are removed when the next run starts. A checkpoint that
-fails to restore or holds non-finite values is skipped with a warning for the newest intact one (Orbax keeps no
-checksums, so a restore error or a non-finite value is how damage shows). Non-finite states are never saved. The
-run's config is kept in WORKDIR/config.json; resuming with a different network shape is refused with a one-line
-error instead of a failed restore. WORKDIR/.lock keeps a second run off a workdir in use.
+no checkpoint that a restart could pick up; such leftovers are removed when the next run starts. Each committed
+checkpoint gets a list of the SHA-256 of its files (`MANIFEST`, in its folder), checked before it is restored: Orbax
+keeps no checksums, and a changed file that still decodes would restore silently. A checkpoint whose files do not
+match, that fails to restore or that holds non-finite values is skipped with a warning for the newest intact one.
+Non-finite states are never saved. The run's config is kept in WORKDIR/config.json; resuming with a different
+network shape is refused with a one-line error instead of a failed restore. WORKDIR/.lock keeps a second run off a
+workdir in use.
 
 In a run of several processes, all of them save and restore together (Orbax writes each replicated array once,
 from process 0, and coordinates the commit); process 0 alone moves damaged checkpoints aside. A checkpoint is read
@@ -33,10 +35,13 @@ from jax.experimental import multihost_utils
 
 from menet_jax.core.config import Config
 from menet_jax.errors import ConfigError, WorkdirError
+from menet_jax.io.outputs import atomic_write
+from menet_jax.io.weights import sha256
 
 # Keys that change the shapes of the saved arrays: a checkpoint cannot be resumed under other values.
 SHAPE_KEYS = ("image_size", "width")
 TMP_MARKER = ".orbax-checkpoint-tmp"
+MANIFEST = "menet-sha256.json"  # in each step folder: {relative path: SHA-256} of the files Orbax wrote
 
 
 def step_dir(workdir, step: int) -> Path:
@@ -140,13 +145,49 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _file_digests(folder: Path) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and MANIFEST not in p.name  # nor the temporary file of a write killed midway
+    }
+
+
+def _write_manifest(folder: Path) -> None:
+    digests = _file_digests(folder)  # before atomic_write puts its temporary file in the folder
+    with atomic_write(folder / MANIFEST) as f:
+        json.dump(digests, f, indent=0, sort_keys=True)
+
+
+def _manifest_mismatch(folder: Path) -> str | None:
+    """Why the files of checkpoint `folder` differ from its manifest (one changed, missing or added file), or None
+    when they match or it has none (written before manifests existed: restored as before)."""
+    try:
+        recorded = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"its {MANIFEST} is unreadable ({_one_line(error)})"
+    actual = _file_digests(folder)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            return f"{name} is missing"
+        if name not in recorded:
+            return f"{name} was added after the save"
+        if actual[name] != recorded[name]:
+            return f"{name} does not match its SHA-256 (changed after the save)"
+    return None
+
+
 def _restore_intact(manager: ocp.CheckpointManager, steps, restore, on_damaged):
-    """(restored, step) of the newest of `steps` that restores with finite values, calling `on_damaged(step,
-    reason)` for each newer one that does not; (None, None) when none does."""
+    """(restored, step) of the newest of `steps` whose files match their manifest and that restores with finite
+    values, calling `on_damaged(step, reason)` for each newer one that does not; (None, None) when none does."""
     for step in sorted(steps, reverse=True):
         try:
-            restored = restore(step)
-            reason = None if all_finite(restored) else "non-finite values"
+            reason = _manifest_mismatch(Path(manager.directory) / str(step))
+            if reason is None:
+                restored = restore(step)
+                reason = None if all_finite(restored) else "non-finite values"
         except Exception as error:  # TensorStore, JSON, missing files: all mean a damaged checkpoint here
             reason = _one_line(error)
         if reason is None:
@@ -243,6 +284,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) 
     try:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
+        if jax.process_index() == 0:  # every process's files are in place once the commit is waited for
+            _write_manifest(directory / str(step))
         error = None
     except Exception as failure:  # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ...")
         error = failure
@@ -342,4 +385,5 @@ def trim_log(log_file: Path, step: int) -> None:
             return False
 
     kept = [line for line in log_file.read_text().splitlines() if line.strip() and keep(line)]
-    log_file.write_text("".join(line + "\n" for line in kept))
+    with atomic_write(log_file) as f:  # a kill here leaves the old log, not half of it
+        f.write("".join(line + "\n" for line in kept))
