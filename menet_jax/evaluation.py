@@ -88,27 +88,27 @@ def evaluate_source(
     """
     meters = {name: SODMetrics(normalize=normalize) for name in map_names}
     rows = []
-    bar = tqdm(total=len(source), desc=printable_name(name), unit="img", disable=not progress)
-    for start in range(0, len(source), batch_size):
-        indices = range(start, min(start + batch_size, len(source)))
-        examples = [source[i] for i in indices]
-        batch_maps = maps_for(indices, examples)
-        for map_name in map_names:
-            preds = [to_8bit(maps[map_name]) for maps in batch_maps]
-            scores = meters[map_name].step_batch(preds, [example["mask"] for example in examples])
-            for example, pred, image_scores in zip(examples, preds, scores):
-                rows.append(
-                    {
-                        "dataset": name,
-                        "map": map_name,
-                        "name": example["name"],
-                        **{key: float(image_scores[key]) for key in IMAGE_KEYS},
-                    }
-                )
-                if save_dir is not None:
-                    save_image(Image.fromarray(pred), Path(save_dir) / name / map_name / f"{example['name']}.png")
-        bar.update(len(examples))
-    bar.close()
+    # The bar is closed (its line ended) before an error propagates to be printed.
+    with tqdm(total=len(source), desc=printable_name(name), unit="img", disable=not progress) as bar:
+        for start in range(0, len(source), batch_size):
+            indices = range(start, min(start + batch_size, len(source)))
+            examples = [source[i] for i in indices]
+            batch_maps = maps_for(indices, examples)
+            for map_name in map_names:
+                preds = [to_8bit(maps[map_name]) for maps in batch_maps]
+                scores = meters[map_name].step_batch(preds, [example["mask"] for example in examples])
+                for example, pred, image_scores in zip(examples, preds, scores):
+                    rows.append(
+                        {
+                            "dataset": name,
+                            "map": map_name,
+                            "name": example["name"],
+                            **{key: float(image_scores[key]) for key in IMAGE_KEYS},
+                        }
+                    )
+                    if save_dir is not None:
+                        save_image(Image.fromarray(pred), Path(save_dir) / name / map_name / f"{example['name']}.png")
+            bar.update(len(examples))
     return {map_name: meter.results() for map_name, meter in meters.items()}, rows
 
 

@@ -10,20 +10,22 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import one_line_error
+from helpers import ecssd_subset, one_line_error
 from PIL import Image
 
-from menet_jax import evaluate, export, predict, pretrained, train
+from menet_datasets import prepare
+from menet_jax import curves, evaluate, export, predict, pretrained, train
 from menet_jax.core.config import get_config
 from menet_jax.core.model import MEnet, init_variables
 from menet_jax.io import weights
-from robustness import compare, jacobian, lipschitz
+from robustness import compare, jacobian, lipschitz, report
 from robustness import evaluate as robustness_evaluate
 
 
 @pytest.fixture(scope="module")
-def owned(tmp_path_factory):
-    """What a user owns: photos (one hard-linked into an output folder), a weights file and a hard link of it."""
+def owned(tmp_path_factory, shared_data):
+    """What a user owns: photos (one hard-linked into an output folder), a weights file and a hard link of it, files
+    that are not what their names say, 8 real ECSSD pairs, a workdir with a training log."""
     root = tmp_path_factory.mktemp("owned")
     photos = root / "photos"
     photos.mkdir()
@@ -46,16 +48,41 @@ def owned(tmp_path_factory):
     empty = root / "emptyconfig"  # a workdir whose config.json was emptied
     (empty / "checkpoints").mkdir(parents=True)
     (empty / "config.json").write_text("")
+    # Files that are not what their names say, an empty folder, JSON that is not a tool's, a small real dataset.
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    (root / "truncated.png").write_bytes((photos / "a.png").read_bytes()[:200])
+    (root / "emptydir").mkdir()
+    (root / "dir.png").mkdir()
+    (root / "bad.json").write_text("{")
+    (root / "list.json").write_text("[1, 2]")
+    ecssd_subset(shared_data, root / "data8", 0, 8)
+    logged = root / "logged"  # a workdir with a training log (what curves draws)
+    (logged / "checkpoints").mkdir(parents=True)
+    get_config("tiny").to_json(logged / "config.json")
+    (logged / "metrics.jsonl").write_text(
+        "".join(
+            f'{{"step": {s}, "split": "train", "loss": 1.0, "metric": 0.5, "ce": 0.5, "lr": 0.1}}\n' for s in (1, 2)
+        )
+    )
     return root
 
 
 def _hashes(root):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every path under `root` with its contents' SHA-256 (None for a folder): a changed, removed or added file or
+    folder shows as a difference."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 DATA = ["--data-dir", "{ecssd}", "--no-progress"]
 ROBUST = [*DATA, "--distortion", "awgn", "--output", "{owned}/r"]
 JAC = [*DATA, "--config", "tiny"]
+DATA8 = ["--data-dir", "{owned}/data8", "--no-progress"]
+PREDICT_A = ["i", "{owned}/photos/a.png", "{owned}/m.png"]
+JPEG = [*DATA, "--distortion", "jpeg", "--output", "{owned}/r"]
+PGD = [*DATA, "--distortion", "pgd-linf", "--output", "{owned}/r"]
+CORRUPT = [*DATA, "--distortion", "imagenet-c", "--output", "{owned}/r"]
+TRAIN8 = ["--config", "tiny", "--data-dir", "{owned}/data8", "--workdir", "{tmp}/w", "--no-progress"]
 # (command, argv with {owned}, {workdir} and {ecssd} filled in, what the one line must contain)
 CASES = [
     (predict, ["i", "{owned}/photos/a.png", "{owned}/m.png", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
@@ -115,6 +142,135 @@ CASES = [
         ["i", "{owned}/photos/a.png", "{owned}/m.png", "--checkpoint", "{owned}/emptyconfig"],
         "not a config written by train",
     ),
+    # Paths that do not exist or are not what they claim, bad values and usage errors, command by command.
+    (predict, ["i", "{owned}/nosuch.png", "{owned}/m.png"], "image not found"),
+    (predict, ["p", "{owned}/photos/a.png", "{owned}/m"], "folder not found"),
+    (predict, ["p", "{owned}/emptydir", "{owned}/m"], "no images found in"),
+    (predict, [*PREDICT_A, "--checkpoint", "{owned}/nosuch"], "weights file not found"),
+    (predict, [*PREDICT_A, "--checkpoint", "{owned}/photos/a.png"], "not an exported menet-jax weights file"),
+    (predict, [*PREDICT_A, "--backend", "onnx", "--checkpoint", "{owned}/mine.npz"], "needs --checkpoint FILE.onnx"),
+    (predict, [*PREDICT_A, "--threshold", "-0.5"], "--threshold must be in [0, 1], got -0.5"),
+    (predict, [*PREDICT_A, "--threshold", "nan"], "--threshold must be in [0, 1], got nan"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/photos/a.png"], "is the input image"),
+    (predict, ["p", "{owned}/photos", "{owned}/photos"], "is the input image"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/photos"], "no image extension"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.xyz"], "unknown image extension '.xyz'"),
+    (predict, ["i", "{owned}/photos/a.png", "{owned}/m.jpg", "--cutout"], ".jpg cannot hold RGBA images"),
+    (predict, [*PREDICT_A, "--map", "nosuch"], "argument --map: invalid choice: 'nosuch'"),
+    (predict, [*PREDICT_A, "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
+    (predict, ["x", "{owned}/photos/a.png", "{owned}/m.png"], "argument mode: invalid choice: 'x'"),
+    (predict, ["i", "{owned}/photos/a.png"], "the following arguments are required: output"),
+    (predict, ["i", "{owned}/text.png", "{owned}/m.png", "--no-progress"], "text.png: cannot read image"),
+    (predict, ["i", "{owned}/empty.png", "{owned}/m.png", "--no-progress"], "empty.png: cannot read image"),
+    (predict, ["i", "{owned}/truncated.png", "{owned}/m.png", "--no-progress"], "truncated.png: cannot read image"),
+    (evaluate, ["--predictions", "{owned}/nosuch", *DATA8, "--output", "{owned}/e"], "prediction folder not found"),
+    (evaluate, ["--data-dir", "{owned}/nosuch", "--output", "{owned}/e"], "dataset folder not found"),
+    (evaluate, ["--data-dir", "{owned}/mine.npz", "--output", "{owned}/e"], "dataset folder not found"),
+    (evaluate, ["--data-dir", "{owned}/photos", "--output", "{owned}/e"], "no image/mask folder pair found"),
+    (evaluate, ["--dataset", "nosuch", "--output", "{owned}/e"], "unknown dataset 'nosuch'"),
+    (
+        evaluate,
+        ["--checkpoint", "{owned}/photos/a.png", *DATA8, "--output", "{owned}/e"],
+        "not an exported menet-jax weights file",
+    ),
+    (
+        evaluate,
+        ["--predictions", "{owned}/photos", *DATA8, "--output", "{owned}/e"],
+        "no prediction with the same stem",
+    ),
+    (
+        evaluate,
+        ["--checkpoint", "{workdir}", "--predictions", "{owned}/photos", *DATA8],
+        "argument --predictions: not allowed with argument --checkpoint",
+    ),
+    (evaluate, [*DATA8, "--map", "both", "--no-normalize", "--output", "{owned}/e", "--nosuch"], "unrecognized"),
+    (train, ["--config", "nosuch", "--dry-run"], "argument --config: invalid choice: 'nosuch'"),
+    (train, ["--config", "tiny", "--set", "nosuch=1", "--dry-run"], "unknown config key 'nosuch'"),
+    (train, ["--config", "tiny", "--set", "width", "--dry-run"], "width"),
+    (train, ["--config", "tiny", "--set", "width=abc", "--dry-run"], "bad value for width: 'abc'"),
+    (train, ["--config", "tiny", "--set", "seed=abc", "--dry-run"], "bad value for seed: 'abc'"),
+    (train, ["--config", "tiny", "--set", "width=0", "--dry-run"], "width must be >= 1, got 0"),
+    (train, ["--config", "tiny", "--set", "image_size=0", "--dry-run"], "image_size must be a positive multiple of 32"),
+    (train, ["--config", "tiny", "--set", "image_size=100", "--dry-run"], "positive multiple of 32, got 100"),
+    (train, ["--config", "tiny", "--set", "dtype=float16", "--dry-run"], "dtype must be one of float32, bfloat16"),
+    (train, ["--config", "tiny", "--set", "crop_min=2", "--dry-run"], "crop_min must be in (0, 1], got 2.0"),
+    (train, ["--config", "tiny", "--set", "learning_rate=-1", "--dry-run"], "learning_rate must be > 0 and finite"),
+    (train, ["--config", "tiny", "--set", "learning_rate=inf", "--dry-run"], "learning_rate must be > 0 and finite"),
+    (train, ["--config", "tiny", "--set", "weight_decay=nan", "--dry-run"], "weight_decay must be >= 0 and finite"),
+    (train, ["--config", "tiny", "--set", "momentum=1", "--dry-run"], "momentum must be in [0, 1), got 1.0"),
+    (train, ["--config", "tiny", "--steps", "0", "--dry-run"], "steps must be >= 1, got 0"),
+    (train, ["--config", "tiny", "--steps", "-5", "--dry-run"], "steps must be >= 1, got -5"),
+    (train, [*TRAIN8, "--set", "val_size=100000"], "cannot hold out 100000 validation examples from a dataset of 8"),
+    (
+        train,
+        [*TRAIN8, "--set", "val_size=2", "--set", "batch_size=100000"],
+        "batch_size=100000 is larger than the training set (6 images",
+    ),
+    (train, ["--config", "tiny", "--data-dir", "{owned}/nosuch", "--workdir", "{tmp}/w"], "dataset folder not found"),
+    (train, ["--config", "tiny", "--data-dir", "{owned}/photos", "--workdir", "{tmp}/w"], "no image/mask folder pair"),
+    (train, ["--config", "tiny", "--data-dir", "{owned}/data8", "--dataset", "ecssd", "--workdir", "{tmp}/w"], "one"),
+    (export, ["--check", "{owned}/nosuch.onnx"], "ONNX file not found"),
+    (export, ["--check", "{owned}/photos/a.png"], "not a readable ONNX model"),
+    (export, ["--check", "{owned}/mine.npz"], "not a readable ONNX model"),
+    (export, ["{owned}/out.xyz"], "unknown export extension '.xyz'"),
+    (export, ["{owned}/out.onnx", "--checkpoint", "{owned}/nosuch"], "weights file not found"),
+    (export, ["{owned}/out.onnx", "--checkpoint", "{owned}/photos/a.png"], "not an exported menet-jax weights file"),
+    (export, ["{owned}/out.onnx", "--format", "nosuch"], "argument --format: invalid choice: 'nosuch'"),
+    (export, ["{owned}/mine.npz", "{owned}/out.onnx"], "give the network with --checkpoint"),
+    (export, [], "the following arguments are required: OUT"),
+    (pretrained, ["verify", "{owned}/nosuch.npz"], "weights file not found"),
+    (pretrained, ["verify", "{owned}/photos/a.png"], "not an exported menet-jax weights file"),
+    (pretrained, ["verify", "{owned}/huge.npz"], "declares"),
+    (pretrained, ["export", "{owned}/nosuch", "{owned}/w.npz"], "not a training workdir (no config.json)"),
+    (pretrained, ["export", "{workdir}", "{owned}/w.onnx"], "weights are a .npz archive; name it"),
+    (pretrained, ["export", "{workdir}", "{tmp}/w.npz", "--step", "7"], "no checkpoint of step 7"),
+    (pretrained, ["nosuch"], "argument command: invalid choice: 'nosuch'"),
+    (curves, ["{owned}/nosuch"], "no training log"),
+    (curves, ["{workdir}"], "no training log"),
+    (curves, ["{owned}/logged", "--output", "{owned}/logged/config.json"], "curves are drawn as .png, .pdf, .svg"),
+    (curves, ["{owned}/logged", "--output", "{owned}/photos"], "curves are drawn as"),
+    (curves, ["{owned}/logged", "--output", "{owned}/dir.png"], "is a folder; give a file name such as"),
+    (curves, ["{owned}/logged", "--output", "{owned}/logged/metrics.jsonl"], "curves are drawn as"),
+    (curves, [], "the following arguments are required: workdir"),
+    (report, ["--lipschitz", "{owned}/nosuch.json", "--output", "{owned}/r"], "nosuch.json: cannot read"),
+    (report, ["--jacobian", "{owned}/photos/a.png", "--output", "{owned}/r"], "a.png: cannot read"),
+    (report, ["--evaluate", "{owned}/bad.json", "--output", "{owned}/r"], "bad.json: cannot read"),
+    (report, ["--evaluate", "{owned}/list.json", "--output", "{owned}/r"], "not written by the expected tool"),
+    (report, ["--output", "{owned}/r"], "nothing to report"),
+    (report, ["--lipschitz", "{owned}/bad.json", "--output", "{owned}/mine.npz"], "is a file, not a folder"),
+    (compare, ["nolabel", "--output", "{owned}/r"], "give a run as LABEL=PATH[:MAP]"),
+    (compare, ["a={owned}/nosuch", "--output", "{owned}/r"], "nosuch: cannot read it"),
+    (compare, ["a={owned}/bad.json", "--output", "{owned}/r"], "bad.json: cannot read it"),
+    (compare, ["a={owned}/photos", "--output", "{owned}/r"], "photos: cannot read it"),
+    (compare, ["a={owned}/bad.json"], "the following arguments are required: --output"),
+    (robustness_evaluate, [*ROBUST, "--levels", "-5"], "bad awgn level -5"),
+    (robustness_evaluate, [*JPEG, "--levels", "0"], "bad jpeg level 0: an integer quality 1..100"),
+    (robustness_evaluate, [*JPEG, "--levels", "101"], "bad jpeg level 101"),
+    (robustness_evaluate, [*PGD, "--pgd-steps", "0"], "--pgd-steps must be >= 1, got 0"),
+    (robustness_evaluate, [*PGD, "--pgd-step-size", "-1"], "--pgd-step-size must be > 0"),
+    (robustness_evaluate, [*PGD, "--levels", "-2"], "bad pgd-linf budget '-2'"),
+    (robustness_evaluate, [*CORRUPT, "--corruptions", "nosuch"], "unknown corruption 'nosuch'"),
+    (robustness_evaluate, [*CORRUPT, "--levels", "6"], "bad imagenet-c severity '6'"),
+    (robustness_evaluate, [*ROBUST, "--predictor", "{owned}/nosuch.onnx"], "--predictor must be MODULE:FUNCTION"),
+    (robustness_evaluate, [*PGD, "--predictor", "os:getcwd"], "--distortion pgd-linf needs --checkpoint"),
+    (robustness_evaluate, [*ROBUST, "--checkpoint", "{owned}/photos/a.png"], "not an exported menet-jax weights"),
+    (robustness_evaluate, [*ROBUST, "--reference", "{owned}/nosuch"], "--reference is for --distortion imagenet-c"),
+    (robustness_evaluate, [*ROBUST, "--distortion", "nosuch"], "argument --distortion: invalid choice"),
+    (
+        robustness_evaluate,
+        ["--data-dir", "{owned}/nosuch", "--distortion", "awgn", "--output", "{owned}/r"],
+        "dataset folder not found",
+    ),
+    (jacobian, ["--checkpoint", "{owned}/nosuch", *DATA8], "weights file not found"),
+    (jacobian, ["--config", "tiny", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    (jacobian, [*JAC, "--probes", "x"], "argument --probes: invalid int value: 'x'"),
+    (jacobian, ["--checkpoint", "{workdir}", "--config", "tiny", *DATA8], "not allowed with argument --checkpoint"),
+    (lipschitz, ["--checkpoint", "{owned}/photos/a.png"], "not an exported menet-jax weights file"),
+    (lipschitz, ["--config", "nosuch"], "unknown config 'nosuch'"),
+    (prepare, ["nosuch", "--manual-dir", "{owned}/data8", "--data-dir", "{tmp}"], "unknown dataset 'nosuch'"),
+    (prepare, ["ecssd", "--manual-dir", "{owned}/nosuch", "--data-dir", "{tmp}"], "manual dir not found"),
+    (prepare, ["ecssd", "--data-dir", "{tmp}"], "--manual-dir DIR is needed"),
+    (prepare, [], "the following arguments are required: NAME"),
 ]
 
 
@@ -122,16 +278,16 @@ CASES = [
     "command, argv, expected", CASES, ids=[f"{c.__name__.split('.')[-1]}-{i}" for i, (c, _, _) in enumerate(CASES)]
 )
 def test_hostile_case_is_one_line_and_exit_2_with_nothing_lost(
-    owned, tiny_checkpoint, shared_data, capsys, command, argv, expected
+    owned, tiny_checkpoint, shared_data, tmp_path, capsys, command, argv, expected
 ):
-    paths = {"owned": owned, "workdir": tiny_checkpoint, "ecssd": shared_data / "ECSSD"}
+    paths = {"owned": owned, "workdir": tiny_checkpoint, "ecssd": shared_data / "ECSSD", "tmp": tmp_path}
     argv = [a.format(**paths) for a in argv]
     before = {**_hashes(owned), **_hashes(tiny_checkpoint)}
     capsys.readouterr()
     line = one_line_error(capsys, expected, run=(command.main, argv))
     assert "Traceback" not in line
-    assert {**_hashes(owned), **_hashes(tiny_checkpoint)} == before  # every file byte-identical
-    assert not any((owned / name).exists() for name in ("m.png", "e", "r"))  # nothing written
+    # every file byte-identical, and nothing written beside them
+    assert {**_hashes(owned), **_hashes(tiny_checkpoint)} == before
 
 
 def test_a_batch_size_larger_than_the_images_pads_only_to_the_images(owned, tiny_checkpoint, tmp_path, capsys):

@@ -32,18 +32,18 @@ def predict_files(predictor, inputs, outputs, *, map_name="metric", threshold=No
     """Predict each input file and write the matching output (format from its extension); returns the number
     written. The outputs are checked first (`io.outputs`), so a bad path fails before any prediction."""
     formats = check_outputs(inputs, outputs, cutout=cutout)
-    bar = tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(inputs), predictor.batch_size):
-        paths = inputs[start : start + predictor.batch_size]
-        images = [load_photo(p) for p in paths]
-        chunk = zip(
-            images,
-            predictor(images),
-            outputs[start : start + predictor.batch_size],
-            formats[start : start + predictor.batch_size],
-        )
-        for image, maps, out, fmt in chunk:
-            save_image(render(image, maps[map_name], threshold=threshold, cutout=cutout), out, fmt)
-        bar.update(len(paths))
-    bar.close()
+    # The bar is closed (its line ended) before an error propagates to be printed.
+    with tqdm(total=len(inputs), desc="predict", unit="img", disable=not progress) as bar:
+        for start in range(0, len(inputs), predictor.batch_size):
+            paths = inputs[start : start + predictor.batch_size]
+            images = [load_photo(p) for p in paths]
+            chunk = zip(
+                images,
+                predictor(images),
+                outputs[start : start + predictor.batch_size],
+                formats[start : start + predictor.batch_size],
+            )
+            for image, maps, out, fmt in chunk:
+                save_image(render(image, maps[map_name], threshold=threshold, cutout=cutout), out, fmt)
+            bar.update(len(paths))
     return len(inputs)
