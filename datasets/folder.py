@@ -110,20 +110,16 @@ def _warn_skipped(path: Path, why: str) -> None:
     print(f"warning: {printable_name(str(path))}: {why}; skipped", file=sys.stderr)
 
 
-def _unreadable_entry(entry: os.DirEntry) -> str | None:
-    """Why a directory entry cannot be read as a file ("" for a folder, ignored), or None for a regular file."""
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file ("" for a folder, which the listings ignore), or None for a regular
+    file."""
     try:
-        mode = entry.stat().st_mode  # follows symlinks
+        mode = path.stat().st_mode  # follows symlinks
     except OSError as error:
-        if entry.is_symlink():
-            if error.errno == errno.ELOOP:
-                return "a symlink loop"
-            if error.errno in (errno.ENOENT, errno.ENOTDIR):
-                try:
-                    target = os.readlink(entry.path)
-                except OSError:
-                    target = "?"
-                return f"a dangling symlink (to {target}, which does not exist)"
+        if path.is_symlink() and error.errno == errno.ELOOP:
+            return "a symlink loop"
+        if path.is_symlink() and error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"a dangling symlink (to {os.readlink(path)}, which does not exist)"
         return f"cannot be read ({error.strerror or error})"
     if stat.S_ISDIR(mode):
         return ""
@@ -151,7 +147,7 @@ def list_images(
         if entry.name.startswith("."):
             continue
         path = folder / entry.name
-        problem = _unreadable_entry(entry)
+        problem = _unreadable(path)
         if path.suffix.lower() not in exts or problem is not None:
             if problem is None and ignored is not None and path.suffix.lower() not in IMAGE_EXTS:
                 ignored.append(path)
@@ -187,17 +183,6 @@ def _single_subfolder(root: Path) -> Path | None:
     return folders[0] if len(folders) == 1 else None
 
 
-def _broken_link(path: Path) -> str | None:
-    """Why ``path`` is a symlink that leads nowhere (a loop, a missing target), or None."""
-    if not path.is_symlink():
-        return None
-    try:
-        path.stat()
-    except OSError as error:
-        return "a symlink loop" if error.errno == errno.ELOOP else f"a dangling symlink (to {os.readlink(path)})"
-    return None
-
-
 def find_layout(root, layouts=LAYOUTS) -> tuple[Layout, Path, Path]:
     """The first of ``layouts`` present in ``root``, or else in its only subfolder (the top folder of an
     extracted archive, e.g. MSRA10K_Imgs_GT/): (layout, image folder, mask folder)."""
@@ -212,7 +197,7 @@ def find_layout(root, layouts=LAYOUTS) -> tuple[Layout, Path, Path]:
     searched = f"{root / first.images} + {root / first.masks}" + (f"; and under it {rest}" if rest else "")
     for layout in layouts:  # an image or mask folder that is a broken symlink: named, not only "not found"
         for folder in (root / layout.images, root / layout.masks):
-            why = _broken_link(folder)
+            why = folder.is_symlink() and _unreadable(folder)
             if why:
                 raise DataError(f"{folder}: {why}; no image/mask folder pair found in {root}")
     raise DataError(f"{root}: no image/mask folder pair found (searched {searched})")

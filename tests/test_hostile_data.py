@@ -137,7 +137,7 @@ CASES = {
         lambda r: _replace_with_link(r / "masks", "gone"),
         "error",
         ["masks"],
-        "a dangling symlink (to gone); no image/mask folder pair found",
+        "a dangling symlink (to gone, which does not exist); no image/mask folder pair found",
     ),
 }
 

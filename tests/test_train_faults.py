@@ -3,6 +3,7 @@ a second run on a workdir in use, a lower --steps. Each interrupted run, resumed
 uninterrupted one does (same seed, same data order)."""
 
 import json
+import os
 import random
 import re
 import shutil
@@ -257,6 +258,32 @@ def test_a_changed_file_that_still_restores_is_caught_by_the_manifest(reference,
     assert_bitwise_equal(params(reference, 10), jax.tree_util.tree_leaves(variables))
     (folder / ckpt.MANIFEST).unlink()  # without it, the restore alone would take the changed checkpoint
     assert_bitwise_equal(params(reference, 15), jax.tree_util.tree_leaves(ckpt.load_variables(workdir, 15)))
+
+
+def test_a_damaged_checkpoint_read_by_a_command_is_one_warning_line(reference, tmp_path, shared_data):
+    """Every array file of the newest checkpoint cut short, its manifest gone (so that Orbax's restore itself meets
+    the damage): its writer threads then print "Event loop is closed" thousands of times as they die. The command
+    prints one warning line and goes on with the checkpoint before."""
+    workdir = copy_until(reference, tmp_path / "w", 15)
+    folder = workdir / "checkpoints" / "15"
+    (folder / ckpt.MANIFEST).unlink()
+    for path in (folder / "default").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:100])
+    image = sorted((shared_data / "ECSSD" / "images").glob("*.jpg"))[0]
+    argv = ["i", str(image), str(tmp_path / "map.png"), "--checkpoint", str(workdir), "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-m", "menet_jax.predict", *argv],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: checkpoint {folder.resolve()} is damaged ("), lines[:5]
+    assert (tmp_path / "map.png").is_file()
 
 
 def test_resume_falls_back_from_a_damaged_checkpoint_and_cleans_stale_writes(data, reference, tmp_path, capsys):
