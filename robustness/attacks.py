@@ -16,6 +16,13 @@
   iterate (start included) with the largest loss, so the loss is never below the start's; eps = 0 returns x.
 * Non-finite gradient entries (the Eq. 5 distance's sqrt at 0, measure zero) are set to 0.
 
+``apgd(...)`` is APGD (Croce and Hein, ICML 2020), the attack of AutoAttack, on the same loss, budgets, projection
+and pixel range: no step size to tune (it starts at 2 eps and halves, per image, at checkpoints where the loss has
+not risen often enough or the best loss has not improved since the last checkpoint, restarting from the best
+point), a momentum of 0.25 on the last move, and several restarts from uniform random points of the ball keeping,
+per image, the point of largest loss over all restarts. Weak single attacks overstate robustness (Croce et al.,
+ECCV 2024, for segmentation); 10-step PGD without restarts is one.
+
 The attack space is the network's own input: images already resized to its input size, perturbed as floats (not
 re-quantised to 8 bits, which would round away most of a 1/255 budget).
 """
@@ -133,3 +140,142 @@ def pgd(
     return _pgd(
         f, params, x, y, delta0, jnp.float32(eps), jnp.float32(step_size), norm=norm, steps=int(steps), loss=loss
     )
+
+
+# APGD's constants (Croce and Hein 2020, Sec. 3): the momentum weight alpha of the move, the share rho of
+# iterations that must raise the loss between checkpoints, and the checkpoint schedule p_j.
+APGD_ALPHA = 0.75
+APGD_RHO = 0.75
+
+
+def apgd_checkpoints(steps: int) -> tuple:
+    """The iterations at which APGD may halve its step: ceil(p_j steps), p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return tuple(sorted({int(np.ceil(q * steps)) for q in p[1:]} - {0}))
+
+
+def _direction(g, norm):
+    return jnp.sign(g) if norm == "linf" else g / jnp.maximum(_per_image_norm(g), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("norm", "steps", "loss"))
+def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
+    lo, hi = PIXEL_RANGE
+    n = x.shape[0]
+    expand = (-1,) + (1,) * (x.ndim - 1)
+    checkpoints = apgd_checkpoints(steps)
+    # For each iteration: whether it is a checkpoint, and the length of the interval that ends there.
+    is_checkpoint = np.zeros(steps + 1, bool)
+    interval = np.zeros(steps + 1, np.float32)
+    for previous, k in zip((0, *checkpoints), checkpoints):
+        is_checkpoint[k], interval[k] = True, k - previous
+
+    def value_and_grad(z):
+        losses, vjp = jax.vjp(lambda v: map_loss(f(params, v), y, loss), z)
+        (g,) = vjp(jnp.ones_like(losses))  # each image's gradient of its own loss
+        return losses, jnp.where(jnp.isfinite(g), g, 0.0)
+
+    def step(z, previous, g, eta, momentum):
+        """The projected gradient step from z, then the move with momentum from the previous point."""
+        candidate = jnp.clip(x + project(z + eta.reshape(expand) * _direction(g, norm) - x, eps, norm), lo, hi)
+        moved = z + momentum * (candidate - z) + (1.0 - momentum) * (z - previous)
+        return jnp.clip(x + project(moved - x, eps, norm), lo, hi)
+
+    start = jnp.clip(x + project(delta0, eps, norm), lo, hi)
+    loss0, g0 = value_and_grad(start)
+    eta = jnp.full((n,), 2.0, jnp.float32) * eps
+    state = {
+        "previous": start,
+        "z": step(start, start, g0, eta, 1.0),  # the first move has no momentum
+        "last_loss": loss0,
+        "best": start,
+        "best_grad": g0,
+        "best_loss": loss0,
+        "eta": eta,
+        "rises": jnp.zeros((n,), jnp.float32),  # loss rises since the last checkpoint
+        "best_at_checkpoint": loss0,
+        "halved_at_checkpoint": jnp.zeros((n,), bool),
+    }
+
+    def body(k, s):
+        losses, g = value_and_grad(s["z"])
+        rises = s["rises"] + (losses > s["last_loss"])
+        better = losses > s["best_loss"]
+        best = jnp.where(better.reshape(expand), s["z"], s["best"])
+        best_grad = jnp.where(better.reshape(expand), g, s["best_grad"])
+        best_loss = jnp.where(better, losses, s["best_loss"])
+        # At a checkpoint: halve the step of the images whose loss rose in fewer than rho of the iterations since
+        # the last one, or whose best loss has not improved since then (unless the step was just halved), and
+        # send them back to their best point.
+        at = jnp.asarray(is_checkpoint)[k]
+        halve = at & (
+            (rises < APGD_RHO * jnp.asarray(interval)[k])
+            | (~s["halved_at_checkpoint"] & (best_loss <= s["best_at_checkpoint"]))
+        )
+        z = jnp.where(halve.reshape(expand), best, s["z"])
+        g = jnp.where(halve.reshape(expand), best_grad, g)
+        eta = jnp.where(halve, s["eta"] / 2.0, s["eta"])
+        return {
+            "previous": s["z"],
+            "z": step(z, s["z"], g, eta, APGD_ALPHA),
+            "last_loss": losses,
+            "best": best,
+            "best_grad": best_grad,
+            "best_loss": best_loss,
+            "eta": eta,
+            "rises": jnp.where(at, 0.0, rises),
+            "best_at_checkpoint": jnp.where(at, best_loss, s["best_at_checkpoint"]),
+            "halved_at_checkpoint": jnp.where(at, halve, s["halved_at_checkpoint"]),
+        }
+
+    s = jax.lax.fori_loop(1, steps, body, state)
+    last = map_loss(f(params, s["z"]), y, loss)  # the final iterate, not yet evaluated
+    better = last > s["best_loss"]
+    return jnp.where(better.reshape(expand), s["z"], s["best"]), jnp.maximum(last, s["best_loss"])
+
+
+def apgd(
+    f,
+    params,
+    x,
+    y,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 100,
+    restarts: int = 3,
+    loss: str = "bce",
+    starts=None,
+):
+    """APGD (see the module docstring) on `f(params, x) -> maps in [0, 1]`: x (N, S, S, 3) on 0..255, y (N, S, S)
+    in {0, 1}, eps in pixel levels. `starts`: one initial perturbation per restart (each (N, S, S, 3), e.g.
+    `random_start`; default: `restarts` random starts from a generator seeded 0). Returns (adversarial x float32,
+    its loss (N,)): per image, the point of largest loss over every restart and iteration."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r} (one of {', '.join(NORMS)})")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown attack loss {loss!r} (one of {', '.join(LOSSES)})")
+    if eps < 0 or steps < 1 or restarts < 1:
+        raise ValueError(f"eps must be >= 0, steps and restarts >= 1, got {eps}, {steps}, {restarts}")
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    if eps == 0:
+        return x, map_loss(f(params, x), y, loss)
+    if starts is None:
+        rng = np.random.default_rng(0)
+        starts = [random_start(x.shape, eps, norm, rng) for _ in range(restarts)]
+    best, best_loss = None, None
+    for start in starts:
+        adv, adv_loss = _apgd(
+            f, params, x, y, jnp.asarray(start, jnp.float32), jnp.float32(eps), norm=norm, steps=int(steps), loss=loss
+        )
+        if best is None:
+            best, best_loss = adv, adv_loss
+        else:
+            better = adv_loss > best_loss
+            best = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), adv, best)
+            best_loss = jnp.maximum(adv_loss, best_loss)
+    return best, best_loss

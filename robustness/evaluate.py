@@ -51,6 +51,11 @@ is a float, not re-quantised), clipped to 0..255. Budgets --levels in /255 units
 2 4 8, L2 0 32 64 128 255), --pgd-steps (10), --pgd-step-size (a multiple of the budget, default 2.5 / steps),
 --random-start. The table adds the attacked loss at each budget.
 
+APGD (--distortion apgd-linf | apgd-l2, `attacks.apgd`): the same loss, maps, budgets and attack space, with
+APGD's own step-size schedule and momentum, --pgd-steps iterations (default 100) from --restarts uniform random
+starts (default 3), keeping per image the point of largest loss; each seed draws other starts. Stronger than
+10-step PGD, whose kept shares are upper bounds.
+
 Robustness commands run in float32 (the checkpoint's compute dtype is not changed here).
 """
 
@@ -75,9 +80,12 @@ from menet_jax.api import ConfigError
 from robustness import attacks, corruptions, distortions
 
 KEYS = ("adp_f", "max_f", "mae")
-ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2"}
+ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2", "apgd-linf": "linf", "apgd-l2": "l2"}  # kind -> norm
 KINDS = (*distortions.KINDS, "imagenet-c", *ATTACKS)
-UNITS = {"awgn": "variance", "jpeg": "quality", "pgd-linf": "L-inf budget (/255)", "pgd-l2": "L2 budget (/255)"}
+UNITS = {"awgn": "variance", "jpeg": "quality"} | {
+    kind: ("L-inf" if norm == "linf" else "L2") + " budget (/255)" for kind, norm in ATTACKS.items()
+}
+DEFAULT_STEPS = {"pgd": 10, "apgd": 100}
 
 
 def load_predictor(spec: str):
@@ -411,6 +419,8 @@ def evaluate_attack(
     *,
     maps=("ce",),
     seeds=(0,),
+    method="pgd",
+    restarts=3,
     random_start=False,
     steps=10,
     step_size=None,
@@ -419,8 +429,9 @@ def evaluate_attack(
     progress=True,
     desc="",
 ):
-    """PGD on each map of `maps` (each attacked separately, scored on the attacked map), at every budget (pixel
-    levels, 0..255 scale), in the network's input space. Level results as `evaluate_distorted`'s, plus
+    """PGD (`method` "pgd") or APGD ("apgd", `restarts` random starts) on each map of `maps` (each attacked
+    separately, scored on the attacked map), at every budget (pixel levels, 0..255 scale), in the network's input
+    space. Level results as `evaluate_distorted`'s, plus
     "attack_loss" {map: mean loss over the images at the returned point}; `step_size` a multiple of eps per
     step (default 2.5 / steps)."""
     size, variables = predictor.config.image_size, predictor.variables
@@ -429,11 +440,14 @@ def evaluate_attack(
     functions = {m: api.network_function(predictor.config, output=m, normalize=m == "metric") for m in maps}
     results = {}
     for eps in budgets:
+        random_start = random_start or method == "apgd"
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
         per_seed, losses = {}, {m: [] for m in maps}
         for seed in level_seeds:
             meters = {}
-            bar = tqdm(total=len(source), desc=f"{desc} pgd-{norm} {eps} seed {seed}", unit="img", disable=not progress)
+            bar = tqdm(
+                total=len(source), desc=f"{desc} {method}-{norm} {eps} seed {seed}", unit="img", disable=not progress
+            )
             for start in range(0, len(source), batch_size):
                 indices = list(range(start, min(start + batch_size, len(source))))
                 examples = [source[i] for i in indices]
@@ -441,22 +455,33 @@ def evaluate_attack(
                 pad = [pairs[-1]] * (batch_size - len(pairs))  # one shape: the attack compiles once
                 x = np.stack([p[0] for p in pairs + pad]).astype(np.float32)
                 y = np.stack([p[1] for p in pairs + pad]).astype(np.float32)
-                init = None
-                if random_start and eps > 0:
-                    init = np.concatenate(
-                        [
-                            attacks.random_start(
-                                (1, *x.shape[1:]), eps, norm, distortions.image_rng(seed, i, e["name"])
-                            )
-                            for i, e in zip(indices, examples)
-                        ]
-                        + [np.zeros((len(pad), *x.shape[1:]), np.float32)]
-                    )
+                starts = []
+                if random_start and eps > 0:  # each image's own generator: the batch does not change its starts
+                    rngs = [distortions.image_rng(seed, i, e["name"]) for i, e in zip(indices, examples)]
+                    starts = [
+                        np.concatenate(
+                            [attacks.random_start((1, *x.shape[1:]), eps, norm, rng) for rng in rngs]
+                            + [np.zeros((len(pad), *x.shape[1:]), np.float32)]
+                        )
+                        for _ in range(restarts if method == "apgd" else 1)
+                    ]
                 for m in maps:
-                    adv = (
-                        x
-                        if eps == 0
-                        else attacks.pgd(
+                    if eps == 0:
+                        adv = x
+                    elif method == "apgd":
+                        adv = attacks.apgd(
+                            functions[m],
+                            variables,
+                            x,
+                            y,
+                            eps=float(eps),
+                            norm=norm,
+                            steps=steps,
+                            loss=loss,
+                            starts=starts,
+                        )[0]
+                    else:
+                        adv = attacks.pgd(
                             functions[m],
                             variables,
                             x,
@@ -466,9 +491,8 @@ def evaluate_attack(
                             steps=steps,
                             step_size=None if step_size is None else step_size * eps,
                             loss=loss,
-                            start=init,
+                            start=starts[0] if starts else None,
                         )[0]
-                    )
                     raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
                     # The loss of the map the attack saw (the metric map in its normalised form), from the maps
                     # already computed: no extra network pass.
@@ -658,11 +682,12 @@ def parse_args(argv=None):
         help="imagenet-c: a reference model's robustness.json (from --distortion imagenet-c) for "
         "the corruption error CE; without it the CE column is left out",
     )
-    parser.add_argument("--pgd-steps", type=int, help="pgd-*: iterations (default 10)")
+    parser.add_argument("--pgd-steps", type=int, help="pgd-* / apgd-*: iterations (default 10 / 100)")
+    parser.add_argument("--restarts", type=int, help="apgd-*: random starts per image and seed (default 3)")
     parser.add_argument(
         "--pgd-step-size", type=float, help="pgd-*: step as a multiple of the budget (default 2.5 / steps)"
     )
-    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="pgd-*: loss maximised (default bce)")
+    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="pgd-* / apgd-*: loss maximised (default bce)")
     parser.add_argument(
         "--random-start",
         action="store_true",
@@ -702,15 +727,17 @@ def check_flags(args):
         for flag, value in (("--corruptions", args.corruptions), ("--reference", args.reference)):
             if value is not None:
                 raise ConfigError(f"{flag} is for --distortion imagenet-c, not {kind}")
+    method = kind.split("-")[0]
+    for flag, value, kinds in (
+        ("--pgd-steps", args.pgd_steps, ATTACKS),
+        ("--pgd-loss", args.pgd_loss, ATTACKS),
+        ("--pgd-step-size", args.pgd_step_size, ("pgd-linf", "pgd-l2")),  # APGD sets its own steps
+        ("--random-start", args.random_start or None, ("pgd-linf", "pgd-l2")),  # APGD always starts at random
+        ("--restarts", args.restarts, ("apgd-linf", "apgd-l2")),
+    ):
+        if value is not None and kind not in kinds:
+            raise ConfigError(f"{flag} is for --distortion {' / '.join(kinds)}, not {kind}")
     if kind not in ATTACKS:
-        for flag, value in (
-            ("--pgd-steps", args.pgd_steps),
-            ("--pgd-step-size", args.pgd_step_size),
-            ("--pgd-loss", args.pgd_loss),
-            ("--random-start", args.random_start or None),
-        ):
-            if value is not None:
-                raise ConfigError(f"{flag} is for --distortion pgd-linf / pgd-l2, not {kind}")
         return
     if args.predictor is not None:
         raise ConfigError(
@@ -719,8 +746,17 @@ def check_flags(args):
         )
     if args.pgd_steps is not None and args.pgd_steps < 1:
         raise ConfigError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
+    if args.restarts is not None and args.restarts < 1:
+        raise ConfigError(f"--restarts must be >= 1, got {args.restarts}")
+    args.pgd_steps = args.pgd_steps or DEFAULT_STEPS[method]
     if args.pgd_step_size is not None and not args.pgd_step_size > 0:
         raise ConfigError(f"--pgd-step-size must be > 0, got {args.pgd_step_size}")
+
+
+def _step_size_text(kind, step_size) -> str:
+    if kind.startswith("apgd"):
+        return "APGD's schedule (2 x budget, halved at checkpoints)"
+    return f"{step_size} x budget" if step_size else "2.5 x budget / steps"
 
 
 def model_name(args) -> str:
@@ -772,8 +808,10 @@ def main(argv=None) -> int:
                 ATTACKS[kind],
                 levels,
                 maps=map_names,
+                method=kind.split("-")[0],
+                restarts=args.restarts or 3,
                 random_start=args.random_start,
-                steps=args.pgd_steps or 10,
+                steps=args.pgd_steps,
                 step_size=args.pgd_step_size,
                 loss=args.pgd_loss or "bce",
                 **common,
@@ -800,9 +838,11 @@ def main(argv=None) -> int:
             "norm": ATTACKS[kind],
             "attacked_maps": list(map_names),
             "loss": loss,
-            "steps": args.pgd_steps or 10,
-            "step_size": f"{args.pgd_step_size} x budget" if args.pgd_step_size else "2.5 x budget / steps",
-            "random_start": args.random_start,
+            "attack": kind.split("-")[0],
+            "steps": args.pgd_steps,
+            "step_size": _step_size_text(kind, args.pgd_step_size),
+            "random_start": kind.startswith("apgd") or args.random_start,
+            "restarts": (args.restarts or 3) if kind.startswith("apgd") else 1,
             "seed": args.seed,
             "seeds": args.seeds,
             "attack_space": f"network input ({input_size} px, float, not re-quantised)",

@@ -81,6 +81,7 @@ DATA8 = ["--data-dir", "{owned}/data8", "--no-progress"]
 PREDICT_A = ["i", "{owned}/photos/a.png", "{owned}/m.png"]
 JPEG = [*DATA, "--distortion", "jpeg", "--output", "{owned}/r"]
 PGD = [*DATA, "--distortion", "pgd-linf", "--output", "{owned}/r"]
+APGD = [*DATA, "--distortion", "apgd-l2", "--output", "{owned}/r"]
 CORRUPT = [*DATA, "--distortion", "imagenet-c", "--output", "{owned}/r"]
 TRAIN8 = ["--config", "tiny", "--data-dir", "{owned}/data8", "--workdir", "{tmp}/w", "--no-progress"]
 # (command, argv with {owned}, {workdir} and {ecssd} filled in, what the one line must contain)
@@ -249,6 +250,9 @@ CASES = [
     (robustness_evaluate, [*PGD, "--pgd-steps", "0"], "--pgd-steps must be >= 1, got 0"),
     (robustness_evaluate, [*PGD, "--pgd-step-size", "-1"], "--pgd-step-size must be > 0"),
     (robustness_evaluate, [*PGD, "--levels", "-2"], "bad pgd-linf budget '-2'"),
+    (robustness_evaluate, [*APGD, "--restarts", "0"], "--restarts must be >= 1, got 0"),
+    (robustness_evaluate, [*APGD, "--pgd-step-size", "0.1"], "--pgd-step-size is for --distortion pgd-linf / pgd-l2"),
+    (robustness_evaluate, [*PGD, "--restarts", "3"], "--restarts is for --distortion apgd-linf / apgd-l2"),
     (robustness_evaluate, [*CORRUPT, "--corruptions", "nosuch"], "unknown corruption 'nosuch'"),
     (robustness_evaluate, [*CORRUPT, "--levels", "6"], "bad imagenet-c severity '6'"),
     (robustness_evaluate, [*ROBUST, "--predictor", "{owned}/nosuch.onnx"], "--predictor must be MODULE:FUNCTION"),

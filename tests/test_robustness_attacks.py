@@ -161,3 +161,93 @@ def test_cli_pgd_l2_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path,
     assert "--pgd-steps is for --distortion pgd-linf / pgd-l2" in capsys.readouterr().err
     assert main(common + ["--distortion", "pgd-linf", "--levels", "-1", "--output", str(tmp_path / "no")]) == 2
     assert "bad pgd-linf budget '-1'" in capsys.readouterr().err
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    """p_j = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce and Hein 2020, Sec. 3.2) times the steps."""
+    assert attacks.apgd_checkpoints(100)[:5] == (22, 41, 58, 70, 80)
+    assert attacks.apgd_checkpoints(100)[-1] == 99 and len(attacks.apgd_checkpoints(100)) == 8
+
+
+@pytest.mark.parametrize("norm", attacks.NORMS)
+def test_apgd_stays_in_the_budget_and_beats_pgd_on_the_toy_map(norm):
+    x, y = _batch(2, (3, 8, 8))
+    eps = 8.0 if norm == "linf" else 200.0
+    adv, loss = attacks.apgd(toy_map, TOY, x, y, eps=eps, norm=norm, steps=100, restarts=2)
+    adv = np.asarray(adv)
+    assert adv.min() >= 0.0 and adv.max() <= 255.0
+    linf, l2 = _norms(adv - x)
+    assert np.all((linf if norm == "linf" else l2) <= eps * (1 + 1e-6) + 1e-3)
+    np.testing.assert_allclose(loss, attacks.map_loss(toy_map(TOY, jnp.asarray(adv)), jnp.asarray(y)), rtol=1e-5)
+    _, pgd_loss = attacks.pgd(toy_map, TOY, x, y, eps=eps, norm=norm, steps=10)
+    assert np.all(np.asarray(loss) >= np.asarray(pgd_loss) - 1e-6)
+    # The same starts give the same result; a zero budget gives the clean image and loss exactly.
+    again, _ = attacks.apgd(toy_map, TOY, x, y, eps=eps, norm=norm, steps=100, restarts=2)
+    assert np.array_equal(np.asarray(again), adv)
+    clean, clean_loss = attacks.apgd(toy_map, TOY, x, y, eps=0.0, norm=norm)
+    assert np.array_equal(np.asarray(clean), x)
+    assert np.array_equal(np.asarray(clean_loss), np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), y)))
+
+
+def test_apgd_keeps_per_image_the_worst_restart():
+    """Two restarts: the result's loss is, image by image, the larger of the two single-restart runs."""
+    x, y = _batch(4, (3, 8, 8))
+    starts = [attacks.random_start(x.shape, 6.0, "linf", np.random.default_rng(s)) for s in (1, 2)]
+    single = [attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, starts=[s])[1] for s in starts]
+    _, both = attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, starts=starts)
+    np.testing.assert_array_equal(np.asarray(both), np.maximum(*map(np.asarray, single)))
+    with pytest.raises(ValueError):
+        attacks.apgd(toy_map, TOY, x, y, eps=1.0, restarts=0)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_on_real_images(shared_data, tiny_menet):
+    """Tiny MEnet (fresh weights) on four ECSSD images, the CE map under L-inf 4/255: APGD (30 steps, 2 restarts)
+    reaches at least the loss of 10-step PGD on every image."""
+    from menet_jax.api import network_function
+
+    _, variables, size = tiny_menet
+    source = FolderSource(shared_data / "ECSSD")
+    pairs = [resize_pair(source[i]["image"], source[i]["mask"], size) for i in range(4)]
+    x = np.stack([p[0] for p in pairs]).astype(np.float32)
+    y = np.stack([p[1] for p in pairs]).astype(np.float32)
+    f = network_function(dataclasses.replace(get_config("tiny"), conv="plain"), output="salient_prob")
+    _, pgd_loss = attacks.pgd(f, variables, x, y, eps=4.0, norm="linf", steps=10)
+    adv, apgd_loss = attacks.apgd(f, variables, x, y, eps=4.0, norm="linf", steps=30, restarts=2)
+    assert np.all(np.asarray(apgd_loss) >= np.asarray(pgd_loss) - 1e-5), (apgd_loss, pgd_loss)
+    assert np.abs(np.asarray(adv) - x).max() <= 4.0 + 1e-3
+
+
+def test_cli_apgd_linf_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_path, capsys):
+    """apgd-linf through robustness.evaluate: the attack's settings recorded, the budget-0 level the clean score, and
+    APGD's kept score no higher than 10-step PGD's at the same budget (same images, same tiny network)."""
+    from robustness.evaluate import main
+
+    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(shared_data / "ECSSD"), "--limit", "2"]
+    common += ["--batch-size", "2", "--no-progress", "--seeds", "1", "--levels", "0", "8"]
+    assert (
+        main(
+            [
+                *common,
+                "--distortion",
+                "apgd-linf",
+                "--pgd-steps",
+                "12",
+                "--restarts",
+                "2",
+                "--output",
+                str(tmp_path / "apgd"),
+            ]
+        )
+        == 0
+    )
+    assert main([*common, "--distortion", "pgd-linf", "--output", str(tmp_path / "pgd")]) == 0
+    apgd = json.loads((tmp_path / "apgd" / "robustness.json").read_text())
+    pgd = json.loads((tmp_path / "pgd" / "robustness.json").read_text())
+    assert (apgd["attack"], apgd["steps"], apgd["restarts"], apgd["random_start"]) == ("apgd", 12, 2, True)
+    assert (pgd["attack"], pgd["steps"], pgd["restarts"]) == ("pgd", 10, 1)
+    a, b = apgd["datasets"]["ECSSD"], pgd["datasets"]["ECSSD"]
+    assert a["0.0"]["raw"]["ce"] == b["0.0"]["raw"]["ce"]  # budget 0: both the clean images
+    assert a["8.0"]["attack_loss"]["ce"] >= b["8.0"]["attack_loss"]["ce"] - 1e-6
+    capsys.readouterr()
+    assert main([*common, "--distortion", "apgd-linf", "--random-start", "--output", str(tmp_path / "x")]) == 2
+    assert "--random-start is for --distortion pgd-linf / pgd-l2, not apgd-linf" in capsys.readouterr().err
