@@ -1,5 +1,5 @@
 """`python -m robustness SUBCOMMAND ...` (console script `menet-robustness`): evaluate | compare | jacobian |
-lipschitz | report, each with the flags of `python -m robustness.SUBCOMMAND`."""
+lipschitz | certify | report, each with the flags of `python -m robustness.SUBCOMMAND`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "compare": "several runs side by side as kept F-beta",
     "jacobian": "local Jacobian norms and Eq. 12 (Table III)",
     "lipschitz": "certified Lipschitz bounds (Eq. 13)",
+    "certify": "certified saliency maps by randomized smoothing (SegCertify)",
     "report": "one report from the tools' JSON files",
 }
 # The commands whose runs last long restart with the malloc settings that reuse freed memory.
