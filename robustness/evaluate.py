@@ -466,33 +466,15 @@ def evaluate_attack(
                         for _ in range(restarts if method == "apgd" else 1)
                     ]
                 for m in maps:
+                    settings = dict(eps=float(eps), norm=norm, steps=steps, loss=loss)
                     if eps == 0:
                         adv = x
                     elif method == "apgd":
-                        adv = attacks.apgd(
-                            functions[m],
-                            variables,
-                            x,
-                            y,
-                            eps=float(eps),
-                            norm=norm,
-                            steps=steps,
-                            loss=loss,
-                            starts=starts,
-                        )[0]
+                        adv, _ = attacks.apgd(functions[m], variables, x, y, starts=starts, **settings)
                     else:
-                        adv = attacks.pgd(
-                            functions[m],
-                            variables,
-                            x,
-                            y,
-                            eps=float(eps),
-                            norm=norm,
-                            steps=steps,
-                            step_size=None if step_size is None else step_size * eps,
-                            loss=loss,
-                            start=starts[0] if starts else None,
-                        )[0]
+                        scaled = None if step_size is None else step_size * eps
+                        first = starts[0] if starts else None
+                        adv, _ = attacks.pgd(functions[m], variables, x, y, step_size=scaled, start=first, **settings)
                     raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
                     # The loss of the map the attack saw (the metric map in its normalised form), from the maps
                     # already computed: no extra network pass.
