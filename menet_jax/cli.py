@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import os
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 from menet_datasets.errors import ArgumentParser  # noqa: F401 (re-exported: every command's parser)
@@ -59,7 +62,7 @@ def command(main=None, *, compilation_cache: bool = True):
 
     @functools.wraps(main)
     def run(argv=None) -> int:
-        _drop_closed_loop_noise()
+        _drop_orbax_noise()
         try:
             if compilation_cache:
                 # Imported here, not above: a command that never runs JAX (predict --backend onnx) never loads it.
@@ -87,22 +90,31 @@ def _report(error) -> int:
     return 2
 
 
-def _drop_closed_loop_noise() -> None:
+def _drop_orbax_noise() -> None:
     """Orbax's asyncio threads outlive their event loop after a failed checkpoint read or write and each reports
     "RuntimeError: Event loop is closed" as an unraisable exception: tens of thousands of lines that buried the one
-    line saying what happened. Those are dropped; every other unraisable exception is reported as before."""
-    previous = sys.unraisablehook
+    line saying what happened; a writer thread that dies of the failure reports it again. Those are dropped (the
+    command reports the failure itself, in one line); every other exception is reported as before."""
+    previous, previous_thread = sys.unraisablehook, threading.excepthook
     if getattr(previous, "drops_closed_loops", False):
         return
 
     def hook(unraisable):
         value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(unraisable)
+        closed_loop = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        if not (closed_loop or _in_orbax(unraisable.exc_traceback)):
+            previous(unraisable)
+
+    def thread_hook(args):
+        if not _in_orbax(args.exc_traceback):
+            previous_thread(args)
 
     hook.drops_closed_loops = True
-    sys.unraisablehook = hook
+    sys.unraisablehook, threading.excepthook = hook, thread_hook
+
+
+def _in_orbax(tb) -> bool:
+    return any(f"{os.sep}orbax{os.sep}" in frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb))
 
 
 def start(main, *, reuse_memory: bool = False) -> None:

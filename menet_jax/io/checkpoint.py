@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import jax
@@ -291,6 +293,9 @@ def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) 
         error = failure
         with contextlib.suppress(Exception):  # its writer threads still running: stopped here, quietly
             manager.close()
+        # Their abandoned coroutines are collected later (at exit at the latest), each with a RuntimeWarning that
+        # would follow the one line reporting this failure; this process has no coroutines of its own.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     if error is not None:
         for unfinished in directory.glob(f"{step}{TMP_MARKER}*"):
             shutil.rmtree(unfinished, ignore_errors=True)
@@ -311,14 +316,26 @@ def _write_failure(error: BaseException) -> str:
 
 def _mute_orbax_write_errors() -> None:
     """Orbax's writer threads log a failed write at ERROR, with tracebacks, before and after the error reaches
-    `save`, which reports it in one line: those records are dropped (once installed, for the process)."""
-    logger = logging.getLogger("absl")
-    if _drop_orbax_errors not in logger.filters:
-        logger.addFilter(_drop_orbax_errors)
+    `save`, which reports it in one line; and asyncio logs each of their failed tasks ("Task exception was never
+    retrieved") when it is collected. Those records are dropped (once installed, for the process)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _drop_orbax_errors not in logger.filters:
+            logger.addFilter(_drop_orbax_errors)
 
 
 def _drop_orbax_errors(record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+    """False (drop) for an ERROR logged by Orbax, carrying an exception raised inside Orbax, or about a write into
+    one of its temporary folders (TensorStore's errors reach asyncio's futures without a Python traceback)."""
+    if record.levelno < logging.ERROR:
+        return True
+    inside = f"{os.sep}orbax{os.sep}"
+    frames = traceback.walk_tb(record.exc_info[2]) if record.exc_info else ()
+    return not (
+        inside in record.pathname
+        or any(inside in frame.f_code.co_filename for frame, _ in frames)
+        or TMP_MARKER in record.getMessage()
+    )
 
 
 def latest_step(workdir) -> int:
