@@ -184,6 +184,7 @@ def _manifest_mismatch(folder: Path) -> str | None:
 def _restore_intact(manager: ocp.CheckpointManager, steps, restore, on_damaged):
     """(restored, step) of the newest of `steps` whose files match their manifest and that restores with finite
     values, calling `on_damaged(step, reason)` for each newer one that does not; (None, None) when none does."""
+    _mute_orbax_errors()  # a damaged checkpoint is one warning line, not Orbax's logs of the failed read
     for step in sorted(steps, reverse=True):
         try:
             reason = _manifest_mismatch(Path(manager.directory) / str(step))
@@ -282,7 +283,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) 
     if not all_finite(state):
         raise FloatingPointError(f"the train state of step {step} is not finite; not saved")
     directory = Path(manager.directory)
-    _mute_orbax_write_errors()
+    _mute_orbax_errors()
     try:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
@@ -314,10 +315,10 @@ def _write_failure(error: BaseException) -> str:
     return os.strerror(int(code)) if code else _one_line(error)
 
 
-def _mute_orbax_write_errors() -> None:
-    """Orbax's writer threads log a failed write at ERROR, with tracebacks, before and after the error reaches
-    `save`, which reports it in one line; and asyncio logs each of their failed tasks ("Task exception was never
-    retrieved") when it is collected. Those records are dropped (once installed, for the process)."""
+def _mute_orbax_errors() -> None:
+    """Orbax's threads log a failed write or read at ERROR, with tracebacks, before and after the error reaches
+    `save` or the restore, which report it in one line; and asyncio logs each of their failed tasks ("Task exception
+    was never retrieved") when it is collected. Those records are dropped (once installed, for the process)."""
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         if _drop_orbax_errors not in logger.filters:
@@ -326,7 +327,8 @@ def _mute_orbax_write_errors() -> None:
 
 def _drop_orbax_errors(record: logging.LogRecord) -> bool:
     """False (drop) for an ERROR logged by Orbax, carrying an exception raised inside Orbax, or about a write into
-    one of its temporary folders (TensorStore's errors reach asyncio's futures without a Python traceback)."""
+    one of its temporary folders or a read of its database (TensorStore's errors reach asyncio's futures without a
+    Python traceback)."""
     if record.levelno < logging.ERROR:
         return True
     inside = f"{os.sep}orbax{os.sep}"
@@ -335,6 +337,7 @@ def _drop_orbax_errors(record: logging.LogRecord) -> bool:
         inside in record.pathname
         or any(inside in frame.f_code.co_filename for frame, _ in frames)
         or TMP_MARKER in record.getMessage()
+        or "OCDBT database" in record.getMessage()
     )
 
 
