@@ -18,7 +18,7 @@ from menet_jax.core.model import MEnet
 from menet_jax.train import main
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
 from menet_jax.training.state import create_state, make_optimizer
-from menet_jax.training.step import make_train_step
+from menet_jax.training.step import _NOISE_STREAM, make_train_step
 
 
 def test_optimizer_is_caffe_sgd_with_bias_multiplier():
@@ -72,13 +72,34 @@ def test_train_step_compiles_once_and_fits_a_batch():
     assert np.isfinite(losses).all()
 
 
+def test_input_noise_is_gaussian_noise_keyed_by_seed_and_step():
+    """`input_noise=s` trains on image + s * N(0, 1), drawn from (seed, step): the noisy step equals the noiseless
+    step on the images with that draw added, and the same state and batch give the same step again."""
+    clean, noisy = get_config("tiny"), get_config("tiny", ["input_noise=32"])
+    model, tx, mesh = MEnet.from_config(clean), make_optimizer(clean), data_mesh()
+    batch = _batch(clean)
+
+    def loss(config, images, step=0):
+        state = replicate(create_state(model, tx, 0), mesh).replace(step=jnp.asarray(step, jnp.int32))
+        _, metrics = make_train_step(model, tx, config, mesh)(state, shard_batch({**batch, "image": images}, mesh))
+        return float(metrics["loss"])
+
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(clean.seed), _NOISE_STREAM), 3)
+    drawn = batch["image"].astype(np.float32) + 32 * np.asarray(jax.random.normal(key, batch["image"].shape))
+    with_noise = loss(noisy, batch["image"], step=3)
+    assert with_noise == loss(noisy, batch["image"], step=3)
+    np.testing.assert_allclose(with_noise, loss(clean, drawn), rtol=1e-6)
+    assert abs(with_noise - loss(clean, batch["image"])) > 1e-4  # 100x the tolerance above
+    assert abs(with_noise - loss(noisy, batch["image"], step=4)) > 1e-5  # a new draw each step
+
+
 SHARDING_SCRIPT = """
 import jax, numpy as np
 from menet_jax.core.config import get_config
 from menet_jax.core.model import MEnet
 from menet_jax.training.state import create_state, make_optimizer
 from menet_jax.training.distributed import data_mesh, replicate, shard_batch
-from menet_jax.training.step import make_train_step
+from menet_jax.training.step import _NOISE_STREAM, make_train_step
 config = get_config("tiny", ["image_size=64"])
 model, tx, mesh = MEnet.from_config(config), make_optimizer(config), data_mesh()
 step = make_train_step(model, tx, config, mesh)

@@ -52,6 +52,8 @@ class Config:
     shuffle: bool = False  # the authors read training images in a fixed order
     augment: bool = True  # random 90-100 % crop, resize, horizontal flip
     crop_min: float = 0.9
+    input_noise: float = 0.0  # std of Gaussian noise added to each training input, 0..255 scale (0: none); the base
+    # network of a smoothed classifier is trained under its certification noise (Cohen et al. 2019)
     val_size: int = 100  # held-out images (from --data-dir, or generated)
     train_size: int = 2000  # generated training images when no --data-dir is given
     # bookkeeping
@@ -90,7 +92,11 @@ class Config:
         # Written so that nan fails every test (every comparison with nan is false) and inf the finite bounds.
         for keys, ok, allowed in (
             (("learning_rate", "lr_decay", "bn_epsilon"), lambda v: 0 < v < math.inf, "> 0 and finite"),
-            (("weight_decay", "bias_lr_mult", "ce_weight"), lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+            (
+                ("weight_decay", "bias_lr_mult", "ce_weight", "input_noise"),
+                lambda v: 0 <= v < math.inf,
+                ">= 0 and finite",
+            ),
             (("momentum", "bn_momentum"), lambda v: 0 <= v < 1, "in [0, 1)"),
         ):
             for key in keys:

@@ -59,14 +59,24 @@ def make_train_step(model: MEnet, tx: optax.GradientTransformation, config: Conf
     return TrainStep(_gradients_program(model, config, mesh), _update_program(tx, mesh))
 
 
+_NOISE_STREAM = 0x6E6F6973  # "nois": the input noise's key stream, apart from any other use of the seed
+
+
 def _gradients_program(model: MEnet, config: Config, mesh):
     schedule = learning_rate_schedule(config)
 
     def gradients(state: TrainState, batch):
+        images = batch["image"]
+        if config.input_noise > 0:
+            # Keyed by (seed, step), so a resumed run draws the same noise.
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), _NOISE_STREAM), state.step)
+            noise = jax.random.normal(key, images.shape, jnp.float32)
+            images = images.astype(jnp.float32) + config.input_noise * noise
+
         def loss_fn(params):
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
+                images,
                 train=True,
                 mutable=["batch_stats"],
             )
