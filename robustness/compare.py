@@ -6,9 +6,18 @@ own clean F-beta that each keeps.
         "U^2-Netp=eval/awgn_u2netp/robustness.json" --reference U^2-Netp
 
 Each RUN is LABEL=PATH[:MAP] (MAP may be left out when the file has one map). All runs must be of one
-distortion. AWGN, JPEG and PGD: a table (F-beta ± 95 % half-width, kept %, per level) and retained F-beta and MAE
-against the level (compare.png). ImageNet-C: per corruption the F-beta kept on average over severities, the mean,
-and with --reference LABEL the corruption error CE and mCE relative to that run; a bar chart per corruption.
+distortion. AWGN, JPEG and PGD: a table per level of each run's F-beta and kept share (% of its first level's
+F-beta), with 95 % intervals, the kept share's difference to the reference run (--reference LABEL, default the
+first) with its interval, and MAE; kept share, MAE and the differences against the level with error bars
+(compare.png). ImageNet-C: per corruption the F-beta kept on average over severities and its difference to the
+reference run, the mean over corruptions, and with --reference LABEL the corruption error CE and mCE relative to
+that run; a bar chart per corruption. Every number with its interval is also in compare.json.
+
+Intervals are paired percentile bootstrap intervals over the images (and the noise seeds; robustness.bootstrap)
+from the per-image scores robustness.evaluate records, so the runs compared must have scored the same images in
+the same order (else a one-line error). A difference is claimed, one sentence per level or corruption, only
+where its interval excludes 0; otherwise it is "not distinguishable". Runs written before per-image scores were
+recorded still compare, with "n/a" for the intervals and no claims.
 Comparing by the kept share puts models of different clean quality on one scale: the robustness question.
 """
 
@@ -22,8 +31,8 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
 from menet_jax import api
-from robustness import corruptions
-from robustness.evaluate import UNITS, corruption_errors, label_level_axes
+from robustness import bootstrap, corruptions
+from robustness.evaluate import UNITS, corruption_errors, error_bars, kept_share, label_level_axes, per_image_scores
 
 
 class CompareError(api.MenetError, ValueError):
@@ -31,7 +40,8 @@ class CompareError(api.MenetError, ValueError):
 
 
 def load_run(spec: str, dataset: str | None, mode: str) -> dict:
-    """LABEL=PATH[:MAP] -> {label, distortion, results (one dataset), map, settings}."""
+    """LABEL=PATH[:MAP] -> {label, path, distortion, results (one dataset), map, images (the names in per-image
+    order, None for runs written before per-image scores), settings}."""
     label, sep, rest = spec.partition("=")
     if not sep or not label or not rest:
         raise CompareError(f"{spec!r}: give a run as LABEL=PATH[:MAP]")
@@ -55,9 +65,11 @@ def load_run(spec: str, dataset: str | None, mode: str) -> dict:
         raise CompareError(f"{path}: no map {name!r} (it has {', '.join(maps)})")
     return {
         "label": label,
+        "path": path,
         "distortion": data["distortion"],
         "results": results,
         "map": name or maps[0],
+        "images": (data.get("images") or {}).get(dataset or names[0]),  # None: a run from before per-image scores
         "settings": {k: data.get(k) for k in ("noise_at", "input_size", "seeds", "model")},
     }
 
@@ -66,69 +78,168 @@ def _kept(value, clean):
     return 100.0 * value / clean if clean else float("nan")
 
 
-def level_table(runs, mode) -> str:
-    """One row per level of the first run; per run F-beta (± 95 % half-width) with the kept share, then MAE."""
+def _paired(run) -> bool:
+    """Whether the run has per-image scores and image names (robustness.evaluate since they were recorded)."""
+    return run["images"] is not None and "per_image" in next(iter(run["results"].values()))
+
+
+def _scores(run, level, mode, key="adp_f"):
+    return per_image_scores(level, mode, run["map"], key) if _paired(run) else None
+
+
+def _sentence(where, run, ref, diff: bootstrap.Interval) -> str:
+    """A claim only where the interval excludes 0."""
+    if diff.excludes(0.0):
+        more = "more" if diff.estimate > 0 else "less"
+        return f"{where}, {run} keeps {more} than {ref}: {diff.text('+.1f', ' points')}"
+    return f"{where}, {run} and {ref}: not distinguishable ({diff.text('+.1f', ' points')})"
+
+
+# --------------------------------------------------------------------------------------- AWGN, JPEG, PGD levels
+def level_intervals(run, mode) -> dict:
+    """level -> {"adp_f", "mae": the score, "kept": % of the run's first level's F-beta}, each an Interval
+    (without bounds for a run that has no per-image scores)."""
+    res, m = run["results"], run["map"]
+    clean = next(iter(res.values()))
+    out = {}
+    for level, r in res.items():
+        if _paired(run):
+            scores = {k: bootstrap.mean_interval(per_image_scores(r, mode, m, k)) for k in ("adp_f", "mae")}
+            out[level] = scores | {"kept": kept_share(clean, r, mode, m)}
+        else:
+            scores = {k: bootstrap.Interval(r[mode][m][k]) for k in ("adp_f", "mae")}
+            out[level] = scores | {"kept": bootstrap.Interval(_kept(r[mode][m]["adp_f"], clean[mode][m]["adp_f"]))}
+    return out
+
+
+def _same_noise(run, ref, level_a, level_b) -> bool:
+    """Whether two runs' level drew the same noise per image: the same seeds at the same protocol and size."""
+    settings = ("noise_at", "input_size")
+    same_protocol = all(run["settings"].get(k) == ref["settings"].get(k) for k in settings)
+    return same_protocol and level_a.get("seeds") is not None and level_a.get("seeds") == level_b.get("seeds")
+
+
+def level_differences(run, ref, mode) -> dict:
+    """level (those both runs have) -> the kept share of `run` minus `ref`'s, in points, paired over images."""
+    a, b = run["results"], ref["results"]
+    ca, cb = next(iter(a.values())), next(iter(b.values()))
+    out = {}
+    for level in a:
+        if level not in b:
+            continue
+        if _paired(run) and _paired(ref):
+            out[level] = bootstrap.kept_difference_interval(
+                _scores(run, ca, mode),
+                _scores(run, a[level], mode),
+                _scores(ref, cb, mode),
+                _scores(ref, b[level], mode),
+                paired_seeds=_same_noise(run, ref, a[level], b[level]),
+            ).scaled(100.0)
+        else:
+            ka = _kept(a[level][mode][run["map"]]["adp_f"], ca[mode][run["map"]]["adp_f"])
+            kb = _kept(b[level][mode][ref["map"]]["adp_f"], cb[mode][ref["map"]]["adp_f"])
+            out[level] = bootstrap.Interval(ka - kb)
+    return out
+
+
+def _level_name(level, result) -> str:
+    return f"{float(level):g}" if level != "random" else f"random (mean {result['levels_used']['mean']:.4g})"
+
+
+def level_table(runs, mode, reference=None) -> str:
+    """One row per level of the first run; per run F-beta [95 % interval] and the kept share [interval], the kept
+    share's paired difference to the reference run (the first by default) [interval], then MAE [interval]."""
     kind = runs[0]["distortion"]
+    reference = reference or runs[0]
+    others = [r for r in runs if r is not reference]
     levels = list(runs[0]["results"])
+    intervals = [level_intervals(r, mode) for r in runs]
+    diffs = [level_differences(r, reference, mode) for r in others]
     lines = [
         f"| {UNITS.get(kind, kind)} | "
-        + " | ".join(r["label"] for r in runs)
+        + " | ".join(f"F {r['label']} | kept {r['label']}" for r in runs)
+        + "".join(f" | kept {r['label']} - {reference['label']}" for r in others)
         + " | "
         + " | ".join(f"MAE {r['label']}" for r in runs)
         + " |",
-        "|---|" + "---|" * (2 * len(runs)),
+        "|---|" + "---|" * (3 * len(runs) + len(others)),
     ]
     for level in levels:
-        first = runs[0]["results"][level]
-        name = f"{float(level):g}" if level != "random" else f"random (mean {first['levels_used']['mean']:.4g})"
-        f_cells, mae_cells = [], []
-        for r in runs:
-            res = r["results"]
-            if level not in res:
-                f_cells.append("-")
-                mae_cells.append("-")
+        cells, mae = [], []
+        for iv in intervals:
+            if level not in iv:
+                cells.append("- | -")
+                mae.append("-")
                 continue
-            value = res[level][mode][r["map"]]
-            clean = res[next(iter(res))][mode][r["map"]]["adp_f"]
-            ci = res[level]["interval"][mode][r["map"]]["adp_f"]
-            f_cells.append(
-                f"{value['adp_f']:.4f}"
-                + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
-                + f" ({_kept(value['adp_f'], clean):.0f} %)"
-            )
-            mae_cells.append(f"{value['mae']:.4f}")
-        lines.append(f"| {name} | " + " | ".join(f_cells) + " | " + " | ".join(mae_cells) + " |")
+            cells.append(f"{iv[level]['adp_f'].text()} | {iv[level]['kept'].text('.1f', ' %')}")
+            mae.append(iv[level]["mae"].text())
+        cells += [d[level].text("+.1f") if level in d else "-" for d in diffs]
+        name = _level_name(level, runs[0]["results"][level])
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(mae) + " |")
     return "\n".join(lines)
 
 
-def plot_levels(runs, mode, output: Path) -> None:
-    """Retained F-beta (% of the run's clean score, with the seeds' 95 % band) and MAE against the level."""
-    kind = runs[0]["distortion"]
-    fig = Figure(figsize=(11, 4), dpi=120)
-    axes = fig.subplots(1, 2)
+def level_claims(runs, mode, reference=None) -> list[str]:
+    """One sentence per level (but the first, where every run keeps 100 %) and run paired with the reference."""
+    reference = reference or runs[0]
+    lines = []
     for r in runs:
-        res = r["results"]
-        levels = [lv for lv in res if lv != "random"]
+        if r is reference or not (_paired(r) and _paired(reference)):
+            continue
+        first = next(iter(r["results"]))
+        for level, diff in level_differences(r, reference, mode).items():
+            if level == first:
+                continue
+            where = f"At level {_level_name(level, r['results'][level])}"
+            lines.append(_sentence(where, r["label"], reference["label"], diff) + ".")
+    return lines
+
+
+def plot_levels(runs, mode, output: Path, reference=None) -> None:
+    """Retained F-beta (% of the run's clean score) and MAE against the level, and the kept share's difference to
+    the reference run, with 95 % error bars."""
+    kind = runs[0]["distortion"]
+    reference = reference or runs[0]
+    others = [r for r in runs if r is not reference]
+    fig = Figure(figsize=(16 if others else 11, 4), dpi=120)
+    axes = fig.subplots(1, 3 if others else 2)
+    colors = {}
+    for r in runs:
+        iv = level_intervals(r, mode)
+        levels = [lv for lv in iv if lv != "random"]
         x = [float(lv) for lv in levels]
-        clean = res[levels[0]][mode][r["map"]]["adp_f"]
-        kept = [_kept(res[lv][mode][r["map"]]["adp_f"], clean) for lv in levels]
-        (line,) = axes[0].plot(x, kept, "-o", ms=3, label=r["label"])
-        band = [res[lv]["interval"][mode][r["map"]]["adp_f"] for lv in levels]
-        if all(band):
-            axes[0].fill_between(
-                x,
-                [_kept(b[0], clean) for b in band],
-                [_kept(b[1], clean) for b in band],
-                color=line.get_color(),
-                alpha=0.2,
+        for ax, key in zip(axes, ("kept", "mae")):
+            y = [iv[lv][key].estimate for lv in levels]
+            bars = error_bars(y, [iv[lv][key].bounds for lv in levels])
+            drawn = ax.errorbar(
+                x, y, yerr=bars, fmt="-o", ms=3, capsize=2, label=r["label"], color=colors.get(r["label"])
             )
-        axes[1].plot(x, [res[lv][mode][r["map"]]["mae"] for lv in levels], "-o", ms=3, color=line.get_color())
-    label_level_axes(axes, kind, ("F-beta kept (% of clean)", "MAE"))
-    fig.suptitle(f"{kind} ({mode} maps)")
+            colors[r["label"]] = drawn.lines[0].get_color()
+    label_level_axes(axes[:2], kind, ("F-beta kept (% of clean)", "MAE"))
+    if others:
+        for r in others:
+            d = level_differences(r, reference, mode)
+            levels = [lv for lv in d if lv != "random"]
+            y = [d[lv].estimate for lv in levels]
+            bars = error_bars(y, [d[lv].bounds for lv in levels])
+            axes[2].errorbar(
+                [float(lv) for lv in levels],
+                y,
+                yerr=bars,
+                fmt="-o",
+                ms=3,
+                capsize=2,
+                color=colors[r["label"]],
+                label=f"{r['label']} - {reference['label']}",
+            )
+        axes[2].axhline(0.0, color="grey", lw=1, ls=":")
+        label_level_axes(axes[2:], kind, (f"kept - {reference['label']} (points)",))
+    fig.suptitle(f"{kind} ({mode} maps), 95 % paired bootstrap intervals")
     fig.tight_layout()
     api.save_figure(fig, output / "compare.png")
 
 
+# ------------------------------------------------------------------------------------------------- ImageNet-C
 def corruption_kept(run, mode) -> dict:
     """corruption -> mean over severities of the F-beta kept (% of the run's clean F-beta)."""
     res = run["results"]
@@ -146,36 +257,110 @@ def _common_corruptions(runs, mode):
     return [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)], kept
 
 
+def _corruption_arrays(run, names, mode):
+    """(clean scores, the severities' scores of `names` in order, weights making the mean over them the mean over
+    the corruptions of the mean over each one's severities)."""
+    res = run["results"]
+    levels = [_scores(run, res[c][s], mode) for c in names for s in res[c]]
+    weights = [1.0 / len(res[c]) for c in names for _ in res[c]]
+    return _scores(run, res["clean"], mode), levels, weights
+
+
+def _groups(names) -> dict:
+    """Each corruption alone, and "mean": all of them."""
+    return {c: [c] for c in names} | ({"mean": names} if names else {})
+
+
+def corruption_intervals(run, names, mode) -> dict:
+    """ "clean" -> the clean F-beta, and each corruption of `names` and their "mean" -> the F-beta kept on average
+    over the severities (%), as Intervals."""
+    clean = run["results"]["clean"]
+    if not _paired(run):
+        kept = corruption_kept(run, mode)
+        out = {"clean": bootstrap.Interval(clean[mode][run["map"]]["adp_f"])}
+        return out | {k: bootstrap.Interval(float(np.mean([kept[c] for c in g]))) for k, g in _groups(names).items()}
+    out = {"clean": bootstrap.mean_interval(_scores(run, clean, mode))}
+    for key, group in _groups(names).items():
+        c0, levels, weights = _corruption_arrays(run, group, mode)
+        out[key] = bootstrap.mean_kept_interval(c0, levels, weights).scaled(100.0)
+    return out
+
+
+def corruption_differences(run, ref, names, mode) -> dict:
+    """corruption and "mean" -> `run`'s mean kept share minus `ref`'s, in points, paired over images."""
+    if not (_paired(run) and _paired(ref)):
+        a, b = corruption_intervals(run, names, mode), corruption_intervals(ref, names, mode)
+        return {k: bootstrap.Interval(a[k].estimate - b[k].estimate) for k in _groups(names)}
+    out = {}
+    for key, group in _groups(names).items():
+        ca, la, wa = _corruption_arrays(run, group, mode)
+        cb, lb, wb = _corruption_arrays(ref, group, mode)
+        out[key] = bootstrap.mean_kept_difference_interval(ca, la, cb, lb, wa, wb).scaled(100.0)
+    return out
+
+
 def corruption_table(runs, mode, reference=None) -> str:
-    names, kept = _common_corruptions(runs, mode)
+    """Per corruption, each run's F-beta kept on average over the severities [95 % interval], the paired
+    difference to `reference` (the first run by default) [interval], and with `reference` given CE and mCE."""
+    names, _ = _common_corruptions(runs, mode)
+    ce_reference, reference = reference, reference or runs[0]
+    others = [r for r in runs if r is not reference]
+    intervals = [corruption_intervals(r, names, mode) for r in runs]
+    diffs = [corruption_differences(r, reference, names, mode) for r in others]
     errors = None
-    if reference is not None:
-        errors = [corruption_errors(r["results"], reference["results"], mode, r["map"], reference["map"]) for r in runs]
+    if ce_reference is not None:
+        errors = [
+            corruption_errors(r["results"], ce_reference["results"], mode, r["map"], ce_reference["map"]) for r in runs
+        ]
     head = "| corruption | family | " + " | ".join(f"kept {r['label']}" for r in runs)
+    head += "".join(f" | kept {r['label']} - {reference['label']}" for r in others)
     head += (" | " + " | ".join(f"CE {r['label']}" for r in runs)) if errors else ""
-    lines = [head + " |", "|---|---|" + "---|" * (len(runs) * (2 if errors else 1))]
-    clean = [f"F {r['results']['clean'][mode][r['map']]['adp_f']:.4f}" for r in runs]
-    lines.append("| clean | | " + " | ".join(clean) + (" |" * len(runs) if errors else "") + " |")
+    width = len(runs) + len(others) + (len(runs) if errors else 0)
+    lines = [head + " |", "|---|---|" + "---|" * width]
+    clean = [f"F {iv['clean'].text()}" for iv in intervals]
+    lines.append("| clean | | " + " | ".join(clean + [""] * (width - len(runs))) + " |")
     for c in names:
-        row = f"| {c} | {corruptions.FAMILY_OF[c]} | " + " | ".join(f"{k[c]:.0f} %" for k in kept)
+        row = f"| {c} | {corruptions.FAMILY_OF[c]} | " + " | ".join(iv[c].text(".1f", " %") for iv in intervals)
+        row += "".join(f" | {d[c].text('+.1f')}" for d in diffs)
         if errors:
             row += " | " + " | ".join("-" if e.get(c) is None else f"{e[c]:.3f}" for e in errors)
         lines.append(row + " |")
-    row = "| **mean** | | " + " | ".join(f"**{np.mean([k[c] for c in names]):.1f} %**" for k in kept)
-    if errors:
-        row += " | " + " | ".join("-" if e.get("mCE") is None else f"**mCE {e['mCE']:.3f}**" for e in errors)
-    return "\n".join(lines + [row + " |"])
+    if names:
+        row = "| **mean** | | " + " | ".join(f"**{iv['mean'].text('.1f', ' %')}**" for iv in intervals)
+        row += "".join(f" | **{d['mean'].text('+.1f')}**" for d in diffs)
+        if errors:
+            row += " | " + " | ".join("-" if e.get("mCE") is None else f"**mCE {e['mCE']:.3f}**" for e in errors)
+        lines.append(row + " |")
+    return "\n".join(lines)
+
+
+def corruption_claims(runs, mode, reference=None) -> list[str]:
+    """One sentence per corruption (and their mean) and run paired with the reference."""
+    names, _ = _common_corruptions(runs, mode)
+    reference = reference or runs[0]
+    lines = []
+    for r in runs:
+        if r is reference or not (_paired(r) and _paired(reference)):
+            continue
+        for c, d in corruption_differences(r, reference, names, mode).items():
+            where = "On the mean over the corruptions" if c == "mean" else f"On {c}"
+            lines.append(_sentence(where, r["label"], reference["label"], d) + ".")
+    return lines
 
 
 def plot_corruptions(runs, mode, output: Path) -> None:
-    """Horizontal bars: per corruption, the F-beta each run keeps on average over the severities."""
-    names, kept = _common_corruptions(runs, mode)
+    """Horizontal bars: per corruption, the F-beta each run keeps on average over the severities, with 95 %
+    error bars."""
+    names, _ = _common_corruptions(runs, mode)
     fig = Figure(figsize=(7, 0.18 * len(names) * len(runs) + 2), dpi=120)
     ax = fig.subplots()
     height = 0.8 / len(runs)
     y = np.arange(len(names))
-    for i, (r, k) in enumerate(zip(runs, kept)):
-        ax.barh(y + i * height, [k[c] for c in names], height, label=r["label"])
+    for i, r in enumerate(runs):
+        iv = corruption_intervals(r, names, mode)
+        values = [iv[c].estimate for c in names]
+        bars = error_bars(values, [iv[c].bounds for c in names])
+        ax.barh(y + i * height, values, height, xerr=bars, capsize=2, label=r["label"])
     ax.set(yticks=y + 0.4 - height / 2, yticklabels=names, xlabel="F-beta kept, mean over severities (% of clean)")
     ax.invert_yaxis()
     ax.axvline(100, color="grey", lw=1, ls=":")
@@ -183,6 +368,57 @@ def plot_corruptions(runs, mode, output: Path) -> None:
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
     fig.tight_layout()
     api.save_figure(fig, output / "compare.png")
+
+
+# ------------------------------------------------------------------------------------------------- compare.json
+def summary(runs, mode, reference=None) -> dict:
+    """compare.json: every interval of the table, as {"estimate", "low", "high"} (low / high None: n/a)."""
+    reference = reference or runs[0]
+    kind = runs[0]["distortion"]
+    out = {
+        "distortion": kind,
+        "mode": mode,
+        "reference": reference["label"],
+        "intervals": bootstrap.METHOD,
+        "units": "adp_f, mae: scores; kept: % of the run's clean F-beta (first level; imagenet-c: the mean over "
+        'severities, and "mean" the mean over the corruptions); differences: percentage points of kept, run - '
+        "reference, distinguishable where the interval excludes 0",
+        "runs": {},
+        "differences": {},
+    }
+    names = _common_corruptions(runs, mode)[0] if kind == "imagenet-c" else None
+    for r in runs:
+        entry = {"path": r["path"], "map": r["map"], "per_image": _paired(r)}
+        if names is None:
+            iv = level_intervals(r, mode)
+            entry["levels"] = {lv: {k: v.to_json() for k, v in by_key.items()} for lv, by_key in iv.items()}
+        else:
+            iv = corruption_intervals(r, names, mode)
+            entry["clean"] = {"adp_f": iv.pop("clean").to_json()}
+            entry["corruptions"] = {c: {"kept": v.to_json()} for c, v in iv.items()}
+        out["runs"][r["label"]] = entry
+        if r is reference:
+            continue
+        paired = _paired(r) and _paired(reference)
+        d = (
+            level_differences(r, reference, mode)
+            if names is None
+            else corruption_differences(r, reference, names, mode)
+        )
+        out["differences"][r["label"]] = {
+            key: {"kept": v.to_json(), "distinguishable": paired and v.excludes(0.0)} for key, v in d.items()
+        }
+    return out
+
+
+def check_pairing(runs, reference) -> None:
+    """Runs with per-image scores must share the reference's images, in the same order (one-line error)."""
+    for r in runs:
+        if r is not reference and _paired(r) and _paired(reference):
+            try:
+                bootstrap.check_paired(r["images"], reference["images"], r["label"], reference["label"])
+            except bootstrap.PairingError as error:
+                raise CompareError(str(error)) from None
 
 
 @api.command(compilation_cache=False)
@@ -197,7 +433,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder for compare.md and compare.png")
     parser.add_argument("--dataset", help="the dataset of the files (default: their only one)")
     parser.add_argument("--raw", action="store_true", help="score the raw maps (default: the normalised ones)")
-    parser.add_argument("--reference", metavar="LABEL", help="imagenet-c: the run CE is relative to")
+    parser.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="the run the differences are relative to (default: the first), and imagenet-c's CE (none without it)",
+    )
     args = parser.parse_args(argv)
     api.check_folder(args.output)  # before the runs are read
     mode = "raw" if args.raw else "normalised"
@@ -210,26 +450,41 @@ def main(argv=None) -> int:
         raise CompareError("two runs have the same label")
     reference = None
     if args.reference is not None:
-        if kinds[0] != "imagenet-c" or args.reference not in labels:
-            raise CompareError(f"--reference {args.reference}: give the label of one of the runs, with imagenet-c")
+        if args.reference not in labels:
+            raise CompareError(f"--reference {args.reference}: give the label of one of the runs")
         reference = runs[labels.index(args.reference)]
+    check_pairing(runs, reference or runs[0])
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise api.OutputError(f"{args.output}: cannot create the folder ({error.strerror or error})") from None
     if kinds[0] == "imagenet-c":
         table = corruption_table(runs, mode, reference)
+        claims = corruption_claims(runs, mode, reference)
         plot_corruptions(runs, mode, args.output)
     else:
-        table = level_table(runs, mode)
-        plot_levels(runs, mode, args.output)
+        table = level_table(runs, mode, reference)
+        claims = level_claims(runs, mode, reference)
+        plot_levels(runs, mode, args.output, reference)
+    base = (reference or runs[0])["label"]
+    text = (
+        f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta; differences "
+        f"in points of kept, run - {base}; [95 % interval]: {bootstrap.METHOD}.\n\n{table}\n\n"
+    )
+    text += "".join(line + "\n" for line in claims)
+    unpaired = [r["label"] for r in runs if not _paired(r)]
+    if unpaired:
+        text += (
+            f"Intervals n/a for {', '.join(unpaired)}: intervals need runs made with the current robustness.evaluate "
+            "(per-image scores); no difference is claimed for them.\n"
+        )
     settings = "; ".join(
         f"{r['label']}: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items() if v is not None) for r in runs
     )
-    text = f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta.\n\n"
-    api.write_text(args.output / "compare.md", text + table + f"\n\nRuns: {settings}\n")
-    print(text + table)
-    print(f"results: {args.output / 'compare.md'}, {args.output / 'compare.png'}")
+    api.write_text(args.output / "compare.md", text + f"\nRuns: {settings}\n")
+    api.write_text(args.output / "compare.json", json.dumps(summary(runs, mode, reference), indent=2) + "\n")
+    print(text, end="")
+    print(f"results: {args.output / 'compare.md'}, {args.output / 'compare.json'}, {args.output / 'compare.png'}")
     return 0
 
 

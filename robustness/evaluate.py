@@ -20,9 +20,12 @@ to its input size, which averages pixel noise away (a 400 x 300 image at 128 px 
 variance). "input" resizes the image to the model's square input size first and distorts that, so every model
 sees the stated noise at its own resolution.
 
-Seeds (--seeds, default 3): every level that draws random numbers (AWGN, "random") runs once per seed, and the
-tables and curves give the mean over seeds with a Student-t 95 % interval; the interval is the spread due to the
-noise draws on these images, not over images. Levels without randomness (variance 0, a fixed JPEG quality) run once.
+Seeds (--seeds, default 3): every level that draws random numbers (AWGN, "random") runs once per seed; the
+tables and curves give the mean over seeds. Levels without randomness (variance 0, a fixed JPEG quality) run once.
+Every image's adaptive F-beta and MAE are kept (per seed), and their 95 % intervals are paired percentile bootstrap
+intervals over the images and the seeds (robustness.bootstrap): with 100 images the image sample, not the noise,
+is the main uncertainty. max F-beta is the maximum of the dataset's mean F curve, with no per-image value: its
+interval is the Student-t one over the seeds (None with one seed).
 
 Levels: AWGN noise variance on the 0..255 scale (default: 0 and the five ImageNet-C severities, variances 416 ..
 9390), JPEG quality (default: the ImageNet-C qualities 25 18 15 10 7, and the clean images); "random" is the
@@ -31,9 +34,10 @@ Table II protocol, one random strength per image (ranges in robustness.distortio
 --predictor MODULE:FUNCTION scores any model the same way: FUNCTION(list of uint8 (H, W, 3) images) returns one
 map per image (float (H, W) in [0, 1], any size) or one {map name: map} dict per image.
 
-Writes DIR/robustness.json (means, intervals and every seed's scores), DIR/table.md (Table II layout: F-beta
-mean +- 95 % half-width, the share of the first level's F-beta kept, MAE), and the Fig. 9 curves DIR/curves.png
-(F-beta and MAE against the level, normalised and raw, interval bands).
+Writes DIR/robustness.json (means, intervals, every seed's and every image's scores; the image names once per
+dataset in "images": {dataset: [names]}, beside "datasets"), DIR/table.md (Table II layout: F-beta [95 %
+interval], the share of the first level's F-beta kept [interval], MAE [interval]), and the Fig. 9 curves
+DIR/curves.png (F-beta and MAE against the level, normalised and raw, error bars).
 
 ImageNet-C (--distortion imagenet-c, robustness.corruptions): the 15 corruptions (--corruptions a,b or families
 noise, blur, weather, digital) at severities --levels (default 1..5) with the published parameters, each image at
@@ -77,9 +81,18 @@ import menet_datasets
 from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax import api
 from menet_jax.api import ConfigError
-from robustness import attacks, corruptions, distortions
+from robustness import attacks, bootstrap, corruptions, distortions
 
 KEYS = ("adp_f", "max_f", "mae")
+PER_IMAGE_KEYS = ("adp_f", "mae")  # means of per-image values; max_f is the maximum of the dataset's mean F curve
+INTERVALS = (
+    f"adp_f, mae and kept shares: {bootstrap.METHOD}; max_f (a dataset curve statistic, no per-image value): "
+    "Student-t over the seeds, None with one seed"
+)
+TABLE_NOTE = (
+    "[95 % interval]: percentile bootstrap over the images (paired between levels) and the noise seeds; kept = % "
+    "of the first level's F-beta."
+)
 ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2", "apgd-linf": "linf", "apgd-l2": "l2"}  # kind -> norm
 KINDS = (*distortions.KINDS, "imagenet-c", *ATTACKS)
 UNITS = {"awgn": "variance", "jpeg": "quality"} | {
@@ -121,34 +134,58 @@ def interval95(values) -> list | None:
 
 
 def _score_maps(meters, example, maps):
-    """Adds one image's maps to the meters: resized to the GT size, 8-bit, raw and min-max normalised."""
+    """Adds one image's maps to the meters: resized to the GT size, 8-bit, raw and min-max normalised. A meter is
+    (api.SODMetrics, {key: the per-image values so far})."""
     h, w = example["mask"].shape
     for name, m in maps.items():
         m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
         for mode, scored in (("raw", m), ("normalised", api.scale_to_unit(m))):
-            meter = meters.setdefault(mode, {}).setdefault(name, api.SODMetrics(normalize=False))
-            meter.step(api.to_8bit(api.resize_to(scored, h, w)), example["mask"])
+            meter, images = meters.setdefault(mode, {}).setdefault(
+                name, (api.SODMetrics(normalize=False), {k: [] for k in PER_IMAGE_KEYS})
+            )
+            scores = meter.step(api.to_8bit(api.resize_to(scored, h, w)), example["mask"])
+            for k in PER_IMAGE_KEYS:
+                images[k].append(float(scores[k]))
 
 
-def _add_seed(per_seed, meters):
+def _add_seed(per_seed, per_image, meters):
     for mode, by_map in meters.items():
-        for name, meter in by_map.items():
+        for name, (meter, images) in by_map.items():
             scores = meter.results()
             for k in KEYS:
                 per_seed.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(float(scores[k]))
+            for k in PER_IMAGE_KEYS:
+                per_image.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(images[k])
 
 
-def _summarise(per_seed, level_seeds, used) -> dict:
-    """Mean over seeds, the 95 % interval, every seed's scores and the strengths used, for one level."""
+def _level_interval(key, seeds, images):
+    """adp_f, mae: the bootstrap interval over images and seeds; max_f (a curve statistic with no per-image
+    value): the Student-t interval over seeds, None with one seed."""
+    if key in PER_IMAGE_KEYS:
+        return bootstrap.mean_interval(images[key]).bounds
+    return interval95(seeds)
+
+
+def _summarise(per_seed, per_image, level_seeds, used) -> dict:
+    """Mean over seeds, the 95 % intervals, every seed's scores, the per-image scores (rounded to 6 decimals; the
+    intervals are computed from these rounded values, so robustness.json reproduces them) and the strengths used,
+    for one level."""
+    per_image = {
+        mode: {name: {k: np.round(v, 6).tolist() for k, v in by_key.items()} for name, by_key in by_map.items()}
+        for mode, by_map in per_image.items()
+    }
     r = {
         mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
         for mode, by_map in per_seed.items()
     }
     r["interval"] = {
-        mode: {name: {k: interval95(v) for k, v in by_key.items()} for name, by_key in by_map.items()}
+        mode: {
+            name: {k: _level_interval(k, v, per_image[mode][name]) for k, v in by_key.items()}
+            for name, by_key in by_map.items()
+        }
         for mode, by_map in per_seed.items()
     }
-    r["per_seed"], r["seeds"] = per_seed, level_seeds
+    r["per_seed"], r["per_image"], r["seeds"] = per_seed, per_image, level_seeds
     r["levels_used"] = {"mean": float(np.mean(used)), "min": float(np.min(used)), "max": float(np.max(used))}
     return r
 
@@ -161,7 +198,7 @@ def _evaluate_levels(
     results = {}
     for level in levels:
         level_seeds = list(seeds) if is_random(level) else list(seeds)[:1]
-        per_seed, used = {}, []
+        per_seed, per_image, used = {}, {}, []
         for seed in level_seeds:
             meters = {}
             bar = tqdm(total=len(source), desc=f"{desc} {label} {level} seed {seed}", unit="img", disable=not progress)
@@ -175,9 +212,19 @@ def _evaluate_levels(
                     _score_maps(meters, example, maps)
                 bar.update(len(examples))
             bar.close()
-            _add_seed(per_seed, meters)
-        results[str(level)] = _summarise(per_seed, level_seeds, used)
+            _add_seed(per_seed, per_image, meters)
+        results[str(level)] = _summarise(per_seed, per_image, level_seeds, used)
     return results
+
+
+def image_names(source) -> list[str]:
+    """The names of `source`'s examples in index order, the order of every "per_image" list (without reading
+    the images where the source knows its names)."""
+    if isinstance(source, menet_datasets.Subset):
+        names = image_names(source.source)
+        return [names[i] for i in source.indices]
+    names = getattr(source, "names", None)
+    return list(names) if names is not None else [source[i]["name"] for i in range(len(source))]
 
 
 def _preparation(noise_at, input_size):
@@ -208,7 +255,11 @@ def evaluate_distorted(
     """Scores of `predict` on `source` at each level, as the mean over `seeds` with a 95 % interval.
 
     {level: {"normalised" | "raw": {map: {adp_f, max_f, mae}}, "interval": {mode: {map: {key: [lo, hi] | None}}},
-    "per_seed": {mode: {map: {key: [one value per seed]}}}, "seeds": [...], "levels_used": {mean, min, max}}}.
+    "per_seed": {mode: {map: {key: [one value per seed]}}}, "per_image": {mode: {map: {"adp_f" | "mae": [[one
+    value per image, in `image_names(source)` order] per seed]}}}, "seeds": [...], "levels_used": {mean, min,
+    max}}}. The per-image values are each image's adaptive F-beta and MAE (rounded to 6 decimals), whose mean is
+    the dataset's; max_f has none (the maximum of the mean F curve over thresholds is not a mean over images).
+    "interval": the paired bootstrap over images and seeds for adp_f and mae, the Student-t over seeds for max_f.
     Levels without randomness (no noise, a fixed JPEG quality) run once. `noise_at="input"` resizes every image
     to the square `input_size` before distorting it. "raw" scores the maps as `predict` returns them,
     "normalised" after a per-image min-max (the field's convention).
@@ -357,7 +408,7 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
         lines.append(f"| mean | | {blank} | {np.mean(f_means):.4f} | {blank} | {np.mean(mae_means):.4f} |" + mce)
     seeds = max((len(results[c][s]["seeds"]) for c in corruptions_done for s in results[c]), default=1)
     note = (
-        f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s), intervals in "
+        f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s); bootstrap intervals in "
         f"robustness.json. "
     )
     note += (
@@ -442,7 +493,7 @@ def evaluate_attack(
     for eps in budgets:
         random_start = random_start or method == "apgd"
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
-        per_seed, losses = {}, {m: [] for m in maps}
+        per_seed, per_image, losses = {}, {}, {m: [] for m in maps}
         for seed in level_seeds:
             meters = {}
             bar = tqdm(
@@ -485,8 +536,8 @@ def evaluate_attack(
                         _score_maps(meters, example, {m: raw[j]})
                 bar.update(len(examples))
             bar.close()
-            _add_seed(per_seed, meters)
-        r = _summarise(per_seed, level_seeds, [float(eps)])
+            _add_seed(per_seed, per_image, meters)
+        r = _summarise(per_seed, per_image, level_seeds, [float(eps)])
         r["attack_loss"] = {m: float(np.mean(v)) for m, v in losses.items()}
         results[str(float(eps))] = r
     return results
@@ -503,15 +554,32 @@ def format_attack_losses(name, results, loss) -> str:
     return "\n".join(lines)
 
 
-def _cell(r, mode, m, key) -> str:
-    """mean, with the 95 % interval's half-width when there is one."""
-    ci = r["interval"][mode][m][key]
-    return f"{r[mode][m][key]:.4f}" + (f" ± {(ci[1] - ci[0]) / 2:.4f}" if ci else "")
+def per_image_scores(level, mode, name, key="adp_f"):
+    """A level result's per-image scores (seeds, images) as an array; None for results written before they were
+    recorded."""
+    values = level.get("per_image", {}).get(mode, {}).get(name, {}).get(key)
+    return None if values is None else np.asarray(values, np.float64)
+
+
+def score_interval(level, mode, name, key) -> bootstrap.Interval:
+    """A level's score with its recorded 95 % interval (none where robustness.json has None)."""
+    return bootstrap.Interval(level[mode][name][key], *(level["interval"][mode][name][key] or (None, None)))
+
+
+def kept_share(clean, level, mode, name) -> bootstrap.Interval:
+    """The share (%) of the clean level's adaptive F-beta that `level` keeps, with its paired bootstrap interval
+    (none without per-image scores, or a zero clean score)."""
+    c, d = per_image_scores(clean, mode, name), per_image_scores(level, mode, name)
+    if c is None or d is None:
+        value, base = level[mode][name]["adp_f"], clean[mode][name]["adp_f"]
+        return bootstrap.Interval(100.0 * value / base if base else float("nan"))
+    return bootstrap.kept_interval(c, d).scaled(100.0)
 
 
 def format_table(name, kind, results, mode="normalised") -> str:
-    """Table II layout: one row per distortion level; adaptive F-beta (mean ± 95 % half-width over seeds), the share
-    of the first level's F-beta it keeps, and MAE, per map."""
+    """Table II layout: one row per distortion level; adaptive F-beta [95 % interval], the share of the first
+    level's F-beta it keeps [its interval], and MAE [interval], per map. Intervals: paired bootstrap over images
+    and seeds (robustness.bootstrap)."""
     first = next(iter(results.values()))
     maps = sorted(first[mode])
     unit = UNITS[kind]
@@ -525,23 +593,31 @@ def format_table(name, kind, results, mode="normalised") -> str:
     ]
     for level, r in results.items():
         label = f"{float(level):.6g}" if level != "random" else f"random (mean {r['levels_used']['mean']:.4g})"
-        kept = [
-            f"{100 * r[mode][m]['adp_f'] / first[mode][m]['adp_f']:.0f} %" if first[mode][m]["adp_f"] else "-"
+        cells = [
+            f"{score_interval(r, mode, m, 'adp_f').text(missing='')} | "
+            + kept_share(first, r, mode, m).text(".1f", " %", missing="")
             for m in maps
         ]
         lines.append(
             f"| | {label} | {len(r['seeds'])} | "
-            + " | ".join(f"{_cell(r, mode, m, 'adp_f')} | {k}" for m, k in zip(maps, kept))
+            + " | ".join(cells)
             + " | "
-            + " | ".join(_cell(r, mode, m, "mae") for m in maps)
+            + " | ".join(score_interval(r, mode, m, "mae").text(missing="") for m in maps)
             + " |"
         )
     return "\n".join(lines)
 
 
+def error_bars(estimates, intervals):
+    """Matplotlib's yerr (2, n) from [lo, hi] intervals (None: no bar), never negative."""
+    lo = [v - ci[0] if ci else 0.0 for v, ci in zip(estimates, intervals)]
+    hi = [ci[1] - v if ci else 0.0 for v, ci in zip(estimates, intervals)]
+    return np.maximum([lo, hi], 0.0)
+
+
 def plot_curves(all_results, kind, output: Path) -> None:
-    """Fig. 9: F-beta and MAE against the level, normalised (solid) and raw (dashed) maps, with the 95 % interval
-    over seeds as a band."""
+    """Fig. 9: F-beta and MAE against the level, normalised (solid) and raw (dashed) maps, with the 95 % intervals
+    as error bars."""
     fig = Figure(figsize=(10, 4), dpi=120)
     axes = fig.subplots(1, 2)
     for name, results in all_results.items():
@@ -551,9 +627,8 @@ def plot_curves(all_results, kind, output: Path) -> None:
             for m in sorted(results[levels[0]][mode]):
                 for ax, key in zip(axes, ("adp_f", "mae")):
                     y = [results[lv][mode][m][key] for lv in levels]
-                    (line,) = ax.plot(x, y, style, ms=3, label=f"{name}/{m} ({mode})")
-                    ci = [results[lv]["interval"][mode][m][key] or (v, v) for lv, v in zip(levels, y)]
-                    ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.2)
+                    ci = [results[lv]["interval"][mode][m][key] for lv in levels]
+                    ax.errorbar(x, y, yerr=error_bars(y, ci), fmt=style, ms=3, capsize=2, label=f"{name}/{m} ({mode})")
     label_level_axes(axes, kind, ("adaptive F-beta (beta^2 = 0.3)", "MAE"))
     fig.tight_layout()
     api.save_figure(fig, output / "curves.png")
@@ -681,7 +756,7 @@ def parse_args(argv=None):
         "--seeds",
         type=int,
         default=3,
-        help="noise seeds per random level (seed, seed + 1, ...): mean and 95%% interval (default 3)",
+        help="noise seeds per random level (seed, seed + 1, ...): the mean over them (default 3)",
     )
     parser.add_argument(
         "--noise-at",
@@ -773,11 +848,12 @@ def main(argv=None) -> int:
         predict = lambda images: [{n: m[n] for n in map_names} for m in predictor(images)]
     else:
         predict = load_predictor(args.predictor)
-    all_results = {}
+    all_results, images = {}, {}
     seeds = range(args.seed, args.seed + args.seeds)
     for name, source in sources:
         if args.limit is not None:
             source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
+        images[name] = image_names(source)
         common = dict(seeds=seeds, batch_size=args.batch_size, progress=not args.no_progress, desc=name)
         if kind == "imagenet-c":
             all_results[name] = evaluate_corruptions(
@@ -805,10 +881,11 @@ def main(argv=None) -> int:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     if kind == "imagenet-c":
-        return _write_corruptions(args, out, all_results, names, levels, input_size, reference, reference_model)
+        return _write_corruptions(args, out, all_results, images, names, levels, input_size, reference, reference_model)
     tables = "\n\n".join(
         format_table(name, kind, r, mode) for name, r in all_results.items() for mode in ("normalised", "raw")
     )
+    tables += "\n\n" + TABLE_NOTE
     if kind in ATTACKS:
         loss = args.pgd_loss or "bce"
         tables += "\n\n" + "\n\n".join(format_attack_losses(name, r, loss) for name, r in all_results.items())
@@ -843,6 +920,7 @@ def main(argv=None) -> int:
             "random_ranges": distortions.RANDOM_RANGES[kind],
             "datasets": all_results,
         }
+    summary |= {"intervals": INTERVALS, "images": images}
     api.write_text(out / "table.md", tables + "\n")
     api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
     written = [out / "robustness.json", out / "table.md"]
@@ -854,7 +932,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write_corruptions(args, out, all_results, names, severities, input_size, reference, reference_model) -> int:
+def _write_corruptions(
+    args, out, all_results, images, names, severities, input_size, reference, reference_model
+) -> int:
     tables, errors = [], {}
     label = f"{reference_model} ({args.reference})" if reference is not None else None
     for dataset, results in all_results.items():
@@ -881,6 +961,8 @@ def _write_corruptions(args, out, all_results, names, severities, input_size, re
         "reference": None if reference is None else {"path": str(args.reference), "model": reference_model},
         "corruption_errors": errors if reference is not None else None,
         "datasets": all_results,
+        "intervals": INTERVALS,
+        "images": images,
     }
     api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
     plot_corruptions(all_results, out)

@@ -23,23 +23,23 @@ def brightness(images):
 '''
 
 
-def _hand_scores(source, distort, prepare=lambda im: im):
+def _hand_scores(source, distort, prepare=lambda im: im, per_image=False):
     """The predictor hook's raw scores computed by hand: `distort(image, index, name)` per image, scored as
-    8-bit maps without min-max."""
+    8-bit maps without min-max (`per_image`: and each image's scores)."""
     from menet_jax.core.metrics import SODMetrics, to_8bit
     from menet_jax.io.images import resize_to
 
-    meter = SODMetrics(normalize=False)
+    meter, images = SODMetrics(normalize=False), []
     for i in range(len(source)):
         e = source[i]
         noisy = distort(prepare(e["image"]), i, e["name"])
         m = noisy.astype(np.float32).mean(-1)[::2, ::2] / 255.0
-        meter.step(to_8bit(resize_to(m, *e["mask"].shape)), e["mask"])
-    return meter.results()
+        images.append(meter.step(to_8bit(resize_to(m, *e["mask"].shape)), e["mask"]))
+    return (meter.results(), images) if per_image else meter.results()
 
 
 def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_path, monkeypatch, capsys):
-    from robustness import distortions
+    from robustness import bootstrap, distortions, evaluate
     from robustness.evaluate import main
 
     (tmp_path / "peer_model.py").write_text(PREDICTOR)
@@ -70,29 +70,65 @@ def test_evaluate_with_a_predictor_hook_scores_the_distorted_images(ecssd6, tmp_
         == 0
     )
     printed = capsys.readouterr().out
-    assert "F-beta map" in printed and "random" in printed and " ± " in printed
-    results = json.loads((out / "robustness.json").read_text())["datasets"]["ECSSD6"]
+    assert "F-beta map" in printed and "random" in printed and " % [" in printed and " ± " not in printed
+    report = json.loads((out / "robustness.json").read_text())
+    results = report["datasets"]["ECSSD6"]
     assert list(results) == ["0.0", "900.0", "random"]
-    # The same numbers by hand: the images distorted with the same per-image generators, one run per seed, and
-    # the mean and the Student-t interval of the two seeds' scores.
+    # The same numbers by hand: the images distorted with the same per-image generators, one run per seed; each
+    # image's adaptive F-beta and MAE, their means the dataset's, and the intervals: the bootstrap's over the
+    # images and seeds (adp_f, mae), the Student-t of the two seeds' scores (max_f).
     source = FolderSource(ecssd6)
-    per_seed = [
-        _hand_scores(
-            source, lambda im, i, name, s=s: distortions.awgn(im, distortions.image_rng(s, i, name), variance=900.0)
+    assert report["images"] == {"ECSSD6": source.names} and "bootstrap" in report["intervals"]
+    per_seed, per_image = zip(
+        *(
+            _hand_scores(
+                source,
+                lambda im, i, name, s=s: distortions.awgn(im, distortions.image_rng(s, i, name), variance=900.0),
+                per_image=True,
+            )
+            for s in (3, 4)
         )
-        for s in (3, 4)
-    ]
+    )
     r = results["900.0"]
     assert r["seeds"] == [3, 4] and results["0.0"]["seeds"] == [3]  # no noise: nothing to repeat
     for key in ("adp_f", "max_f", "mae"):
         values = [scores[key] for scores in per_seed]
         assert r["per_seed"]["raw"]["map"][key] == pytest.approx(values, abs=1e-6)
         assert r["raw"]["map"][key] == pytest.approx(np.mean(values), abs=1e-6)
-        lo, hi = r["interval"]["raw"]["map"][key]
-        half = 12.706 * np.std(values, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
-        assert (lo, hi) == pytest.approx((np.mean(values) - half, np.mean(values) + half), abs=1e-6)
+        if key == "max_f":
+            lo, hi = r["interval"]["raw"]["map"][key]
+            half = 12.706 * np.std(values, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
+            assert (lo, hi) == pytest.approx((np.mean(values) - half, np.mean(values) + half), abs=1e-6)
+            assert key not in r["per_image"]["raw"]["map"]
+            continue
+        images = np.array(r["per_image"]["raw"]["map"][key])
+        assert images == pytest.approx(np.array([[scores[key] for scores in seed] for seed in per_image]), abs=1e-6)
+        assert images.shape == (2, 6) and images.mean() == pytest.approx(r["raw"]["map"][key], abs=1e-6)
+        assert r["interval"]["raw"]["map"][key] == bootstrap.mean_interval(images).bounds
     assert per_seed[0]["mae"] != per_seed[1]["mae"]
-    assert results["0.0"]["interval"]["raw"]["map"]["mae"] is None
+    assert results["0.0"]["interval"]["raw"]["map"]["max_f"] is None
+    # The table: F-beta [interval], kept [interval] relative to variance 0, MAE [interval].
+    first = results["0.0"]
+    f, kept, mae = (
+        evaluate.score_interval(r, "raw", "map", "adp_f"),
+        evaluate.kept_share(first, r, "raw", "map"),
+        evaluate.score_interval(r, "raw", "map", "mae"),
+    )
+    assert kept.estimate == pytest.approx(100 * r["raw"]["map"]["adp_f"] / first["raw"]["map"]["adp_f"])
+    assert kept.low < kept.estimate < kept.high
+    row = f"| | 900 | 2 | {f.text()} | {kept.text('.1f', ' %')} | {mae.text()} |"
+    assert row in (out / "table.md").read_text().splitlines()
+    # The run compared with itself (robustness.compare reads the per-image scores back): no difference.
+    from robustness import compare
+
+    assert (
+        compare.main(
+            [f"A={out / 'robustness.json'}", f"B={out / 'robustness.json'}", "--raw", "--output", str(out / "cmp")]
+        )
+        == 0
+    )
+    text = (out / "cmp" / "compare.md").read_text()
+    assert "At level 900, B and A: not distinguishable (+0.0 points [" in text and "keeps" not in text
     lo, hi = distortions.RANDOM_RANGES["awgn"]
     used = results["random"]["levels_used"]
     assert (lo * 255) ** 2 <= used["min"] < used["max"] <= (hi * 255) ** 2
@@ -215,6 +251,23 @@ def test_evaluate_checkpoint_jpeg(ecssd6, tiny_checkpoint, tmp_path):
         for mode in ("raw", "normalised")
         for m in ("metric", "ce")
     )
+
+
+def test_attacks_record_per_image_scores(ecssd6, tiny_checkpoint, tmp_path):
+    """The attack path keeps every image's scores like the others (budget 0: the clean images, no attack to
+    compile)."""
+    from robustness.evaluate import main
+
+    out = tmp_path / "pgd"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(ecssd6), "--distortion", "pgd-linf"]
+    assert main([*argv, "--levels", "0", "--limit", "3", "--output", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["images"] == {"ECSSD6": FolderSource(ecssd6).names[:3]}
+    level = report["datasets"]["ECSSD6"]["0.0"]
+    for mode in ("raw", "normalised"):
+        for key in ("adp_f", "mae"):
+            values = np.array(level["per_image"][mode]["ce"][key])
+            assert values.shape == (1, 3) and values.mean() == pytest.approx(level[mode]["ce"][key], abs=1e-6)
 
 
 def test_jacobian_cli_table_json_and_histogram(ecssd6, tiny_checkpoint, tmp_path, capsys, monkeypatch):
