@@ -1,7 +1,8 @@
 """Robustness toolkit: distortions and the distorted-evaluation protocol (Table II, Fig. 9), the ImageNet-C
-corruptions and PGD attacks, Jacobian statistics
-and local norms (Table III, Eq. 12), certified Lipschitz bounds (Eq. 13). The norm estimators and bounds take
-any JAX function of an image; see docs/robustness.md.
+corruptions, PGD and APGD attacks, Jacobian statistics and local norms (Table III, Eq. 12), certified Lipschitz
+bounds (Eq. 13) and certification by randomized smoothing. Every analysis takes any model as `(f, params, x)`, with
+`f(params, x)` mapping images on the 0..255 scale to maps, and returns dataclasses with a `to_json()`
+(robustness.model states the convention); see docs/robustness.md and docs/api.md.
 
 Names are imported lazily, so `python -m robustness.lipschitz` (and the other CLIs) run their module only once.
 """
@@ -9,11 +10,16 @@ Names are imported lazily, so `python -m robustness.lipschitz` (and the other CL
 import importlib
 
 _EXPORTS = {
-    "attacks": ("pgd", "random_start"),
+    "attacks": ("AttackResult", "apgd", "pgd", "random_start"),
+    "certify": ("CertifiedMap", "CertifyResult", "certify_dataset", "certify_image"),
     "corruptions": ("corrupt",),
     "distortions": ("awgn", "distort", "distort_batch", "image_rng", "jpeg", "severity_levels"),
-    "lipschitz": ("LipschitzError", "conv_fft_bound", "elementwise_bound", "layerwise_bound"),
+    "jacobian": ("ImageAnalysis", "analyse_image"),
+    "lipschitz": ("LipschitzBound", "LipschitzError", "conv_fft_bound", "elementwise_bound", "layerwise_bound"),
+    "model": ("as_predictor", "check_maps", "check_model", "predictor_maps"),
     "norms": (
+        "DirectionalEstimate",
+        "NormEstimate",
         "directional_estimates",
         "exact_norms",
         "frobenius_hutchinson",

@@ -1,4 +1,4 @@
-"""Projected gradient ascent (PGD; Madry et al. 2018) in L-inf and L2 on any differentiable saliency model.
+"""Adversarial attacks on any saliency model: PGD and APGD (white-box), Square Attack (black-box), L-inf and L2.
 
 ``pgd(f, params, x, y, eps=..., norm="linf" | "l2")`` perturbs a batch of images x (N, S, S, 3), float on the
 0..255 scale, to maximise a loss of the map ``f(params, x)`` (N, S, S) in [0, 1] against the ground truth y
@@ -23,13 +23,27 @@ point), a momentum of 0.25 on the last move, and several restarts from uniform r
 per image, the point of largest loss over all restarts. Weak single attacks overstate robustness (Croce et al.,
 ECCV 2024, for segmentation); 10-step PGD without restarts is one.
 
+``square(...)`` is Square Attack (Andriushchenko et al., ECCV 2020), score-based: forward passes only, so it attacks
+a black-box predictor (`f(None, x)`, robustness.model.predictor_maps) as well as a network, by the same method at the
+same budgets. Random search over square windows of the image (one window per query for the whole batch, as the
+authors' code; the window's share of the image halves on the authors' schedule), an update kept per image when it
+raises the loss; L-inf from vertical +-eps stripes, L2 from a grid of the authors' centred bumps. Departure: the
+authors redraw an L-inf window until it changes the image; here a draw that changes nothing costs its query. A
+black-box attack that beats the white-box ones flags masked gradients.
+
 The attack space is the network's own input: images already resized to its input size, perturbed as floats (not
-re-quantised to 8 bits, which would round away most of a 1/255 budget).
+re-quantised to 8 bits, which would round away most of a 1/255 budget); for a black box that takes uint8 images,
+Square Attack's candidates are whole pixel levels (`integer=True`).
+
+The model is any `f(params, x)` of robustness.model's convention (MEnet's: `menet_jax.api.network_function(config,
+output="salient_prob")`), jitted with `f` static and `params` traced. Both attacks return an `AttackResult`, a
+named tuple (adversarial images, their loss) that unpacks as a pair; `to_json()` gives the losses.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +54,17 @@ LOSSES = ("bce", "mae")
 DEFAULT_BUDGETS = {"linf": (0.0, 1.0, 2.0, 4.0, 8.0), "l2": (0.0, 32.0, 64.0, 128.0, 255.0)}
 PIXEL_RANGE = (0.0, 255.0)
 _BCE_EPS = 1e-6
+
+
+class AttackResult(NamedTuple):
+    """An attack's result: `images` the adversarial images (N, S, S, 3) float32 on 0..255, `loss` (N,) the loss of
+    each (the largest reached). A tuple: `adv, loss = pgd(...)`."""
+
+    images: jax.Array
+    loss: jax.Array
+
+    def to_json(self) -> dict:
+        return {"loss": np.asarray(self.loss, np.float64).tolist()}
 
 
 def map_loss(maps, y, loss: str = "bce"):
@@ -124,7 +149,8 @@ def pgd(
     """Adversarial images for `f(params, x) -> maps in [0, 1]` (see the module docstring).
 
     x: (N, S, S, 3) on 0..255; y: (N, S, S) in {0, 1}; eps in pixel levels (0..255 scale); `start` an initial
-    perturbation (e.g. `random_start`), else x itself. Returns (adversarial x float32, loss of each, (N,))."""
+    perturbation (e.g. `random_start`), else x itself. Returns AttackResult(adversarial x float32, loss of each
+    (N,))."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r} (one of {', '.join(NORMS)})")
     if loss not in LOSSES:
@@ -134,11 +160,11 @@ def pgd(
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     if eps == 0 or steps == 0 and start is None:
-        return x, map_loss(f(params, x), y, loss)
+        return AttackResult(x, map_loss(f(params, x), y, loss))
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else float(step_size)
     delta0 = jnp.zeros_like(x) if start is None else jnp.asarray(start, jnp.float32)
-    return _pgd(
-        f, params, x, y, delta0, jnp.float32(eps), jnp.float32(step_size), norm=norm, steps=int(steps), loss=loss
+    return AttackResult(
+        *_pgd(f, params, x, y, delta0, jnp.float32(eps), jnp.float32(step_size), norm=norm, steps=int(steps), loss=loss)
     )
 
 
@@ -252,8 +278,8 @@ def apgd(
 ):
     """APGD (see the module docstring) on `f(params, x) -> maps in [0, 1]`: x (N, S, S, 3) on 0..255, y (N, S, S)
     in {0, 1}, eps in pixel levels. `starts`: one initial perturbation per restart (each (N, S, S, 3), e.g.
-    `random_start`; default: `restarts` random starts from a generator seeded 0). Returns (adversarial x float32,
-    its loss (N,)): per image, the point of largest loss over every restart and iteration."""
+    `random_start`; default: `restarts` random starts from a generator seeded 0). Returns AttackResult(adversarial x
+    float32, its loss (N,)): per image, the point of largest loss over every restart and iteration."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r} (one of {', '.join(NORMS)})")
     if loss not in LOSSES:
@@ -263,7 +289,7 @@ def apgd(
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     if eps == 0:
-        return x, map_loss(f(params, x), y, loss)
+        return AttackResult(x, map_loss(f(params, x), y, loss))
     if starts is None:
         rng = np.random.default_rng(0)
         starts = [random_start(x.shape, eps, norm, rng) for _ in range(restarts)]
@@ -278,4 +304,146 @@ def apgd(
             better = adv_loss > best_loss
             best = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), adv, best)
             best_loss = jnp.maximum(adv_loss, best_loss)
-    return best, best_loss
+    return AttackResult(best, best_loss)
+
+
+# ------------------------------------------------------------------------------------------ Square Attack
+# p, the share of the image one update changes, halves at these fractions of a 10,000-query run (the authors'
+# schedule, rescaled to the run's query budget).
+_SQUARE_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+SQUARE_P_INIT = {"linf": 0.05, "l2": 0.1}
+
+
+def _square_p(p_init: float, query: int, queries: int) -> float:
+    at = int(query / queries * 10_000)
+    return p_init / 2 ** sum(at > h for h in _SQUARE_HALVINGS)
+
+
+def _bump(h: int, w: int) -> np.ndarray:
+    """The authors' centred bump on an h x w rectangle: nested squares weighted 1 / (k + 1)^2, unit L2 norm."""
+    delta = np.zeros((h, w))
+    ch, cw = h // 2, w // 2
+    for k in range(max(ch + 1, cw + 1)):
+        delta[max(ch - k, 0) : min(ch + k + 1, h), max(cw - k, 0) : min(cw + k + 1, w)] += 1.0 / (k + 1) ** 2
+    return delta / np.sqrt(np.sum(delta**2))
+
+
+def _square_pattern(s: int, rng) -> np.ndarray:
+    """An s x s L2 update of unit norm: a bump on one half, minus one on the other, transposed half the time."""
+    delta = np.concatenate([_bump(s // 2, s), -_bump(s - s // 2, s)])
+    delta /= np.sqrt(np.sum(delta**2))
+    return delta.T if rng.random() > 0.5 else delta
+
+
+def _norms(v):
+    return np.sqrt(np.sum(v.reshape(v.shape[0], -1) ** 2, -1)).reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+class SquareResult(NamedTuple):
+    """Square Attack's result: `images` and `loss` as AttackResult's, and `history` (queries, N) each image's best
+    loss after each query (the convergence record). A tuple: `adv, loss, history = square(...)`."""
+
+    images: np.ndarray
+    loss: np.ndarray
+    history: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"loss": np.asarray(self.loss, np.float64).tolist(), "loss_per_query": self.history.mean(1).tolist()}
+
+
+def square(
+    f,
+    params,
+    x,
+    y,
+    *,
+    eps: float,
+    norm: str = "linf",
+    queries: int = 1000,
+    p_init=None,
+    loss="bce",
+    seed=0,
+    integer=False,
+):
+    """Square Attack (Andriushchenko et al., ECCV 2020) on `f(params, x) -> maps in [0, 1]`, forward passes only
+    (so any black-box predictor, as `f(None, x)`): random search over square windows, each update kept per image
+    when it raises the loss. x (N, S, S, 3) on 0..255, y (N, S, S), eps in pixel levels. L-inf: vertical stripes of
+    +-eps to start, then a window set to +-eps per channel; L2: a grid of unit bumps scaled to norm eps, then a
+    window's perturbation replaced by a bump (its mass taken from a second window, so the norm stays eps). One
+    window per step for the whole batch, as the authors' code. `integer`: every candidate rounded towards the clean
+    (whole-valued) x to whole pixel levels, for a model that takes uint8 images (each entry moves no further, so the
+    budget holds). `seed`: anything np.random.default_rng takes. Returns (adversarial x float32, its loss (N,),
+    each image's best loss after each query (queries, N)); `queries` forward passes in all: the clean image, the
+    start, then the search."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r} (one of {', '.join(NORMS)})")
+    if not (eps >= 0 and queries >= 1):  # nan fails too
+        raise ValueError(f"eps must be >= 0 and queries >= 1, got {eps}, {queries}")
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    n, h, w, c = x.shape
+    lo, hi = PIXEL_RANGE
+
+    def objective(images):
+        return np.asarray(map_loss(jnp.asarray(f(params, images)), jnp.asarray(y), loss), np.float64)
+
+    if eps == 0:
+        clean = objective(x)
+        return SquareResult(x, clean.astype(np.float32), np.tile(clean, (queries, 1)))
+
+    def candidate_of(delta):
+        candidate = np.clip(x + delta, lo, hi)
+        return (x + np.trunc(candidate - x) if integer else candidate).astype(np.float32)
+
+    p_init = SQUARE_P_INIT[norm] if p_init is None else p_init
+    if norm == "linf":
+        delta = eps * rng.choice([-1.0, 1.0], size=(n, 1, w, c))
+    else:
+        s = h // 5
+        start = (h - 5 * s) // 2
+        delta = np.zeros(x.shape)
+        for i in range(h // s):
+            for j in range(w // s):
+                bump = _square_pattern(s, rng)[None, :, :, None] * rng.choice([-1.0, 1.0], size=(n, 1, 1, c))
+                delta[:, start + i * s : start + (i + 1) * s, start + j * s : start + (j + 1) * s] += bump
+        delta *= eps / np.maximum(_norms(delta), 1e-12)
+    # Query 0 is the clean image itself, so the attack never returns a point the model handles better than the
+    # clean one (an evaluation's worst case is at most the clean score); the start is the second.
+    best, best_loss = x.copy(), objective(x)
+    history = [best_loss.copy()]
+    if queries > 1:
+        start = candidate_of(delta)
+        start_loss = objective(start)
+        better = start_loss > best_loss
+        best[better], best_loss[better] = start[better], start_loss[better]
+        history.append(best_loss.copy())
+    for query in range(2, queries):
+        p = _square_p(p_init, query, queries)
+        delta = best.astype(np.float64) - x
+        if norm == "linf":
+            s = min(max(int(round(np.sqrt(p * h * w))), 1), h - 1)
+            r, q = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            delta[:, r : r + s, q : q + s] = eps * rng.choice([-1.0, 1.0], size=(n, 1, 1, c))
+            candidate = candidate_of(delta)
+        else:
+            s = max(int(round(np.sqrt(p * h * w))), 3)
+            s = min(s + (s % 2 == 0), h)  # odd, as the authors', and inside the image
+            r, q = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            r2, q2 = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            window = (slice(None), slice(r, r + s), slice(q, q + s))
+            window2 = (slice(None), slice(r2, r2 + s), slice(q2, q2 + s))
+            both = np.zeros(x.shape[:3] + (1,))
+            both[window] = both[window2] = 1.0
+            free = np.maximum(eps**2 - _norms(delta) ** 2, 0.0)  # the budget clipping left unused
+            mass = np.sqrt(np.sum((delta * both) ** 2, axis=(1, 2), keepdims=True))  # per channel
+            old = delta[window] / (1e-10 + np.sqrt(np.sum(delta[window] ** 2, axis=(1, 2), keepdims=True)))
+            new = _square_pattern(s, rng)[None, :, :, None] * rng.choice([-1.0, 1.0], size=(n, 1, 1, c)) + old
+            new *= np.sqrt(free / c + mass**2) / np.maximum(np.sqrt(np.sum(new**2, axis=(1, 2), keepdims=True)), 1e-12)
+            delta[window2] = 0.0
+            delta[window] = new
+            candidate = candidate_of(delta * (eps / np.maximum(_norms(delta), 1e-12)))
+        candidate_loss = objective(candidate)
+        better = candidate_loss > best_loss
+        best[better], best_loss[better] = candidate[better], candidate_loss[better]
+        history.append(best_loss.copy())
+    return SquareResult(best, best_loss.astype(np.float32), np.stack(history))

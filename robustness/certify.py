@@ -44,13 +44,17 @@ index), so the results depend neither on --batch-size nor on the order of the ba
 
 Writes DIR/certify.json (settings, per-dataset summary, per-image rows), DIR/table.md and DIR/certify.png
 (certified accuracy against radius, interval band).
+
+The library takes the model as `f(params, images)` (robustness.model): `certify_image(f, params, x, key) ->
+CertifiedMap` and `certify_dataset(f, params, source, size=...) -> CertifyResult` (both `to_json()`);
+`network_maps(config, map)` is MEnet's f (its variables the params), `predictor_maps(predict, size)` (from
+robustness.model) a black box's (params None).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 from pathlib import Path
@@ -67,7 +71,8 @@ import menet_datasets
 from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax import api
 from menet_jax.api import ConfigError
-from robustness.evaluate import as_map_dicts, interval95, load_predictor
+from robustness.evaluate import interval95, load_predictor
+from robustness.model import check_maps, predictor_maps  # predictor_maps: the black-box model, re-exported
 
 BETA2 = 0.3
 DEFAULTS = dict(sigma=64.0, n0=16, n=96, alpha=0.001, threshold=0.5, batch_size=16)
@@ -148,6 +153,16 @@ class CertifiedMap:
     def certified(self) -> np.ndarray:
         return self.classes >= 0
 
+    def to_json(self) -> dict:
+        """The per-pixel arrays as nested lists (classes, guess and counts integers)."""
+        return {
+            "classes": np.asarray(self.classes).astype(int).tolist(),
+            "p_lower": np.asarray(self.p_lower, np.float64).tolist(),
+            "radius": np.asarray(self.radius, np.float64).tolist(),
+            "guess": np.asarray(self.guess).astype(int).tolist(),
+            "counts": np.asarray(self.counts).astype(int).tolist(),
+        }
+
 
 # Sample j's noise comes from fold_in(key, j): a sample does not depend on the batch it is drawn in.
 _noise = jax.jit(
@@ -158,16 +173,16 @@ _noise = jax.jit(
 )
 
 
-def sample_counts(f, x, key, *, sigma, count, start, threshold, batch_size):
-    """How often each pixel is salient (map >= threshold) in samples start .. start + count - 1 of x + sigma * noise.
-    Batches are always `batch_size` images (the last one padded, the padding not counted): f compiles once."""
+def sample_counts(f, params, x, key, *, sigma, count, start, threshold, batch_size):
+    """How often each pixel is salient (f(params, .) >= threshold) in samples start .. start + count - 1 of
+    x + sigma * noise. Batches are always `batch_size` images (the last one padded, the padding not counted): f
+    compiles once."""
     x = jnp.asarray(x, jnp.float32)
     salient = np.zeros(x.shape[:2], np.int64)
     for first in range(start, start + count, batch_size):
         noisy = x[None] + sigma * _noise(key, first, shape=tuple(x.shape), batch=batch_size)
-        maps = np.asarray(f(noisy))
-        if maps.shape != (batch_size, *x.shape[:2]):
-            raise ConfigError(f"the model returned maps of shape {maps.shape} for {batch_size} images of {x.shape}")
+        maps = np.asarray(f(params, noisy))
+        check_maps(maps.shape, noisy.shape)
         valid = min(batch_size, start + count - first)
         salient += np.sum(maps[:valid] >= threshold, axis=0)
     return salient
@@ -175,6 +190,7 @@ def sample_counts(f, x, key, *, sigma, count, start, threshold, batch_size):
 
 def certify_image(
     f,
+    params,
     x,
     key,
     *,
@@ -186,15 +202,16 @@ def certify_image(
     batch_size=DEFAULTS["batch_size"],
     correction="holm",
 ) -> CertifiedMap:
-    """SegCertify of one image x (H, W, C) on the 0..255 scale: `f(images (B, H, W, C)) -> maps (B, H, W) in [0, 1]`
-    (B = batch_size always). Samples 0 .. n0 - 1 guess the classes, samples n0 .. n0 + n - 1 count them (one key,
-    disjoint sample indices: independent). Holm (or Bonferroni) at family-wise level alpha over the pixels."""
+    """SegCertify of one image x (H, W, C) on the 0..255 scale for the model `f(params, images (B, H, W, C)) -> maps
+    (B, H, W) in [0, 1]` (B = batch_size always; `f` should be jitted, as `network_maps`'s is). Samples 0 .. n0 - 1
+    guess the classes, samples n0 .. n0 + n - 1 count them (one key, disjoint sample indices: independent). Holm
+    (or Bonferroni) at family-wise level alpha over the pixels."""
     check_settings(sigma=sigma, n0=n0, n=n, alpha=alpha, threshold=threshold, batch_size=batch_size)
     if correction not in ("holm", "bonferroni"):
         raise ConfigError(f"correction must be holm or bonferroni, got {correction!r}")
     common = dict(sigma=sigma, threshold=threshold, batch_size=batch_size)
-    guess = (2 * sample_counts(f, x, key, count=n0, start=0, **common) >= n0).astype(np.int8)
-    salient = sample_counts(f, x, key, count=n, start=n0, **common)
+    guess = (2 * sample_counts(f, params, x, key, count=n0, start=0, **common) >= n0).astype(np.int8)
+    salient = sample_counts(f, params, x, key, count=n, start=n0, **common)
     counts = np.where(guess == 1, salient, n - salient)
     pvalues = binomial_pvalues(counts, n)
     if correction == "holm":
@@ -267,8 +284,9 @@ class CertifyResult:
 
 
 def certify_dataset(
-    source,
     f,
+    params,
+    source,
     *,
     size: int,
     prepare=None,
@@ -278,9 +296,10 @@ def certify_dataset(
     desc="",
     **settings,
 ) -> CertifyResult:
-    """SegCertify of every image of `source` at the square input `size` (image and mask resized with
-    `menet_datasets.resize_pair`; `prepare(uint8 image) -> float image` otherwise the identity). Image i's noise key
-    is `image_key(seed, i)`. `settings`: certify_image's keywords. `radii` default: RADIUS_GRID x sigma."""
+    """SegCertify of the model f(params, .) on every image of `source` at the square input `size` (image and mask
+    resized with `menet_datasets.resize_pair`; `prepare(uint8 image) -> float image` otherwise the identity). Image
+    i's noise key is `image_key(seed, i)`. `settings`: certify_image's keywords. `radii` default: RADIUS_GRID x
+    sigma."""
     sigma = settings.get("sigma", DEFAULTS["sigma"])
     radii = [float(r) for r in (radii if radii is not None else np.asarray(RADIUS_GRID) * sigma)]
     rows = []
@@ -288,37 +307,20 @@ def certify_dataset(
         example = source[i]
         image, mask = menet_datasets.resize_pair(example["image"], example["mask"], size)
         x = np.asarray(image if prepare is None else prepare(image), np.float32)
-        cert = certify_image(f, x, image_key(seed, i), **settings)
+        cert = certify_image(f, params, x, image_key(seed, i), **settings)
         rows.append({"name": example["name"], "index": i, **score_certificate(cert, mask, radii)})
     return CertifyResult(radii=radii, images=rows, settings={"seed": seed, "size": size, **DEFAULTS, **settings})
 
 
 # ----------------------------------------------------------------------------------------------- the models
-def network_maps(variables, config, map_name: str):
-    """MEnet as f(images 0..255 (B, S, S, 3)) -> (B, S, S) maps in [0, 1], jitted: "ce" the salient probability,
-    "metric" the min-max normalised Eq. 5 map (the evaluated form)."""
+def network_maps(config, map_name: str):
+    """MEnet as the model f(variables, images 0..255 (B, S, S, 3)) -> (B, S, S) maps in [0, 1]: `api.network_function`
+    jitted (the variables traced: one compilation for any weights); "ce" the salient probability, "metric" the
+    min-max normalised Eq. 5 map (the evaluated form)."""
     if map_name not in ("ce", "metric"):
         raise ConfigError(f"--map must be ce or metric, got {map_name!r}")
     network = api.network_function(config, output="salient_prob" if map_name == "ce" else "metric", normalize=True)
-    return jax.jit(functools.partial(network, variables), compiler_options=api.compiler_options())
-
-
-def predictor_maps(predict, size: int):
-    """A black-box predictor (uint8 images -> maps of any size) as f(float images (B, S, S, 3)) -> (B, S, S): the
-    noisy images clipped to 0..255 and rounded to uint8 (its interface), its maps resized to S x S."""
-
-    def f(images):
-        batch = np.clip(np.rint(np.asarray(images, np.float32)), 0, 255).astype(np.uint8)
-        maps = as_map_dicts(predict(list(batch)), len(batch))
-        out = []
-        for m in maps:
-            if len(m) != 1:
-                raise ConfigError(f"the predictor returned {len(m)} maps per image; certify takes one")
-            m = np.clip(np.asarray(next(iter(m.values())), np.float32), 0.0, 1.0)
-            out.append(m if m.shape == (size, size) else api.resize_to(m, size, size))
-        return np.stack(out)
-
-    return f
+    return jax.jit(network, compiler_options=api.compiler_options())
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -425,13 +427,13 @@ def main(argv=None) -> int:
     api.check_folder(args.output)  # before the work, not after it
     sources = sources_from_args(args)
     if args.predictor is None:
-        variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
-        f, size = network_maps(variables, config, args.map), config.image_size
+        params, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
+        f, size = network_maps(config, args.map), config.image_size
         model = f"MEnet {args.config} (fresh)" if args.config else str(args.checkpoint or "MEnet (shipped weights)")
         label = f"{model}, {args.map} map"
     else:
         size = args.input_size
-        f, model = predictor_maps(load_predictor(args.predictor), size), args.predictor
+        f, params, model = predictor_maps(load_predictor(args.predictor), size), None, args.predictor
         label = model
     settings = dict(
         sigma=args.sigma,
@@ -447,7 +449,15 @@ def main(argv=None) -> int:
         if args.limit is not None:
             source = menet_datasets.Subset(source, list(range(min(args.limit, len(source)))))
         results[name] = certify_dataset(
-            source, f, size=size, seed=args.seed, radii=args.radii, progress=not args.no_progress, desc=name, **settings
+            f,
+            params,
+            source,
+            size=size,
+            seed=args.seed,
+            radii=args.radii,
+            progress=not args.no_progress,
+            desc=name,
+            **settings,
         )
     out = args.output
     out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ import menet_datasets
 from menet_datasets.cli import add_source_arguments, sources_from_args
 from menet_jax import api
 from menet_jax.api import ConfigError
-from robustness import attacks, bootstrap, corruptions, distortions
+from robustness import attacks, bootstrap, corruptions, distortions, model
 
 KEYS = ("adp_f", "max_f", "mae")
 PER_IMAGE_KEYS = ("adp_f", "mae")  # means of per-image values; max_f is the maximum of the dataset's mean F curve
@@ -90,15 +90,18 @@ INTERVALS = (
     "Student-t over the seeds, None with one seed"
 )
 TABLE_NOTE = (
-    "[95 % interval]: percentile bootstrap over the images (paired between levels) and the noise seeds; kept = % "
-    "of the first level's F-beta."
+    "In brackets, 95 % intervals: percentile bootstrap over the images (paired between levels) and the noise "
+    "seeds; kept = % of the first level's F-beta."
 )
-ATTACKS = {"pgd-linf": "linf", "pgd-l2": "l2", "apgd-linf": "linf", "apgd-l2": "l2"}  # kind -> norm
+ATTACKS = {
+    f"{method}-{norm}": norm for method in ("pgd", "apgd", "square") for norm in ("linf", "l2")
+}  # kind -> norm
 KINDS = (*distortions.KINDS, "imagenet-c", *ATTACKS)
 UNITS = {"awgn": "variance", "jpeg": "quality"} | {
     kind: ("L-inf" if norm == "linf" else "L2") + " budget (/255)" for kind, norm in ATTACKS.items()
 }
 DEFAULT_STEPS = {"pgd": 10, "apgd": 100}
+SQUARE_QUERIES = 1000
 
 
 def load_predictor(spec: str):
@@ -476,24 +479,48 @@ def evaluate_attack(
     steps=10,
     step_size=None,
     loss="bce",
+    queries=SQUARE_QUERIES,
+    input_size=None,
     batch_size=8,
     progress=True,
     desc="",
 ):
-    """PGD (`method` "pgd") or APGD ("apgd", `restarts` random starts) on each map of `maps` (each attacked
-    separately, scored on the attacked map), at every budget (pixel levels, 0..255 scale), in the network's input
-    space. Level results as `evaluate_distorted`'s, plus
-    "attack_loss" {map: mean loss over the images at the returned point}; `step_size` a multiple of eps per
-    step (default 2.5 / steps)."""
-    size, variables = predictor.config.image_size, predictor.variables
-    # The attacked map: "ce" the salient probability (smooth), "metric" the min-max normalised Eq. 5 map (the
-    # scored form; differentiable almost everywhere, through the minimum, the maximum and the distance).
-    functions = {m: api.network_function(predictor.config, output=m, normalize=m == "metric") for m in maps}
+    """PGD (`method` "pgd"), APGD ("apgd", `restarts` random starts) or Square Attack ("square", `queries` forward
+    passes, no gradient) on each map of `maps` (each attacked separately, scored on the attacked map), at every
+    budget (pixel levels, 0..255 scale), in the model's input space. `predictor`: an `api.Predictor` (MEnet), or
+    for "square" any black-box predictor (uint8 images -> maps, see --predictor) with `input_size`, attacked on
+    whole pixel levels of the uint8 image it takes (its map is "map"). Level results as `evaluate_distorted`'s,
+    plus "attack_loss" {map: mean loss over the images at the returned point} and, for "square",
+    "loss_per_query" {map: the mean over images (and seeds) of the best loss after each query: the convergence
+    record}; `step_size` a multiple of eps per step (default 2.5 / steps)."""
+    if isinstance(predictor, api.Predictor):
+        size, variables = predictor.config.image_size, predictor.variables
+        # The attacked map: "ce" the salient probability (smooth), "metric" the min-max normalised Eq. 5 map (the
+        # scored form; differentiable almost everywhere, through the minimum, the maximum and the distance).
+        functions = {m: api.network_function(predictor.config, output=m, normalize=m == "metric") for m in maps}
+        if method == "square":  # forward passes only, one per query: compiled once
+            functions = {m: jax.jit(f, compiler_options=api.compiler_options()) for m, f in functions.items()}
+
+        def scored(m, adv):
+            raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
+            # The loss of the map the attack saw (the metric map in its normalised form), from the maps already
+            # computed: no extra network pass.
+            return raw, raw if m == "ce" else api.scale_to_unit(raw * 2.0, 2.0)
+    else:
+        if method != "square":
+            raise ConfigError(f"{method} differentiates the network: a black-box predictor takes only square")
+        size, variables, maps = input_size, None, ("map",)
+        functions = {"map": model.predictor_maps(predictor, size)}
+
+        def scored(m, adv):
+            raw = functions[m](None, adv)
+            return raw, raw
+
     results = {}
     for eps in budgets:
-        random_start = random_start or method == "apgd"
+        random_start = random_start or method in ("apgd", "square")
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
-        per_seed, per_image, losses = {}, {}, {m: [] for m in maps}
+        per_seed, per_image, losses, curves = {}, {}, {m: [] for m in maps}, {m: [] for m in maps}
         for seed in level_seeds:
             meters = {}
             bar = tqdm(
@@ -507,7 +534,8 @@ def evaluate_attack(
                 x = np.stack([p[0] for p in pairs + pad]).astype(np.float32)
                 y = np.stack([p[1] for p in pairs + pad]).astype(np.float32)
                 starts = []
-                if random_start and eps > 0:  # each image's own generator: the batch does not change its starts
+                if random_start and eps > 0 and method != "square":
+                    # Each image's own generator: the batch does not change its starts.
                     rngs = [distortions.image_rng(seed, i, e["name"]) for i, e in zip(indices, examples)]
                     starts = [
                         np.concatenate(
@@ -517,19 +545,32 @@ def evaluate_attack(
                         for _ in range(restarts if method == "apgd" else 1)
                     ]
                 for m in maps:
-                    settings = dict(eps=float(eps), norm=norm, steps=steps, loss=loss)
+                    settings = dict(eps=float(eps), norm=norm, loss=loss)
                     if eps == 0:
                         adv = x
+                    elif method == "square":
+                        # One window per query for the whole batch (the authors' scheme): seeded by the seed and
+                        # the batch's first image, so a run is reproducible for a given --batch-size.
+                        adv, _, curve = attacks.square(
+                            functions[m],
+                            variables,
+                            x,
+                            y,
+                            queries=queries,
+                            seed=(seed, start),
+                            integer=variables is None,
+                            **settings,
+                        )
+                        curves[m].append(curve[:, : len(examples)])
                     elif method == "apgd":
-                        adv, _ = attacks.apgd(functions[m], variables, x, y, starts=starts, **settings)
+                        adv, _ = attacks.apgd(functions[m], variables, x, y, starts=starts, steps=steps, **settings)
                     else:
                         scaled = None if step_size is None else step_size * eps
                         first = starts[0] if starts else None
-                        adv, _ = attacks.pgd(functions[m], variables, x, y, step_size=scaled, start=first, **settings)
-                    raw = jax.device_get(predictor.predict_batch(variables, adv))[m]
-                    # The loss of the map the attack saw (the metric map in its normalised form), from the maps
-                    # already computed: no extra network pass.
-                    attacked = raw if m == "ce" else api.scale_to_unit(raw * 2.0, 2.0)
+                        adv, _ = attacks.pgd(
+                            functions[m], variables, x, y, step_size=scaled, start=first, steps=steps, **settings
+                        )
+                    raw, attacked = scored(m, adv)
                     loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), loss))
                     losses[m] += [float(v) for v in loss_values[: len(examples)]]
                     for j, example in enumerate(examples):
@@ -539,6 +580,8 @@ def evaluate_attack(
             _add_seed(per_seed, per_image, meters)
         r = _summarise(per_seed, per_image, level_seeds, [float(eps)])
         r["attack_loss"] = {m: float(np.mean(v)) for m, v in losses.items()}
+        if method == "square" and eps > 0:
+            r["loss_per_query"] = {m: np.round(np.concatenate(v, 1).mean(1), 6).tolist() for m, v in curves.items()}
         results[str(float(eps))] = r
     return results
 
@@ -645,6 +688,22 @@ def label_level_axes(axes, kind, ylabels) -> None:
     axes[0].legend(fontsize=7)
 
 
+def plot_convergence(all_results, output: Path, loss: str) -> None:
+    """The convergence record of a score-based attack: the mean best loss against the queries, one line per budget
+    and map (a curve still rising at the end says more queries would lower the scores further)."""
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
+    for name, results in all_results.items():
+        for level, r in results.items():
+            for m, curve in r.get("loss_per_query", {}).items():
+                ax.plot(np.arange(1, len(curve) + 1), curve, label=f"{name}/{m}, budget {float(level):g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="queries", ylabel=f"mean best {loss} loss over the images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    api.save_figure(fig, output)
+
+
 def parse_levels(kind, items):
     if kind == "imagenet-c":
         return parse_severities(items)
@@ -740,11 +799,14 @@ def parse_args(argv=None):
         "the corruption error CE; without it the CE column is left out",
     )
     parser.add_argument("--pgd-steps", type=int, help="pgd-* / apgd-*: iterations (default 10 / 100)")
+    parser.add_argument(
+        "--queries", type=int, help=f"square-*: forward passes per image, the start included (default {SQUARE_QUERIES})"
+    )
     parser.add_argument("--restarts", type=int, help="apgd-*: random starts per image and seed (default 3)")
     parser.add_argument(
         "--pgd-step-size", type=float, help="pgd-*: step as a multiple of the budget (default 2.5 / steps)"
     )
-    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="pgd-* / apgd-*: loss maximised (default bce)")
+    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="the attacks' loss maximised (default bce)")
     parser.add_argument(
         "--random-start",
         action="store_true",
@@ -786,21 +848,31 @@ def check_flags(args):
                 raise ConfigError(f"{flag} is for --distortion imagenet-c, not {kind}")
     method = kind.split("-")[0]
     for flag, value, kinds in (
-        ("--pgd-steps", args.pgd_steps, ATTACKS),
+        ("--pgd-steps", args.pgd_steps, [k for k in ATTACKS if not k.startswith("square")]),
         ("--pgd-loss", args.pgd_loss, ATTACKS),
         ("--pgd-step-size", args.pgd_step_size, ("pgd-linf", "pgd-l2")),  # APGD sets its own steps
         ("--random-start", args.random_start or None, ("pgd-linf", "pgd-l2")),  # APGD always starts at random
         ("--restarts", args.restarts, ("apgd-linf", "apgd-l2")),
+        ("--queries", args.queries, ("square-linf", "square-l2")),
     ):
         if value is not None and kind not in kinds:
             raise ConfigError(f"{flag} is for --distortion {' / '.join(kinds)}, not {kind}")
     if kind not in ATTACKS:
         return
-    if args.predictor is not None:
+    if args.predictor is not None and method != "square":
         raise ConfigError(
             f"--distortion {kind} needs --checkpoint: gradient attacks differentiate the MEnet "
-            "network, and a --predictor is a black box"
+            "network, and a --predictor is a black box (attack it with square-linf / square-l2)"
         )
+    if args.predictor is not None and args.input_size is None:
+        raise ConfigError(f"--distortion {kind} with --predictor needs --input-size, the square size attacked")
+    if args.predictor is None and args.input_size is not None:
+        raise ConfigError("--input-size is for --predictor (a network is attacked at its own input size)")
+    if args.queries is not None and args.queries < 1:
+        raise ConfigError(f"--queries must be >= 1, got {args.queries}")
+    if method == "square":
+        args.queries = args.queries or SQUARE_QUERIES
+        return
     if args.pgd_steps is not None and args.pgd_steps < 1:
         raise ConfigError(f"--pgd-steps must be >= 1, got {args.pgd_steps}")
     if args.restarts is not None and args.restarts < 1:
@@ -811,6 +883,8 @@ def check_flags(args):
 
 
 def _step_size_text(kind, step_size) -> str:
+    if kind.startswith("square"):
+        return "Square Attack's window schedule (p halved at fixed shares of the queries)"
     if kind.startswith("apgd"):
         return "APGD's schedule (2 x budget, halved at checkpoints)"
     return f"{step_size} x budget" if step_size else "2.5 x budget / steps"
@@ -847,7 +921,7 @@ def main(argv=None) -> int:
         map_names = default if args.map is None else ("metric", "ce") if args.map == "both" else (args.map,)
         predict = lambda images: [{n: m[n] for n in map_names} for m in predictor(images)]
     else:
-        predict = load_predictor(args.predictor)
+        predict, map_names = load_predictor(args.predictor), ("map",)
     all_results, images = {}, {}
     seeds = range(args.seed, args.seed + args.seeds)
     for name, source in sources:
@@ -862,7 +936,7 @@ def main(argv=None) -> int:
         elif kind in ATTACKS:
             all_results[name] = evaluate_attack(
                 source,
-                predictor,
+                predictor or predict,
                 ATTACKS[kind],
                 levels,
                 maps=map_names,
@@ -872,6 +946,8 @@ def main(argv=None) -> int:
                 steps=args.pgd_steps,
                 step_size=args.pgd_step_size,
                 loss=args.pgd_loss or "bce",
+                queries=args.queries,
+                input_size=input_size,
                 **common,
             )
         else:
@@ -887,7 +963,7 @@ def main(argv=None) -> int:
     )
     tables += "\n\n" + TABLE_NOTE
     if kind in ATTACKS:
-        loss = args.pgd_loss or "bce"
+        method, loss = kind.split("-")[0], args.pgd_loss or "bce"
         tables += "\n\n" + "\n\n".join(format_attack_losses(name, r, loss) for name, r in all_results.items())
         summary = {
             "distortion": kind,
@@ -897,14 +973,16 @@ def main(argv=None) -> int:
             "norm": ATTACKS[kind],
             "attacked_maps": list(map_names),
             "loss": loss,
-            "attack": kind.split("-")[0],
-            "steps": args.pgd_steps,
+            "attack": method,
+            "steps": args.queries if method == "square" else args.pgd_steps,
             "step_size": _step_size_text(kind, args.pgd_step_size),
-            "random_start": kind.startswith("apgd") or args.random_start,
-            "restarts": (args.restarts or 3) if kind.startswith("apgd") else 1,
+            "random_start": method in ("apgd", "square") or args.random_start,
+            "restarts": (args.restarts or 3) if method == "apgd" else 1,
             "seed": args.seed,
             "seeds": args.seeds,
-            "attack_space": f"network input ({input_size} px, float, not re-quantised)",
+            "attack_space": f"network input ({input_size} px, float, not re-quantised)"
+            if args.predictor is None
+            else f"the predictor's uint8 input ({input_size} px, whole pixel levels)",
             "input_size": input_size,
             "datasets": all_results,
         }
@@ -927,6 +1005,9 @@ def main(argv=None) -> int:
     if any(level != "random" for level in levels):  # Fig. 9 needs fixed levels; "random" alone is Table II
         plot_curves(all_results, kind, out)
         written.append(out / "curves.png")
+    if kind.startswith("square"):
+        plot_convergence(all_results, out / "convergence.png", args.pgd_loss or "bce")
+        written.append(out / "convergence.png")
     print(tables)
     print("results: " + ", ".join(map(str, written)))
     return 0

@@ -19,12 +19,16 @@ evaluation mode (BatchNorm with its running statistics):
 
 Writes DIR/jacobian.json (settings, averages, per-image rows) and DIR/gradient_histogram.png (log10 |g| pooled
 over the images).
+
+The library: `analyse_image(f, params, x, image=...) -> ImageAnalysis` (its `to_json()` is one row of
+jacobian.json) for any model `f(params, x)` (robustness.model); `output_function(config, output)` is MEnet's f.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -42,15 +46,17 @@ OUTPUTS = ("salient_prob", "metric_map", "logits")
 STATS = ("max", "min", "median", "mean", "var")
 
 
-def output_function(config, variables, output: str, *, authors_objective: bool = False, bn_train: bool = False):
-    """The differentiated map as a function of a batch of images (N, S, S, 3) on the 0..255 scale."""
+def output_function(config, output: str, *, authors_objective: bool = False, bn_train: bool = False):
+    """The differentiated map as a model `f(variables, x)` of a batch of images (N, S, S, 3) on the 0..255 scale:
+    `api.network_function`'s, or with `authors_objective` the softmax of the logits (both channels)."""
     # The authors' script never called eval(): BatchNorm used each image's own statistics (bn_train).
     kind = "logits" if authors_objective else {"metric_map": "metric_distance"}.get(output, output)
     network = api.network_function(config, output=kind, batch_stats="batch" if bn_train else "running")
+    if not authors_objective:
+        return network
 
-    def f(x):
-        out = network(variables, x)
-        return jax.nn.softmax(out, axis=-1) if authors_objective else out
+    def f(variables, x):
+        return jax.nn.softmax(network(variables, x), axis=-1)
 
     return f
 
@@ -85,8 +91,39 @@ def mc_directions(image, kind, count, seed, index):
     return np.stack([distortions.jpeg(image, q).astype(np.float32) - clean for q in distortions.IMAGENET_C["jpeg"]])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def input_gradient(f, params, x):
+    """d sum(f(params, x)) / dx, jitted with `f` static (one compilation per model, any weights)."""
+    return jax.grad(lambda z: jnp.sum(f(params, z)))(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageAnalysis:
+    """What `analyse_image` measures at one image: `gradient` (d sum(f) / dx, x's shape; not in the JSON form),
+    `stats` (Table III's statistics of |gradient|), `spectral` and `frobenius` (NormEstimate, None when skipped),
+    `eq12` ({direction kind: DirectionalEstimate}, None when skipped)."""
+
+    gradient: np.ndarray
+    stats: dict
+    spectral: norms.NormEstimate | None = None
+    frobenius: norms.NormEstimate | None = None
+    eq12: dict | None = None
+
+    def to_json(self) -> dict:
+        """The per-image row of jacobian.json (the per-direction values left out)."""
+        row = {"stats": self.stats}
+        if self.spectral is not None:
+            row["spectral"] = self.spectral.to_json()
+        if self.frobenius is not None:
+            row["frobenius"] = self.frobenius.to_json()
+        if self.eq12 is not None:
+            row["eq12"] = {kind: est.to_json(per_direction=False) for kind, est in self.eq12.items()}
+        return row
+
+
 def analyse_image(
     f,
+    params,
     x,
     *,
     image=None,
@@ -98,26 +135,26 @@ def analyse_image(
     mc_count=8,
     t_schedule=(100.0, 10.0, 1.0, 0.1),
     grad_fn=None,
-):
-    """Everything this CLI reports for one input x (1, S, S, 3) float32 (`grad_fn`: a jitted gradient of
-    sum(f), reused across images)."""
-    grad = (grad_fn or jax.grad(lambda z: jnp.sum(f(z))))(x)
-    row = {"stats": gradient_stats(grad)}
+) -> ImageAnalysis:
+    """Everything this CLI reports for the model f(params, .) at one input x (1, S, S, 3) float32 on 0..255.
+    `image`: the same image as uint8 (S, S, 3), needed for the distortion directions of Eq. 12; `grad_fn(params,
+    x)`: the gradient of sum(f) (default `input_gradient`; the CLI passes one jitted with MEnet's compiler
+    options)."""
+    grad = (grad_fn or functools.partial(input_gradient, f))(params, x)
     key = jax.random.fold_in(jax.random.key(seed), index)
+    spectral = frobenius = eq12 = None
     if power_iterations:
-        row["spectral"] = norms.spectral_norm(f, x, key=key, iters=power_iterations, tol=tol).as_dict()
+        spectral = norms.spectral_norm(f, params, x, key=key, iters=power_iterations, tol=tol)
     if probes:
-        row["frobenius"] = norms.frobenius_hutchinson(f, x, key=jax.random.fold_in(key, 1), probes=probes).as_dict()
+        frobenius = norms.frobenius_hutchinson(f, params, x, key=jax.random.fold_in(key, 1), probes=probes)
     if mc_count and image is not None:
-        row["eq12"] = {}
+        eq12 = {}
         for kind in ("gaussian", "awgn", "jpeg"):
             d = mc_directions(image, kind, mc_count, seed, index)
             d = d[np.linalg.norm(d.reshape(len(d), -1), axis=1) > 0]  # JPEG can leave a flat image unchanged
             if len(d):
-                est = norms.directional_estimates(f, x, d[:, None], t_schedule)
-                est.pop("per_direction_limit")
-                row["eq12"][kind] = est
-    return grad, row
+                eq12[kind] = norms.directional_estimates(f, params, x, d[:, None], t_schedule)
+    return ImageAnalysis(np.asarray(grad), gradient_stats(grad), spectral, frobenius, eq12)
 
 
 def _mean(rows, *path):
@@ -243,10 +280,8 @@ def main(argv=None) -> int:
     # Jacobians and bounds need float32.
     variables, config = api.load_network(args.checkpoint, preset=args.config, seed=args.seed, dtype="float32")
     label = "softmax, both channels (authors)" if args.authors_objective else args.output
-    f = output_function(
-        config, variables, args.output, authors_objective=args.authors_objective, bn_train=args.bn_train_mode
-    )
-    grad_fn = jax.jit(jax.grad(lambda x: jnp.sum(f(x))), compiler_options=api.compiler_options())
+    f = output_function(config, args.output, authors_objective=args.authors_objective, bn_train=args.bn_train_mode)
+    grad_fn = jax.jit(functools.partial(input_gradient.__wrapped__, f), compiler_options=api.compiler_options())
     size = config.image_size
     edges = np.linspace(-24, 4, 113)
     hist, zeros, report = np.zeros(len(edges) - 1), 0, {}
@@ -257,8 +292,9 @@ def main(argv=None) -> int:
             example = source[i]
             image = api.resize_input(example["image"], size)
             x = jnp.asarray(image[None], jnp.float32)
-            grad, row = analyse_image(
+            analysis = analyse_image(
                 f,
+                variables,
                 x,
                 image=image,
                 index=i,
@@ -270,10 +306,10 @@ def main(argv=None) -> int:
                 t_schedule=tuple(args.t_schedule),
                 grad_fn=grad_fn,
             )
-            a = np.abs(np.asarray(grad, np.float64)).ravel()
+            a = np.abs(np.asarray(analysis.gradient, np.float64)).ravel()
             zeros += int(np.sum(a == 0))
             hist += np.histogram(np.log10(a[a > 0]), edges)[0]
-            rows.append({"name": example["name"], **row})
+            rows.append({"name": example["name"], **analysis.to_json()})
         summary = summarize(rows)
         report[name] = {"summary": summary, "images": rows}
         print(format_table(name, summary, label))

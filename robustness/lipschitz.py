@@ -1,4 +1,4 @@
-"""Certified Lipschitz upper bounds of any JAX function of an image, read off its evaluation-mode jaxpr.
+"""Certified Lipschitz upper bounds of any model x -> f(params, x) of an image, read off its evaluation-mode jaxpr.
 
     python -m robustness.lipschitz --checkpoint runs/demo            # per-layer table, totals, JSON
     python -m robustness.lipschitz --config tiny --output salient_prob
@@ -19,12 +19,14 @@ Two bounds on ||f(x) - f(y)|| / ||x - y|| (l2 norms, inputs on the network's 0..
     sqrt(L1^2 + L2^2), broadcasting by m copies sqrt(m) (nearest upsampling by s: s), reductions by sums of m
     terms sqrt(m), max-reductions 1, reshapes / slices / pads 1.
 
-Both interpret the jaxpr of `f` at one input: parameters are closed-over constants, and every equation whose
-inputs are all constants is evaluated. An operation that is not Lipschitz in its input (a product of two
-inputs-dependent values, exp, rsqrt, division by an input-dependent value, ...) makes every output computed
-through it unbounded; asking for such an output raises `LipschitzError` naming the operation. For MEnet the
-logits, the tanh features and the salient probability are bounded; the metric map is not (it L2-normalises the
-features, and x / ||x|| is not Lipschitz near 0).
+Both take the model as `(f, params, x)` (robustness.model) and interpret the jaxpr of x -> f(params, x) at one
+input: the parameters are closed over as constants, and every equation whose inputs are all constants is evaluated.
+An operation that is not Lipschitz in its input (a product of two inputs-dependent values, exp, rsqrt, division by
+an input-dependent value, ...) makes every output computed through it unbounded; asking for such an output raises
+`LipschitzError` naming the operation. Results are `LipschitzBound` dataclasses (`to_json()`). For MEnet
+(`menet_outputs(config, output)`, built on `api.network_function`) the logits, the tanh features and the salient
+probability are bounded; the metric map is not (it L2-normalises the features, and x / ||x|| is not Lipschitz
+near 0).
 """
 
 from __future__ import annotations
@@ -564,41 +566,61 @@ def _conv_kind(p):
 
 
 # ----------------------------------------------------------------------------------------------- public API
-def _single_output(f, x):
-    closed = jax.make_jaxpr(f)(x)
+@dataclasses.dataclass(frozen=True)
+class LipschitzBound:
+    """A Lipschitz upper bound of ||f(params, x) - f(params, y)|| / ||x - y|| (l2).
+
+    `method` "layerwise" (bound (b)) or "elementwise" (bound (a), Eq. 13). `certified`: the certified upper bound.
+    `estimate`: layerwise, the same product with power-iteration norms (from below per layer, not certified; None
+    without power iterations); elementwise, ||G||_2 from below. `layers`: the layerwise bound's per-layer records
+    (name, op, shapes, FFT bound, power estimate); `iterations`: the elementwise power iterations."""
+
+    method: str
+    certified: float
+    estimate: float | None
+    layers: list = dataclasses.field(default_factory=list)
+    iterations: int | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _single_output(f, params, x):
+    """The jaxpr of x -> f(params, x), the parameters closed over (constants: what the rules read)."""
+    closed = jax.make_jaxpr(lambda z: f(params, z))(x)
     if len(closed.jaxpr.outvars) != 1:
         raise LipschitzError(
             f"the function has {len(closed.jaxpr.outvars)} outputs: bound one at a time "
-            "(e.g. lambda x: model(x)['logits'])"
+            "(e.g. lambda params, x: model(params, x)['logits'])"
         )
     if len(closed.jaxpr.invars) != 1:
-        raise LipschitzError("the function must take one array (the image)")
+        raise LipschitzError("the function must take one array (the image) after its parameters")
     return closed
 
 
-def layerwise_bound(f, x, *, power_iters: int = 0, key=None, cache=None) -> dict:
-    """The layerwise l2 Lipschitz bound (b) of `f` (array -> array) around the graph it traces at `x`.
+def layerwise_bound(f, params, x, *, power_iters: int = 0, key=None, cache=None) -> LipschitzBound:
+    """The layerwise l2 Lipschitz bound (b) of x -> f(params, x) (array -> array) around the graph it traces at `x`.
 
-    Returns {"certified": product bound with the FFT norms, "estimate": the same with power-iteration norms
-    (from below per layer, so not certified; only with `power_iters`), "layers": per-layer records}.
-    Raises LipschitzError if the output goes through an operation with no bound. `cache` (a dict) keeps the
-    per-layer power iterations between calls on the same network (e.g. one call per output)."""
-    closed = _single_output(f, x)
+    `certified`: the product bound with the FFT norms; `estimate`: the same with power-iteration norms (only with
+    `power_iters`); `layers`: per-layer records. Raises LipschitzError if the output goes through an operation with
+    no bound. `cache` (a dict) keeps the per-layer power iterations between calls on the same network (e.g. one call
+    per output)."""
+    closed = _single_output(f, params, x)
     interp = _Interpreter("l2", power_iters=power_iters, key=key, cache=cache)
     (out,) = interp.run(closed.jaxpr, closed.consts, [Dep(1.0, 1.0)])
     if isinstance(out, Unbounded):
         raise LipschitzError(f"output not bounded: {out.reason}")
     if isinstance(out, Const):
-        return {"certified": 0.0, "estimate": 0.0, "layers": []}
+        return LipschitzBound("layerwise", 0.0, 0.0, [])
     out = out.flushed()
-    return {"certified": out.cert, "estimate": out.est if power_iters else None, "layers": interp.layers}
+    return LipschitzBound("layerwise", out.cert, out.est if power_iters else None, interp.layers)
 
 
-def elementwise_network(f, x):
+def elementwise_network(f, params, x):
     """G of bound (a) as a linear function u -> G u (u, G u >= 0 entrywise, u with x's shape), and its transpose.
 
     Call them inside `jax.enable_x64(True)` with float64 u: products of ~100 layer norms overflow float32."""
-    closed = _single_output(f, x)
+    closed = _single_output(f, params, x)
     out_shape = closed.jaxpr.outvars[0].aval.shape
 
     def g(u):
@@ -615,12 +637,12 @@ def elementwise_network(f, x):
     return g, transpose
 
 
-def elementwise_bound(f, x, *, iters: int = 200, tol: float = 1e-6) -> dict:
-    """Bound (a), the paper's Eq. 13: ||G||_2 with |J(x)| <= G for all x, in float64.
+def elementwise_bound(f, params, x, *, iters: int = 200, tol: float = 1e-6) -> LipschitzBound:
+    """Bound (a), the paper's Eq. 13, of x -> f(params, x): ||G||_2 with |J(x)| <= G for all x, in float64.
 
     Power iteration on G^T G from the all-ones vector (stays positive: G >= 0) gives the estimate from below;
     the Collatz-Wielandt ratio max_i (G^T G v)_i / v_i bounds its largest eigenvalue from above."""
-    g, gt = elementwise_network(f, x)
+    g, gt = elementwise_network(f, params, x)
     with jax.enable_x64(True):
         gtg = jax.jit(lambda v: gt(g(v), jnp.float64))
         v = jnp.ones(jnp.shape(x), jnp.float64)
@@ -634,12 +656,12 @@ def elementwise_bound(f, x, *, iters: int = 200, tol: float = 1e-6) -> dict:
                 upper = min(upper, math.sqrt(float(np.max(wv / vv))))
             norm = float(np.linalg.norm(wv))
             if norm == 0:
-                return {"estimate": 0.0, "certified": 0.0, "iterations": iterations}
+                return LipschitzBound("elementwise", 0.0, 0.0, iterations=iterations)
             v = w / norm
             if previous is not None and abs(estimate - previous) <= tol * estimate and upper <= estimate * (1 + 1e-3):
                 break
             previous = estimate
-    return {"estimate": estimate, "certified": upper, "iterations": iterations}
+    return LipschitzBound("elementwise", upper, estimate, iterations=iterations)
 
 
 # ------------------------------------------------------------------------------------ MEnet, derived by hand
@@ -728,18 +750,25 @@ def menet_layerwise_bound(variables, config, output: str = "logits") -> float:
     return flush(Lh, scale)
 
 
-def menet_outputs(config, variables, output: str):
-    """MEnet in evaluation mode as a function of one image (1, S, S, 3) -> the chosen output, built with the plain
-    convolutions (one conv_general_dilated per layer, what the per-layer rules read) in float32.
+MENET_OUTPUTS = ("logits", "features", "salient_prob", "metric_map")
+
+
+def menet_outputs(config, output: str):
+    """MEnet in evaluation mode as `f(variables, x)` for one image x (1, S, S, 3) -> the chosen output, built on
+    `api.network_function` with the plain convolutions (one conv_general_dilated per layer, what the per-layer rules
+    read) in float32.
 
     salient_prob is written as sigmoid(z1 - z0), equal to softmax(z)[..., 1] (the interpreter has no rule for
     a softmax, whose pieces exp and division are not Lipschitz on their own)."""
-    heads = api.network_function(dataclasses.replace(config, conv="plain", dtype="float32"), output="heads")
+    if output not in MENET_OUTPUTS:
+        raise LipschitzError(f"output must be one of {', '.join(MENET_OUTPUTS)}, got {output!r}")
+    config = dataclasses.replace(config, conv="plain", dtype="float32")
+    if output in ("logits", "features"):
+        return api.network_function(config, output=output)
+    heads = api.network_function(config, output="heads")
 
-    def f(x):
+    def f(variables, x):
         out = heads(variables, x)
-        if output in ("logits", "features"):
-            return out[output]
         logits = out["logits"]
         p = jax.nn.sigmoid(logits[..., 1] - logits[..., 0])
         if output == "salient_prob":
@@ -747,9 +776,6 @@ def menet_outputs(config, variables, output: str):
         return api.metric_distance(out["features"], p)
 
     return f
-
-
-MENET_OUTPUTS = ("logits", "features", "salient_prob", "metric_map")
 
 
 def _print_table(layers):
@@ -795,28 +821,28 @@ def main(argv=None) -> int:
     outputs = MENET_OUTPUTS if args.output == "all" else (args.output,)
     results, printed_layers, cache = {}, False, {}
     for output in outputs:
-        f = menet_outputs(config, variables, output)
+        f = menet_outputs(config, output)
         try:
-            layer = layerwise_bound(f, x, power_iters=args.power_iterations, cache=cache)
-            element = elementwise_bound(f, x)
+            layer = layerwise_bound(f, variables, x, power_iters=args.power_iterations, cache=cache)
+            element = elementwise_bound(f, variables, x)
         except LipschitzError as error:
             if args.output != "all":
                 raise LipschitzError(f"{output}: {error}") from None
             results[output] = {"bounded": False, "reason": str(error)}
             continue
         if not printed_layers:
-            _print_table(layer["layers"])
+            _print_table(layer.layers)
             printed_layers = True
         hand = menet_layerwise_bound(variables, config, output) if output != "metric_map" else None
         results[output] = {
             "bounded": True,
-            "layerwise_certified": layer["certified"],
-            "layerwise_power_estimate": layer["estimate"],
+            "layerwise_certified": layer.certified,
+            "layerwise_power_estimate": layer.estimate,
             "hand_derived": hand,
-            "elementwise_certified": element["certified"],
-            "elementwise_estimate": element["estimate"],
-            "elementwise_iterations": element["iterations"],
-            "layers": layer["layers"],
+            "elementwise_certified": element.certified,
+            "elementwise_estimate": element.estimate,
+            "elementwise_iterations": element.iterations,
+            "layers": layer.layers,
         }
     print()
     print(

@@ -1,11 +1,13 @@
-"""Norms of the Jacobian of any JAX function x -> y at a point, exact on small inputs and matrix-free at full size.
+"""Norms of the Jacobian of a model x -> f(params, x) at a point, exact on small inputs and matrix-free at full size.
 
-All functions take `f` (an array -> array or pytree function; outputs are flattened and concatenated) and a
-point `x`; nothing here knows about MEnet.
+All functions take the model as `(f, params, x)` (robustness.model: `f(params, x)` with `x` the input; any array
+or pytree output, flattened and concatenated) and differentiate with respect to `x` only; nothing here knows
+about MEnet. The jitted pieces take `f` as a static argument and `params` as a traced one: one compilation per `f`
+serves any weights.
 
-* `spectral_norm`: ||J(x)||_2 by power iteration on J^T J, one jvp and one vjp per step (`jax.linearize` and
-  its transpose). The iterates are Rayleigh quotients, so every value is a lower bound that rises to the largest
-  singular value; it stops when the relative change is below `tol` and reports the iterations used.
+* `spectral_norm`: ||J(x)||_2 by power iteration on J^T J, one jvp and one vjp per step. The iterates are
+  Rayleigh quotients, so every value is a lower bound that rises to the largest singular value; it stops when the
+  relative change is below `tol` and reports the iterations used.
 * `frobenius_hutchinson`: ||J(x)||_F from E ||J v||^2 = ||J||_F^2 (v ~ N(0, I)), one jvp per probe, probes
   vmapped; the standard error of the mean gives a normal-approximation confidence interval.
 * `jacobian_matrix`: the exact Jacobian, rows by chunked vmapped vjps (what `jax.jacrev` does, in chunks so
@@ -14,6 +16,8 @@ point `x`; nothing here knows about MEnet.
 * `directional_estimates`: the Monte Carlo directional derivative of the paper's Eq. 12,
   E_n ||f(x + t n) - f(x)||^p / t^p over a t-schedule (finite differences) and its t -> 0 limit
   E_n ||J n||^p (one jvp per direction), with standard errors.
+
+Results are `NormEstimate` and `DirectionalEstimate` (dataclasses, `to_json()`).
 """
 
 from __future__ import annotations
@@ -28,48 +32,52 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 
-def flat_output(f):
-    """f with its output flattened to one float32 vector (pytrees concatenated in leaf order)."""
-
-    def g(x):
-        flat, _ = ravel_pytree(f(x))
-        return flat.astype(jnp.float32)
-
-    return g
+def _flat(f, params, x):
+    """f(params, x) flattened to one float32 vector (pytrees concatenated in leaf order)."""
+    flat, _ = ravel_pytree(f(params, x))
+    return flat.astype(jnp.float32)
 
 
 # Jitted with `f` static: a CLI that passes the same function for every image compiles each of these once.
 @partial(jax.jit, static_argnums=0)
-def jvp(f, x, v):
-    """J(x) v, flattened."""
-    return jax.jvp(flat_output(f), (x,), (v,))[1]
+def jvp(f, params, x, v):
+    """J(x) v, flattened (J the Jacobian of f(params, .) at x)."""
+    return jax.jvp(lambda z: _flat(f, params, z), (x,), (v,))[1]
 
 
 @partial(jax.jit, static_argnums=0)
-def vjp(f, x, u):
+def vjp(f, params, x, u):
     """J(x)^T u, with x's shape."""
-    return jax.vjp(flat_output(f), x)[1](u)[0]
+    return jax.vjp(lambda z: _flat(f, params, z), x)[1](u)[0]
 
 
 @partial(jax.jit, static_argnums=0)
-def _squared_jvp_norms(f, x, vs):
-    return jax.vmap(lambda v: jnp.sum(jvp.__wrapped__(f, x, v) ** 2))(vs)
+def _squared_jvp_norms(f, params, x, vs):
+    return jax.vmap(lambda v: jnp.sum(jvp.__wrapped__(f, params, x, v) ** 2))(vs)
 
 
 @partial(jax.jit, static_argnums=0)
-def _difference_quotients(f, x, ns, t, p):
-    g = flat_output(f)
-    y0 = g(x)
-    return jax.vmap(lambda n: jnp.linalg.norm(g(x + t * n) - y0) ** p / t**p)(ns)
+def _difference_quotients(f, params, x, ns, t, p):
+    y0 = _flat(f, params, x)
+    return jax.vmap(lambda n: jnp.linalg.norm(_flat(f, params, x + t * n) - y0) ** p / t**p)(ns)
 
 
 @partial(jax.jit, static_argnums=0)
-def _jvp_norms(f, x, ns, p):
-    return jax.vmap(lambda n: jnp.linalg.norm(jvp.__wrapped__(f, x, n)) ** p)(ns)
+def _jvp_norms(f, params, x, ns, p):
+    return jax.vmap(lambda n: jnp.linalg.norm(jvp.__wrapped__(f, params, x, n)) ** p)(ns)
 
 
-@dataclasses.dataclass
+@partial(jax.jit, static_argnums=0)
+def _vjp_rows(f, params, x, basis):
+    return jax.vmap(lambda u: vjp.__wrapped__(f, params, x, u).ravel())(basis)
+
+
+@dataclasses.dataclass(frozen=True)
 class NormEstimate:
+    """A norm estimate: `value`; for power iteration the `iterations` used, whether it `converged` and the last
+    `rel_change`; for Hutchinson the `probes`, the `stderr` of the squared norm's mean and the interval
+    [`ci_low`, `ci_high`] of the norm."""
+
     value: float
     iterations: int = 0
     converged: bool = True
@@ -79,7 +87,7 @@ class NormEstimate:
     ci_high: float = 0.0
     probes: int = 0
 
-    def as_dict(self):
+    def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
@@ -111,15 +119,19 @@ def power_iteration(
     return NormEstimate(sigma, iters, False, change)
 
 
-def spectral_norm(f, x, *, key=None, iters: int = 200, tol: float = 1e-4) -> NormEstimate:
-    """||J(x)||_2 of f at x by power iteration with jvp / vjp (a lower bound converging to the true value)."""
+def spectral_norm(f, params, x, *, key=None, iters: int = 200, tol: float = 1e-4) -> NormEstimate:
+    """||J(x)||_2 of f(params, .) at x by power iteration with jvp / vjp (a lower bound converging to the true
+    value)."""
     key = jax.random.key(0) if key is None else key
     x = jnp.asarray(x, jnp.float32)
-    return power_iteration(lambda v: jvp(f, x, v), lambda u: vjp(f, x, u), x.shape, key=key, iters=iters, tol=tol)
+    return power_iteration(
+        lambda v: jvp(f, params, x, v), lambda u: vjp(f, params, x, u), x.shape, key=key, iters=iters, tol=tol
+    )
 
 
-def frobenius_hutchinson(f, x, *, key=None, probes: int = 64, chunk: int = 8, z: float = 1.96) -> NormEstimate:
-    """||J(x)||_F by Hutchinson probes (Gaussian v, E ||J v||^2 = ||J||_F^2), with a `z`-sigma interval.
+def frobenius_hutchinson(f, params, x, *, key=None, probes: int = 64, chunk: int = 8, z: float = 1.96) -> NormEstimate:
+    """||J(x)||_F of f(params, .) at x by Hutchinson probes (Gaussian v, E ||J v||^2 = ||J||_F^2), with a
+    `z`-sigma interval.
 
     The interval is for the squared norm's mean (normal approximation, stderr = sample std / sqrt(probes)),
     mapped through the square root."""
@@ -128,7 +140,7 @@ def frobenius_hutchinson(f, x, *, key=None, probes: int = 64, chunk: int = 8, z:
     samples = []
     for start in range(0, probes, chunk):
         v = jax.random.normal(jax.random.fold_in(key, start), (chunk, *x.shape), jnp.float32)
-        samples.append(np.asarray(_squared_jvp_norms(f, x, v), np.float64)[: probes - start])
+        samples.append(np.asarray(_squared_jvp_norms(f, params, x, v), np.float64)[: probes - start])
     s = np.concatenate(samples)
     mean = float(s.mean())
     se = float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("inf")
@@ -141,16 +153,16 @@ def frobenius_hutchinson(f, x, *, key=None, probes: int = 64, chunk: int = 8, z:
     )
 
 
-def jacobian_matrix(f, x, *, chunk: int = 256) -> np.ndarray:
-    """The exact Jacobian (outputs x inputs, float64 numpy) by chunked vmapped vjps: small inputs only."""
+def jacobian_matrix(f, params, x, *, chunk: int = 256) -> np.ndarray:
+    """The exact Jacobian of f(params, .) at x (outputs x inputs, float64 numpy) by chunked vmapped vjps: small
+    inputs only."""
     x = jnp.asarray(x, jnp.float32)
-    m = jax.eval_shape(flat_output(f), x).shape[0]
-    rows = jax.jit(jax.vmap(lambda u: vjp(f, x, u).ravel()))
+    m = jax.eval_shape(lambda z: _flat(f, params, z), x).shape[0]
     blocks = []
     for start in range(0, m, chunk):
         idx = np.arange(start, min(start + chunk, m))
         basis = jnp.zeros((len(idx), m), jnp.float32).at[np.arange(len(idx)), idx].set(1.0)
-        blocks.append(np.asarray(rows(basis), np.float64))
+        blocks.append(np.asarray(_vjp_rows(f, params, x, basis), np.float64))
     return np.concatenate(blocks, axis=0)
 
 
@@ -160,26 +172,59 @@ def exact_norms(jacobian: np.ndarray) -> dict:
     return {"spectral": float(singular[0]), "frobenius": float(np.sqrt(np.sum(singular**2)))}
 
 
+@dataclasses.dataclass(frozen=True)
+class MeanEstimate:
+    """A Monte Carlo mean over the directions and its standard error (nan with one direction)."""
+
+    mean: float
+    stderr: float
+
+    @classmethod
+    def of(cls, values) -> MeanEstimate:
+        values = np.asarray(values, np.float64)
+        se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+        return cls(float(values.mean()), se)
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectionalEstimate:
+    """Eq. 12 over `directions` unit (or raw) directions n, exponent `p`: `limit` = E ||J n||^p (t -> 0, exact by
+    jvp), `finite_differences` {t: E ||f(x + t n) - f(x)||^p / t^p}, and `per_direction_limit` ||J n||^p for each
+    direction (in the order given)."""
+
+    p: float
+    directions: int
+    limit: MeanEstimate
+    finite_differences: dict
+    per_direction_limit: np.ndarray
+
+    def to_json(self, per_direction: bool = True) -> dict:
+        out = {
+            "p": self.p,
+            "directions": self.directions,
+            "limit": dataclasses.asdict(self.limit),
+            "finite_differences": [{"t": t, **dataclasses.asdict(e)} for t, e in self.finite_differences.items()],
+        }
+        if per_direction:
+            out["per_direction_limit"] = np.asarray(self.per_direction_limit).tolist()
+        return out
+
+
 def directional_estimates(
-    f, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: float = 2.0, normalize: bool = True, chunk: int = 8
-) -> dict:
-    """Eq. 12: E_n ||f(x + t n) - f(x)||^p / t^p for each t, and its limit E_n ||J(x) n||^p (exact, by jvp).
+    f, params, x, directions, ts=(1.0, 0.1, 0.01, 0.001), *, p: float = 2.0, normalize: bool = True, chunk: int = 8
+) -> DirectionalEstimate:
+    """Eq. 12 for f(params, .) at x: E_n ||f(x + t n) - f(x)||^p / t^p for each t, and its limit E_n ||J(x) n||^p
+    (exact, by jvp).
 
     `directions`: array (K, *x.shape), e.g. Gaussian draws or distortion residuals (distorted - clean). With
     `normalize` each is scaled to unit l2 norm (the paper's directions); without, Gaussian draws with p = 2
-    estimate ||J||_F^2. Returns means and standard errors over the K directions."""
+    estimate ||J||_F^2. Means and standard errors over the K directions."""
     x = jnp.asarray(x, jnp.float32)
     n = jnp.asarray(directions, jnp.float32)
     if normalize:
         norms = jnp.sqrt(jnp.sum(n.reshape(n.shape[0], -1) ** 2, axis=1))
         n = n / jnp.maximum(norms, 1e-30).reshape((-1,) + (1,) * (n.ndim - 1))
     p = float(p)
-
-    def summary(values):
-        values = np.asarray(values, np.float64)
-        se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-        return {"mean": float(values.mean()), "stderr": se}
-
     count = n.shape[0]
 
     def chunked(fn, *extra):
@@ -189,16 +234,14 @@ def directional_estimates(
             block = n[start : start + chunk]
             if block.shape[0] < chunk:
                 block = jnp.concatenate([block, jnp.zeros((chunk - block.shape[0], *block.shape[1:]), block.dtype)])
-            out.append(np.asarray(fn(f, x, block, *extra), np.float64)[: count - start])
+            out.append(np.asarray(fn(f, params, x, block, *extra), np.float64)[: count - start])
         return np.concatenate(out)
 
     limit = chunked(_jvp_norms, p)
-    return {
-        "p": p,
-        "directions": int(count),
-        "limit": summary(limit),
-        "finite_differences": [
-            {"t": float(t), **summary(chunked(_difference_quotients, jnp.float32(t), p))} for t in ts
-        ],
-        "per_direction_limit": limit.tolist(),
-    }
+    return DirectionalEstimate(
+        p=p,
+        directions=int(count),
+        limit=MeanEstimate.of(limit),
+        finite_differences={float(t): MeanEstimate.of(chunked(_difference_quotients, jnp.float32(t), p)) for t in ts},
+        per_direction_limit=limit,
+    )

@@ -67,6 +67,9 @@ def test_zero_budget_gives_the_clean_image_and_loss_exactly():
         assert np.array_equal(
             np.asarray(loss), np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), jnp.asarray(y)))
         )
+    result = attacks.pgd(toy_map, TOY, x, y, eps=2.0, steps=2)  # a named pair with a JSON form
+    assert isinstance(result, attacks.AttackResult) and result.images.shape == x.shape
+    assert json.loads(json.dumps(result.to_json()))["loss"] == pytest.approx(np.asarray(result.loss).tolist())
     with pytest.raises(ValueError):
         attacks.pgd(toy_map, TOY, x, y, eps=1.0, norm="l1")
     with pytest.raises(ValueError):

@@ -18,11 +18,13 @@ W = np.array([1.0, 2.0, -0.5])
 T = 100.0
 
 
-def linear_model(w=W, t=T):
-    """f(x)[p] = 1 where w . x_p > t: under N(0, sigma^2) noise pixel p is salient with probability
+def linear_model(params, images):
+    """f(params, x)[p] = 1 where w . x_p > t: under N(0, sigma^2) noise pixel p is salient with probability
     Phi((w . x_p - t) / (sigma |w|)), and the smoothed classifier's exact radius at p is |w . x_p - t| / |w|."""
-    w = jnp.asarray(w, jnp.float32)
-    return lambda images: (jnp.asarray(images) @ w > t).astype(jnp.float32)
+    return (jnp.asarray(images) @ params["w"] > params["t"]).astype(jnp.float32)
+
+
+LINEAR = {"w": jnp.asarray(W, jnp.float32), "t": jnp.float32(T)}
 
 
 def linear_image(distances, w=W, t=T):
@@ -84,7 +86,7 @@ def test_holm_matches_the_adjusted_p_value_reference():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_certified_radii_never_exceed_the_true_distance(seed):
-    cert = certify.certify_image(linear_model(), linear_image(DISTANCES), certify.image_key(seed, 0), sigma=SIGMA)
+    cert = certify.certify_image(linear_model, LINEAR, linear_image(DISTANCES), certify.image_key(seed, 0), sigma=SIGMA)
     truth = np.abs(DISTANCES)
     assert cert.certified.sum() >= 8
     assert np.all(cert.radius <= truth + 1e-6)
@@ -97,7 +99,7 @@ def test_certified_radii_approach_the_true_distance_as_n_grows():
     medians = []
     for n in (100, 1000, 10000):
         cert = certify.certify_image(
-            linear_model(), x, certify.image_key(7, 0), sigma=SIGMA, n=n, n0=32, batch_size=2500
+            linear_model, LINEAR, x, certify.image_key(7, 0), sigma=SIGMA, n=n, n0=32, batch_size=2500
         )
         assert np.all(cert.radius <= truth + 1e-6)
         ratio = np.where(cert.certified, cert.radius / truth, 0.0)
@@ -110,34 +112,35 @@ def test_pixels_on_the_boundary_abstain():
     """w . x = t: both classes have probability exactly 1/2, nothing may be certified."""
     x = linear_image(np.zeros((3, 5)))
     for seed in range(3):
-        cert = certify.certify_image(linear_model(), x, certify.image_key(seed, 0), sigma=SIGMA, n=500)
+        cert = certify.certify_image(linear_model, LINEAR, x, certify.image_key(seed, 0), sigma=SIGMA, n=500)
         assert np.all(cert.classes == -1) and np.all(cert.radius == 0)
     # Half of the image on the boundary, half far from it: only the far half is certified.
     d = np.zeros((2, 6))
     d[1] = 3 * SIGMA
-    cert = certify.certify_image(linear_model(), linear_image(d), certify.image_key(0, 0), sigma=SIGMA)
+    cert = certify.certify_image(linear_model, LINEAR, linear_image(d), certify.image_key(0, 0), sigma=SIGMA)
     assert cert.classes[0].tolist() == [-1] * 6 and cert.classes[1].tolist() == [1] * 6
 
 
 def test_the_noise_depends_on_the_seed_not_on_the_batch_size():
-    model, x = linear_model(), linear_image(DISTANCES * 0.2)  # close to the plane: the counts vary
+    x = linear_image(DISTANCES * 0.2)  # close to the plane: the counts vary
+    model = (linear_model, LINEAR)
     runs = {
-        b: certify.certify_image(model, x, certify.image_key(3, 5), sigma=SIGMA, n0=10, n=50, batch_size=b)
+        b: certify.certify_image(*model, x, certify.image_key(3, 5), sigma=SIGMA, n0=10, n=50, batch_size=b)
         for b in (1, 7, 16, 60)
     }
     for b in (7, 16, 60):
         assert np.array_equal(runs[b].counts, runs[1].counts)
         assert np.array_equal(runs[b].classes, runs[1].classes) and np.array_equal(runs[b].radius, runs[1].radius)
-    other_seed = certify.certify_image(model, x, certify.image_key(4, 5), sigma=SIGMA, n0=10, n=50)
-    other_image = certify.certify_image(model, x, certify.image_key(3, 6), sigma=SIGMA, n0=10, n=50)
+    other_seed = certify.certify_image(*model, x, certify.image_key(4, 5), sigma=SIGMA, n0=10, n=50)
+    other_image = certify.certify_image(*model, x, certify.image_key(3, 6), sigma=SIGMA, n0=10, n=50)
     assert not np.array_equal(other_seed.counts, runs[1].counts)
     assert not np.array_equal(other_image.counts, runs[1].counts)
 
 
 def test_bonferroni_is_never_less_conservative_than_holm():
     x = linear_image(DISTANCES)
-    holm = certify.certify_image(linear_model(), x, certify.image_key(1, 0), sigma=SIGMA)
-    bonf = certify.certify_image(linear_model(), x, certify.image_key(1, 0), sigma=SIGMA, correction="bonferroni")
+    holm = certify.certify_image(linear_model, LINEAR, x, certify.image_key(1, 0), sigma=SIGMA)
+    bonf = certify.certify_image(linear_model, LINEAR, x, certify.image_key(1, 0), sigma=SIGMA, correction="bonferroni")
     assert np.all(bonf.certified <= holm.certified)
     assert np.all(bonf.radius <= holm.radius + 1e-9)
 
@@ -156,6 +159,8 @@ def test_scores_count_abstained_pixels_as_wrong():
     assert s["abstain_rate"] == 0.5 and s["smoothed_accuracy"] == 1.0
     # Worst case map [[1, 0], [0, 1]]: precision 1/2, recall 1/2, F = 1/2; MAE 2/4.
     assert s["certified_mae"] == 0.5 and s["certified_fbeta"] == pytest.approx(0.5)
+    record = json.loads(json.dumps(cert.to_json()))
+    assert record["classes"] == [[1, 0], [-1, -1]] and record["radius"] == [[80.0, 50.0], [0.0, 0.0]]
 
 
 @pytest.mark.parametrize(
