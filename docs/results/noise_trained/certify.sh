@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 35: the four networks of train.sh certified by randomized smoothing at sigma 64 (0..255 scale) on the first
-# 50 ECSSD images (CE map; the full loss's metric map too), then the shipped weights and the U^2-Netp peer (run at
+# 40 ECSSD images (CE map; the full loss's metric map too), then the shipped weights and the U^2-Netp peer (run at
 # 160 px, as given) on the first 100. Run from the committed checkout (/work/run_head) that trained them.
 set -euo pipefail
 cd /work/run_head && . /work/main/.venv/bin/activate
@@ -11,7 +11,7 @@ for noise in 0 64; do
     maps="ce"; [ $loss = official ] && maps="ce metric"
     for map in $maps; do
       /usr/bin/time -f "%e s wall" python -m robustness.certify --checkpoint /work/main/runs/noise${noise}_$loss \
-        --map $map --sigma 64 --data-dir $ECSSD --limit 50 --output $OUT/noise_trained/certify_noise${noise}_${loss}_$map \
+        --map $map --sigma 64 --data-dir $ECSSD --limit 40 --output $OUT/noise_trained/certify_noise${noise}_${loss}_$map \
         --no-progress > /dev/null
     done
   done
