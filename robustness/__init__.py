@@ -1,8 +1,9 @@
 """Robustness toolkit: distortions and the distorted-evaluation protocol (Table II, Fig. 9), the ImageNet-C
-corruptions, PGD and APGD attacks, Jacobian statistics and local norms (Table III, Eq. 12), certified Lipschitz
-bounds (Eq. 13) and certification by randomized smoothing. Every analysis takes any model as `(f, params, x)`, with
-`f(params, x)` mapping images on the 0..255 scale to maps, and returns dataclasses with a `to_json()`
-(robustness.model states the convention); see docs/robustness.md and docs/api.md.
+corruptions, PGD, APGD and Square attacks, paired bootstrap intervals over images, Jacobian statistics and local
+norms (Table III, Eq. 12), certified Lipschitz bounds (Eq. 13) and certification by randomized smoothing. Every
+analysis takes any model as `(f, params, x)`, with `f(params, x)` mapping images on the 0..255 scale to maps, and
+returns dataclasses with a `to_json()` (robustness.model states the convention); see docs/robustness.md and
+docs/api.md.
 
 Names are imported lazily, so `python -m robustness.lipschitz` (and the other CLIs) run their module only once.
 """
@@ -10,7 +11,8 @@ Names are imported lazily, so `python -m robustness.lipschitz` (and the other CL
 import importlib
 
 _EXPORTS = {
-    "attacks": ("AttackResult", "apgd", "pgd", "random_start"),
+    "attacks": ("AttackResult", "SquareResult", "apgd", "pgd", "random_start", "square"),
+    "bootstrap": ("Interval", "difference_interval", "kept_difference_interval", "kept_interval", "mean_interval"),
     "certify": ("CertifiedMap", "CertifyResult", "certify_dataset", "certify_image"),
     "corruptions": ("corrupt",),
     "distortions": ("awgn", "distort", "distort_batch", "image_rng", "jpeg", "severity_levels"),
