@@ -11,7 +11,8 @@ F-beta), with 95 % intervals, the kept share's difference to the reference run (
 first) with its interval, and MAE; kept share, MAE and the differences against the level with error bars
 (compare.png). ImageNet-C: per corruption the F-beta kept on average over severities and its difference to the
 reference run, the mean over corruptions, and with --reference LABEL the corruption error CE and mCE relative to
-that run; a bar chart per corruption. Every number with its interval is also in compare.json.
+that run; a bar chart per corruption. Every number with its interval is also in compare.json. Runs that record
+PR curves: pr.png, each run's dataset PR curve at every level they share (the paper's Fig. 7).
 
 Intervals are paired percentile bootstrap intervals over the images (and the noise seeds; robustness.bootstrap)
 from the per-image scores robustness.evaluate records, so the runs compared must have scored the same images in
@@ -421,6 +422,35 @@ def check_pairing(runs, reference) -> None:
                 raise CompareError(str(error)) from None
 
 
+def plot_pr(runs, mode, output: Path) -> bool:
+    """The paper's Fig. 7 for every level all runs share: each run's dataset PR curve (mean over the images, and
+    the seeds, of precision and recall at the 256 thresholds), one panel per level. False (nothing drawn) when a
+    run has no curves (written before they were recorded)."""
+    levels = [lv for lv in runs[0]["results"] if all(lv in r["results"] for r in runs)]
+    if not levels or not all("pr_curve" in r["results"][lv] for r in runs for lv in levels):
+        return False
+    columns = min(4, len(levels))
+    rows = -(-len(levels) // columns)
+    fig = Figure(figsize=(3.2 * columns, 3.0 * rows), dpi=120)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax, level in zip(axes, levels):
+        for run in runs:
+            curve = run["results"][level]["pr_curve"][mode][run["map"]]
+            ax.plot(curve["recall"], curve["precision"], label=run["label"])
+        ax.set(
+            title=f"{UNITS.get(runs[0]['distortion'], 'level')} {_level_name(level, runs[0]['results'][level])}",
+            xlim=(0, 1),
+            ylim=(0, 1),
+        )
+        ax.set(xlabel="recall", ylabel="precision")
+    for ax in axes[len(levels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    api.save_figure(fig, output / "pr.png")
+    return True
+
+
 @api.command(compilation_cache=False)
 def main(argv=None) -> int:
     parser = api.ArgumentParser(
@@ -430,7 +460,7 @@ def main(argv=None) -> int:
         epilog=__doc__,
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="LABEL=PATH[:MAP]")
-    parser.add_argument("--output", type=Path, required=True, help="folder for compare.md and compare.png")
+    parser.add_argument("--output", type=Path, required=True, help="folder for compare.md, .json, .png (and pr.png)")
     parser.add_argument("--dataset", help="the dataset of the files (default: their only one)")
     parser.add_argument("--raw", action="store_true", help="score the raw maps (default: the normalised ones)")
     parser.add_argument(
@@ -466,6 +496,7 @@ def main(argv=None) -> int:
         table = level_table(runs, mode, reference)
         claims = level_claims(runs, mode, reference)
         plot_levels(runs, mode, args.output, reference)
+    written = ["compare.md", "compare.json", "compare.png"] + (["pr.png"] if plot_pr(runs, mode, args.output) else [])
     base = (reference or runs[0])["label"]
     text = (
         f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta; differences "
@@ -484,7 +515,7 @@ def main(argv=None) -> int:
     api.write_text(args.output / "compare.md", text + f"\nRuns: {settings}\n")
     api.write_text(args.output / "compare.json", json.dumps(summary(runs, mode, reference), indent=2) + "\n")
     print(text, end="")
-    print(f"results: {args.output / 'compare.md'}, {args.output / 'compare.json'}, {args.output / 'compare.png'}")
+    print("results: " + ", ".join(str(args.output / name) for name in written))
     return 0
 
 

@@ -84,6 +84,7 @@ from menet_jax.api import ConfigError
 from robustness import attacks, bootstrap, corruptions, distortions, model
 
 KEYS = ("adp_f", "max_f", "mae")
+CURVE_KEYS = ("precision", "recall")  # the dataset's PR curve over the 256 thresholds (the paper's Fig. 7)
 PER_IMAGE_KEYS = ("adp_f", "mae")  # means of per-image values; max_f is the maximum of the dataset's mean F curve
 INTERVALS = (
     f"adp_f, mae and kept shares: {bootstrap.METHOD}; max_f (a dataset curve statistic, no per-image value): "
@@ -93,9 +94,7 @@ TABLE_NOTE = (
     "In brackets, 95 % intervals: percentile bootstrap over the images (paired between levels) and the noise "
     "seeds; kept = % of the first level's F-beta."
 )
-ATTACKS = {
-    f"{method}-{norm}": norm for method in ("pgd", "apgd", "square") for norm in ("linf", "l2")
-}  # kind -> norm
+ATTACKS = {f"{method}-{norm}": norm for method in ("pgd", "apgd", "square") for norm in ("linf", "l2")}  # kind -> norm
 KINDS = (*distortions.KINDS, "imagenet-c", *ATTACKS)
 UNITS = {"awgn": "variance", "jpeg": "quality"} | {
     kind: ("L-inf" if norm == "linf" else "L2") + " budget (/255)" for kind, norm in ATTACKS.items()
@@ -157,6 +156,8 @@ def _add_seed(per_seed, per_image, meters):
             scores = meter.results()
             for k in KEYS:
                 per_seed.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(float(scores[k]))
+            for k in CURVE_KEYS:
+                per_seed[mode][name].setdefault(k, []).append(np.asarray(scores[k], np.float64))
             for k in PER_IMAGE_KEYS:
                 per_image.setdefault(mode, {}).setdefault(name, {}).setdefault(k, []).append(images[k])
 
@@ -177,6 +178,13 @@ def _summarise(per_seed, per_image, level_seeds, used) -> dict:
         mode: {name: {k: np.round(v, 6).tolist() for k, v in by_key.items()} for name, by_key in by_map.items()}
         for mode, by_map in per_image.items()
     }
+    curves = {  # taken out of per_seed, whose entries are one number per seed
+        mode: {
+            name: {k: np.round(np.mean(by_key.pop(k), 0), 6).tolist() for k in CURVE_KEYS}
+            for name, by_key in by_map.items()
+        }
+        for mode, by_map in per_seed.items()
+    }
     r = {
         mode: {name: {k: float(np.mean(v)) for k, v in by_key.items()} for name, by_key in by_map.items()}
         for mode, by_map in per_seed.items()
@@ -188,7 +196,7 @@ def _summarise(per_seed, per_image, level_seeds, used) -> dict:
         }
         for mode, by_map in per_seed.items()
     }
-    r["per_seed"], r["per_image"], r["seeds"] = per_seed, per_image, level_seeds
+    r["per_seed"], r["per_image"], r["pr_curve"], r["seeds"] = per_seed, per_image, curves, level_seeds
     r["levels_used"] = {"mean": float(np.mean(used)), "min": float(np.min(used)), "max": float(np.max(used))}
     return r
 
@@ -259,10 +267,12 @@ def evaluate_distorted(
 
     {level: {"normalised" | "raw": {map: {adp_f, max_f, mae}}, "interval": {mode: {map: {key: [lo, hi] | None}}},
     "per_seed": {mode: {map: {key: [one value per seed]}}}, "per_image": {mode: {map: {"adp_f" | "mae": [[one
-    value per image, in `image_names(source)` order] per seed]}}}, "seeds": [...], "levels_used": {mean, min,
-    max}}}. The per-image values are each image's adaptive F-beta and MAE (rounded to 6 decimals), whose mean is
-    the dataset's; max_f has none (the maximum of the mean F curve over thresholds is not a mean over images).
-    "interval": the paired bootstrap over images and seeds for adp_f and mae, the Student-t over seeds for max_f.
+    value per image, in `image_names(source)` order] per seed]}}}, "pr_curve": {mode: {map: {"precision",
+    "recall": the dataset's curves over the 256 thresholds, mean over seeds}}}, "seeds": [...], "levels_used":
+    {mean, min, max}}}. The per-image values are each image's adaptive F-beta and MAE (rounded to 6 decimals),
+    whose mean is the dataset's; max_f has none (the maximum of the mean F curve over thresholds is not a mean
+    over images). "interval": the paired bootstrap over images and seeds for adp_f and mae, the Student-t over seeds
+    for max_f.
     Levels without randomness (no noise, a fixed JPEG quality) run once. `noise_at="input"` resizes every image
     to the square `input_size` before distorting it. "raw" scores the maps as `predict` returns them,
     "normalised" after a per-image min-max (the field's convention).

@@ -169,3 +169,26 @@ def test_a_zero_clean_score_keeps_no_number():
     got = bootstrap.kept_interval(np.zeros(5), np.zeros(5))
     assert np.isnan(got.estimate) and got.bounds is None and got.text() == "-"
     assert got.to_json() == {"estimate": None, "low": None, "high": None}
+
+
+def test_the_pr_curve_is_pysodmetrics_on_the_scored_maps(ecssd4):
+    """Each level records the dataset's PR curve (the paper's Fig. 7): at the clean level, PySODMetrics' curves of
+    the same 8-bit maps (raw mode: the map as given, resized to the mask's size)."""
+    py_sod = pytest.importorskip("py_sod_metrics")
+    from menet_datasets import FolderSource
+    from menet_jax import api
+    from robustness.evaluate import evaluate_distorted
+
+    source = FolderSource(ecssd4)
+    results = evaluate_distorted(source, brightness, "awgn", [0.0], progress=False)
+    oracle = py_sod.Fmeasure()  # the class the metric tests check SODMetrics against
+    for i in range(len(source)):
+        example = source[i]
+        (m,) = brightness([example["image"]])
+        pred = api.to_8bit(api.resize_to(np.clip(m, 0, 1), *example["mask"].shape))
+        oracle.step(pred=pred / 255.0, gt=np.asarray(example["mask"]) > 0, normalize=False)
+    expected = oracle.get_results()["pr"]
+    curve = results["0.0"]["pr_curve"]["raw"]["map"]
+    # PySODMetrics runs from threshold 255 down to 0, ours (index t: threshold t / 255) up.
+    np.testing.assert_allclose(curve["precision"], expected["p"][::-1], atol=2e-6)
+    np.testing.assert_allclose(curve["recall"], expected["r"][::-1], atol=2e-6)

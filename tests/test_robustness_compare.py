@@ -205,3 +205,20 @@ def test_bad_runs_are_one_line_errors(tmp_path, capsys, problem):
     assert compare.main([*argv, "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err
+
+
+def test_pr_curves_are_drawn_when_every_run_has_them(tmp_path):
+    """pr.png (the paper's Fig. 7): one panel per shared level, only when every run recorded its PR curves."""
+    clean = np.linspace(0.5, 0.9, len(NAMES))
+    runs = {}
+    for label, factor in (("A", 0.9), ("B", 0.7)):
+        levels = _level_run(clean, factor * clean[None])
+        for level in levels.values():
+            curve = {"precision": np.linspace(1, factor, 256).tolist(), "recall": np.linspace(0, 1, 256).tolist()}
+            level["pr_curve"] = {"raw": {"map": curve}, "normalised": {"map": curve}}
+        runs[label] = _write(tmp_path / f"{label}.json", "awgn", levels, NAMES)
+    assert compare.main([f"A={runs['A']}", f"B={runs['B']}", "--output", str(tmp_path / "pr")]) == 0
+    assert (tmp_path / "pr" / "pr.png").stat().st_size > 0
+    old = _write(tmp_path / "old.json", "awgn", _level_run(clean, clean[None]), NAMES)  # no curves recorded
+    assert compare.main([f"A={runs['A']}", f"old={old}", "--output", str(tmp_path / "nopr")]) == 0
+    assert not (tmp_path / "nopr" / "pr.png").exists()
