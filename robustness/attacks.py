@@ -5,7 +5,10 @@
 (N, S, S) in {0, 1}:
 
 * loss "bce" (default): per-image mean binary cross entropy of the map (clipped to [1e-6, 1 - 1e-6]); "mae":
-  per-image mean |map - y| (what the MAE metric scores; its gradient is a sign, so weaker for thresholded maps).
+  per-image mean |map - y| (what the MAE metric scores; its gradient is a sign, so weaker for thresholded maps);
+  "cospgd": the segmentation loss of CosPGD (Agnihotri and Keuper 2024), the cross entropy of each pixel weighted
+  by the cosine similarity of its prediction with its target (see `map_loss`); it steers the steps, while the best
+  point and the returned loss are the BCE's (`_criterion`).
   Images are attacked independently (each image's own loss; eval-mode BatchNorm does not mix a batch).
 * Budgets in pixel levels of the 0..255 scale, i.e. eps = k means k / 255 of the [0, 1] range: L-inf
   ||delta||_inf <= eps, L2 ||delta||_2 <= eps over all 3 S^2 entries of one image.
@@ -50,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 NORMS = ("linf", "l2")
-LOSSES = ("bce", "mae")
+LOSSES = ("bce", "mae", "cospgd")
 DEFAULT_BUDGETS = {"linf": (0.0, 1.0, 2.0, 4.0, 8.0), "l2": (0.0, 32.0, 64.0, 128.0, 255.0)}
 PIXEL_RANGE = (0.0, 255.0)
 _BCE_EPS = 1e-6
@@ -75,9 +78,22 @@ def map_loss(maps, y, loss: str = "bce"):
         per_pixel = -(y * jnp.log(m) + (1.0 - y) * jnp.log1p(-m))
     elif loss == "mae":
         per_pixel = jnp.abs(maps - y)
+    elif loss == "cospgd":
+        # CosPGD (Agnihotri and Keuper, ICML 2024): each pixel's cross entropy weighted by the cosine similarity of
+        # its prediction (1 - m, m) with its one-hot target, a constant of the step (no gradient through it): pixels
+        # still classified right count most, those already flipped little, so the attack spreads over the image.
+        m = jnp.clip(maps, _BCE_EPS, 1.0 - _BCE_EPS)
+        cosine = (m * y + (1.0 - m) * (1.0 - y)) / jnp.sqrt(m**2 + (1.0 - m) ** 2)
+        per_pixel = jax.lax.stop_gradient(cosine) * -(y * jnp.log(m) + (1.0 - y) * jnp.log1p(-m))
     else:
         raise ValueError(f"unknown attack loss {loss!r} (one of {', '.join(LOSSES)})")
     return per_pixel.reshape(per_pixel.shape[0], -1).mean(-1)
+
+
+def _criterion(loss: str) -> str:
+    """The loss that picks an attack's best point: CosPGD's weighted loss only steers the steps (its value falls as
+    pixels flip, since flipped pixels weigh less), so its points are ranked by the cross entropy it aims to raise."""
+    return "bce" if loss == "cospgd" else loss
 
 
 def _per_image_norm(v):
@@ -97,8 +113,8 @@ def _pgd(f, params, x, y, delta0, eps, step_size, *, norm, steps, loss):
     lo, hi = PIXEL_RANGE
 
     def objective(z):
-        losses = map_loss(f(params, z), y, loss)
-        return losses.sum(), losses
+        maps = f(params, z)
+        return map_loss(maps, y, loss).sum(), map_loss(maps, y, _criterion(loss))
 
     grad_fn = jax.grad(objective, has_aux=True)
 
@@ -116,7 +132,7 @@ def _pgd(f, params, x, y, delta0, eps, step_size, *, norm, steps, loss):
     start = jnp.clip(x + project(delta0, eps, norm), lo, hi)
     init = (start, start, jnp.full((x.shape[0],), -jnp.inf, jnp.float32))
     z, best, best_loss = jax.lax.fori_loop(0, steps, body, init)
-    last = map_loss(f(params, z), y, loss)
+    last = map_loss(f(params, z), y, _criterion(loss))
     better = last > best_loss
     best = jnp.where(better.reshape((-1,) + (1,) * (z.ndim - 1)), z, best)
     return best, jnp.maximum(last, best_loss)
@@ -160,7 +176,7 @@ def pgd(
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     if eps == 0 or steps == 0 and start is None:
-        return AttackResult(x, map_loss(f(params, x), y, loss))
+        return AttackResult(x, map_loss(f(params, x), y, _criterion(loss)))
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else float(step_size)
     delta0 = jnp.zeros_like(x) if start is None else jnp.asarray(start, jnp.float32)
     return AttackResult(
@@ -199,9 +215,13 @@ def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
     for previous, k in zip((0, *checkpoints), checkpoints):
         is_checkpoint[k], interval[k] = True, k - previous
 
+    def both(v):
+        maps = f(params, v)
+        return map_loss(maps, y, loss), map_loss(maps, y, _criterion(loss))
+
     def value_and_grad(z):
-        losses, vjp = jax.vjp(lambda v: map_loss(f(params, v), y, loss), z)
-        (g,) = vjp(jnp.ones_like(losses))  # each image's gradient of its own loss
+        objective, vjp, losses = jax.vjp(both, z, has_aux=True)
+        (g,) = vjp(jnp.ones_like(objective))  # each image's gradient of its own loss
         return losses, jnp.where(jnp.isfinite(g), g, 0.0)
 
     def step(z, previous, g, eta, momentum):
@@ -258,7 +278,7 @@ def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
         }
 
     s = jax.lax.fori_loop(1, steps, body, state)
-    last = map_loss(f(params, s["z"]), y, loss)  # the final iterate, not yet evaluated
+    last = map_loss(f(params, s["z"]), y, _criterion(loss))  # the final iterate, not yet evaluated
     better = last > s["best_loss"]
     return jnp.where(better.reshape(expand), s["z"], s["best"]), jnp.maximum(last, s["best_loss"])
 
@@ -289,7 +309,7 @@ def apgd(
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     if eps == 0:
-        return AttackResult(x, map_loss(f(params, x), y, loss))
+        return AttackResult(x, map_loss(f(params, x), y, _criterion(loss)))
     if starts is None:
         rng = np.random.default_rng(0)
         starts = [random_start(x.shape, eps, norm, rng) for _ in range(restarts)]

@@ -101,6 +101,7 @@ UNITS = {"awgn": "variance", "jpeg": "quality"} | {
 }
 DEFAULT_STEPS = {"pgd": 10, "apgd": 100}
 SQUARE_QUERIES = 1000
+ENSEMBLE = ("bce", "cospgd")  # --pgd-loss ensemble: each attack with each loss, per image the worst
 
 
 def load_predictor(spec: str):
@@ -133,6 +134,13 @@ def interval95(values) -> list | None:
         return None
     half = student_t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
     return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def _adaptive_f(example, m) -> float:
+    """One image's adaptive F-beta of its normalised map, as `_score_maps` scores it."""
+    h, w = example["mask"].shape
+    scored = api.to_8bit(api.resize_to(api.scale_to_unit(np.clip(np.asarray(m, np.float32), 0.0, 1.0)), h, w))
+    return float(api.SODMetrics(normalize=False).step(scored, example["mask"])["adp_f"])
 
 
 def _score_maps(meters, example, maps):
@@ -531,6 +539,7 @@ def evaluate_attack(
         random_start = random_start or method in ("apgd", "square")
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
         per_seed, per_image, losses, curves = {}, {}, {m: [] for m in maps}, {m: [] for m in maps}
+        wins = {m: {} for m in maps}
         for seed in level_seeds:
             meters = {}
             bar = tqdm(
@@ -555,33 +564,55 @@ def evaluate_attack(
                         for _ in range(restarts if method == "apgd" else 1)
                     ]
                 for m in maps:
-                    settings = dict(eps=float(eps), norm=norm, loss=loss)
-                    if eps == 0:
-                        adv = x
-                    elif method == "square":
-                        # One window per query for the whole batch (the authors' scheme): seeded by the seed and
-                        # the batch's first image, so a run is reproducible for a given --batch-size.
-                        adv, _, curve = attacks.square(
-                            functions[m],
-                            variables,
-                            x,
-                            y,
-                            queries=queries,
-                            seed=(seed, start),
-                            integer=variables is None,
-                            **settings,
-                        )
-                        curves[m].append(curve[:, : len(examples)])
-                    elif method == "apgd":
-                        adv, _ = attacks.apgd(functions[m], variables, x, y, starts=starts, steps=steps, **settings)
-                    else:
+
+                    def attack(loss_name, m=m):
+                        settings = dict(eps=float(eps), norm=norm, loss=loss_name)
+                        if method == "square":
+                            # One window per query for the whole batch (the authors' scheme): seeded by the seed
+                            # and the batch's first image, so a run is reproducible for a given --batch-size.
+                            adv, _, curve = attacks.square(
+                                functions[m],
+                                variables,
+                                x,
+                                y,
+                                queries=queries,
+                                seed=(seed, start),
+                                integer=variables is None,
+                                **settings,
+                            )
+                            curves[m].append(curve[:, : len(examples)])
+                            return adv
+                        if method == "apgd":
+                            return attacks.apgd(functions[m], variables, x, y, starts=starts, steps=steps, **settings)[
+                                0
+                            ]
                         scaled = None if step_size is None else step_size * eps
                         first = starts[0] if starts else None
-                        adv, _ = attacks.pgd(
+                        return attacks.pgd(
                             functions[m], variables, x, y, step_size=scaled, start=first, steps=steps, **settings
+                        )[0]
+
+                    if eps == 0:
+                        adv = x
+                    elif loss != "ensemble":
+                        adv = attack(loss)
+                    else:  # each image's worst: the candidate whose attacked map scores the lowest F-beta
+                        candidates = [np.asarray(attack(name)) for name in ENSEMBLE]
+                        f_beta = np.array(
+                            [
+                                [_adaptive_f(example, raw[j]) for j, example in enumerate(examples)]
+                                for raw in (scored(m, c)[0] for c in candidates)
+                            ]
                         )
+                        worst = np.argmin(f_beta, axis=0)  # ties: the first loss
+                        for name, count in zip(ENSEMBLE, np.bincount(worst, minlength=len(ENSEMBLE))):
+                            wins[m][name] = wins[m].get(name, 0) + int(count)
+                        adv = np.array(candidates[0])
+                        for j, k in enumerate(worst):
+                            adv[j] = candidates[k][j]
                     raw, attacked = scored(m, adv)
-                    loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), loss))
+                    reported = "bce" if loss == "ensemble" else loss
+                    loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), reported))
                     losses[m] += [float(v) for v in loss_values[: len(examples)]]
                     for j, example in enumerate(examples):
                         _score_maps(meters, example, {m: raw[j]})
@@ -590,6 +621,8 @@ def evaluate_attack(
             _add_seed(per_seed, per_image, meters)
         r = _summarise(per_seed, per_image, level_seeds, [float(eps)])
         r["attack_loss"] = {m: float(np.mean(v)) for m, v in losses.items()}
+        if loss == "ensemble" and eps > 0:
+            r["ensemble_worst"] = wins  # per map, how many images each loss gave the worst score
         if method == "square" and eps > 0:
             r["loss_per_query"] = {m: np.round(np.concatenate(v, 1).mean(1), 6).tolist() for m, v in curves.items()}
         results[str(float(eps))] = r
@@ -816,7 +849,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--pgd-step-size", type=float, help="pgd-*: step as a multiple of the budget (default 2.5 / steps)"
     )
-    parser.add_argument("--pgd-loss", choices=("bce", "mae"), help="the attacks' loss maximised (default bce)")
+    parser.add_argument(
+        "--pgd-loss",
+        choices=(*attacks.LOSSES, "ensemble"),
+        help="the attacks' loss maximised (default bce); ensemble: one attack with each of "
+        f"{' and '.join(ENSEMBLE)}, per image the one whose map scores the lowest F-beta",
+    )
     parser.add_argument(
         "--random-start",
         action="store_true",
@@ -881,6 +919,8 @@ def check_flags(args):
     if args.queries is not None and args.queries < 1:
         raise ConfigError(f"--queries must be >= 1, got {args.queries}")
     if method == "square":
+        if args.pgd_loss == "ensemble":
+            raise ConfigError("--pgd-loss ensemble is for the gradient attacks (pgd-*, apgd-*), not square")
         args.queries = args.queries or SQUARE_QUERIES
         return
     if args.pgd_steps is not None and args.pgd_steps < 1:
@@ -974,7 +1014,9 @@ def main(argv=None) -> int:
     tables += "\n\n" + TABLE_NOTE
     if kind in ATTACKS:
         method, loss = kind.split("-")[0], args.pgd_loss or "bce"
-        tables += "\n\n" + "\n\n".join(format_attack_losses(name, r, loss) for name, r in all_results.items())
+        tables += "\n\n" + "\n\n".join(
+            format_attack_losses(name, r, "bce" if loss == "ensemble" else loss) for name, r in all_results.items()
+        )
         summary = {
             "distortion": kind,
             "model": model_name(args),

@@ -254,3 +254,39 @@ def test_cli_apgd_linf_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_pa
     capsys.readouterr()
     assert main([*common, "--distortion", "apgd-linf", "--random-start", "--output", str(tmp_path / "x")]) == 2
     assert "--random-start is for --distortion pgd-linf / pgd-l2, not apgd-linf" in capsys.readouterr().err
+
+
+def test_cospgd_weights_each_pixels_cross_entropy_by_its_cosine_similarity():
+    """CosPGD's loss by hand, and its gradient: the cosine weight is held constant (no gradient through it)."""
+    m = jnp.array([[[0.2, 0.9]]])
+    y = jnp.array([[[0.0, 1.0]]])
+    cosine = np.array([0.8 / np.hypot(0.2, 0.8), 0.9 / np.hypot(0.9, 0.1)])
+    bce = -np.log([0.8, 0.9])
+    assert float(attacks.map_loss(m, y, "cospgd")[0]) == pytest.approx(np.mean(cosine * bce), rel=1e-5)
+    g = jax.grad(lambda v: attacks.map_loss(v, y, "cospgd").sum())(m)
+    g_bce = jax.grad(lambda v: attacks.map_loss(v, y, "bce").sum())(m)
+    np.testing.assert_allclose(np.asarray(g)[0, 0], cosine * np.asarray(g_bce)[0, 0], rtol=1e-5)
+    x, y = _batch()
+    # The weighted loss steers the steps; the BCE it aims to raise picks the best point and is returned.
+    for attack in (attacks.pgd, attacks.apgd):
+        adv, loss = attack(toy_map, TOY, x, y, eps=8.0, steps=5, loss="cospgd")
+        assert np.abs(np.asarray(adv) - x).max() <= 8.0 + 1e-3
+        np.testing.assert_allclose(loss, attacks.map_loss(toy_map(TOY, jnp.asarray(adv)), jnp.asarray(y)), rtol=1e-5)
+        assert np.all(np.asarray(loss) > np.asarray(attacks.map_loss(toy_map(TOY, jnp.asarray(x)), jnp.asarray(y))))
+
+
+def test_cli_ensemble_keeps_per_image_the_worst_loss(shared_data, tiny_checkpoint, tmp_path):
+    """--pgd-loss ensemble: each image's score is the lower of the BCE and the CosPGD attack's (deterministic PGD
+    without a random start, so the ensemble's candidates are exactly the single-loss runs' images)."""
+    from robustness.evaluate import main
+
+    common = ["--checkpoint", str(tiny_checkpoint), "--data-dir", str(shared_data / "ECSSD"), "--limit", "4"]
+    common += ["--batch-size", "4", "--no-progress", "--seeds", "1", "--levels", "0", "8", "--distortion", "pgd-linf"]
+    common += ["--pgd-steps", "3"]
+    runs = {}
+    for loss in ("bce", "cospgd", "ensemble"):
+        assert main([*common, "--pgd-loss", loss, "--output", str(tmp_path / loss)]) == 0
+        runs[loss] = json.loads((tmp_path / loss / "robustness.json").read_text())["datasets"]["ECSSD"]["8.0"]
+    f = {loss: np.array(r["per_image"]["normalised"]["ce"]["adp_f"][0]) for loss, r in runs.items()}
+    np.testing.assert_allclose(f["ensemble"], np.minimum(f["bce"], f["cospgd"]), atol=1e-6)
+    assert sum(runs["ensemble"]["ensemble_worst"]["ce"].values()) == 4
