@@ -1,5 +1,6 @@
 """The noise-trained certificates side by side, and the paired differences that answer "does the metric loss give
-larger certified radii?" (per image A - B on the same images, mean and Student-t 95 % interval).
+larger certified radii?" (per image A - B on the same images, mean and Student-t 95 % interval); draws
+certified_accuracy.png (the certified accuracy against the radius, each run's mean with its interval band).
 
     cd docs/results/noise_trained && python summary.py
 """
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
 HERE = Path(__file__).parent
@@ -45,6 +47,7 @@ def main():
         dataset = load(noise, loss, m)
         cells = " | ".join(mean_interval(v) for v in columns(dataset).values())
         print(f"| sigma {noise} | {NAMES[loss]} | {m} | {len(dataset['images'])} | {cells} |")
+    plot(runs)
     pairs = [((n, "official", "ce"), (n, "ce", "ce"), f"sigma {n}: full loss - CE-only, CE maps") for n in (0, 64)]
     pairs += [((n, "official", "metric"), (n, "ce", "ce"), f"sigma {n}: full metric map - CE-only") for n in (0, 64)]
     pairs += [((64, loss, "ce"), (0, loss, "ce"), f"{NAMES[loss]}: sigma 64 - sigma 0, CE maps") for loss in NAMES]
@@ -63,6 +66,30 @@ def main():
             bold = "**" if abs(d.mean()) > half else ""
             diffs.append(f"{bold}{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{bold}")
         print(f"| {label} | " + " | ".join(diffs) + " |")
+
+
+def plot(runs):
+    fig = Figure(figsize=(6.5, 4.2), dpi=120)
+    ax = fig.subplots()
+    for noise, loss, m in runs:
+        dataset = load(noise, loss, m)
+        radii = np.asarray(dataset["radii"])
+        summary = dataset["summary"]
+        keep = radii < 64  # 64 and up: beyond what n = 96 samples can certify (0 for every run)
+        (line,) = ax.plot(
+            radii[keep],
+            np.asarray(summary["certified_accuracy"])[keep],
+            "-" if loss == "official" else "--",
+            marker="o" if noise else "s",
+            ms=3,
+            label=f"sigma {noise}, {NAMES[loss]}, {m} map",
+        )
+        band = np.asarray(summary["certified_accuracy_interval"])[keep]
+        ax.fill_between(radii[keep], band[:, 0], band[:, 1], color=line.get_color(), alpha=0.12)
+    ax.set(xlabel="L2 radius (0..255 scale)", ylabel="certified pixel accuracy", title="smoothing sigma 64, 40 images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "certified_accuracy.png")
 
 
 if __name__ == "__main__":
