@@ -405,7 +405,9 @@ def square(
     lo, hi = PIXEL_RANGE
 
     def objective(images):
-        return np.asarray(map_loss(jnp.asarray(f(params, images)), jnp.asarray(y), loss), np.float64)
+        # A search keeps what raises its loss: CosPGD's weighted loss (which falls as pixels flip) would refuse the
+        # flips it aims for, so the search ranks by the cross entropy instead, as the gradient attacks do.
+        return np.asarray(map_loss(jnp.asarray(f(params, images)), jnp.asarray(y), _criterion(loss)), np.float64)
 
     if eps == 0:
         clean = objective(x)
