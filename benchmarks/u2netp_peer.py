@@ -67,15 +67,16 @@ def any_size_onnx() -> Path:
         return target
     import onnx
 
+    from menet_jax.io.outputs import atomic_write
+
     model = onnx.load(str(fetch_onnx()))
     for value in (*model.graph.input, *model.graph.output):
         dims = value.type.tensor_type.shape.dim  # (N, C, H, W): the channels stay fixed
         for i, name in ((0, "batch"), (2, "height"), (3, "width")):
             dims[i].dim_param = name
     onnx.checker.check_model(model)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(partial))
-    os.replace(partial, target)  # two processes may race to write it: each writes a whole file
+    with atomic_write(target, "wb") as file:  # two processes may race to write it: each writes a whole file
+        file.write(model.SerializeToString())
     return target
 
 

@@ -136,24 +136,27 @@ def interval95(values) -> list | None:
     return [float(values.mean() - half), float(values.mean() + half)]
 
 
+def _as_scored(example, m):
+    """One image's map as the protocol scores it: {"raw", "normalised" (min-max)} 8-bit maps at the mask's size."""
+    h, w = example["mask"].shape
+    m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
+    return {mode: api.to_8bit(api.resize_to(v, h, w)) for mode, v in (("raw", m), ("normalised", api.scale_to_unit(m)))}
+
+
 def _adaptive_f(example, m) -> float:
     """One image's adaptive F-beta of its normalised map, as `_score_maps` scores it."""
-    h, w = example["mask"].shape
-    scored = api.to_8bit(api.resize_to(api.scale_to_unit(np.clip(np.asarray(m, np.float32), 0.0, 1.0)), h, w))
-    return float(api.SODMetrics(normalize=False).step(scored, example["mask"])["adp_f"])
+    return float(api.SODMetrics(normalize=False).step(_as_scored(example, m)["normalised"], example["mask"])["adp_f"])
 
 
 def _score_maps(meters, example, maps):
     """Adds one image's maps to the meters: resized to the GT size, 8-bit, raw and min-max normalised. A meter is
     (api.SODMetrics, {key: the per-image values so far})."""
-    h, w = example["mask"].shape
     for name, m in maps.items():
-        m = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
-        for mode, scored in (("raw", m), ("normalised", api.scale_to_unit(m))):
+        for mode, scored in _as_scored(example, m).items():
             meter, images = meters.setdefault(mode, {}).setdefault(
                 name, (api.SODMetrics(normalize=False), {k: [] for k in PER_IMAGE_KEYS})
             )
-            scores = meter.step(api.to_8bit(api.resize_to(scored, h, w)), example["mask"])
+            scores = meter.step(scored, example["mask"])
             for k in PER_IMAGE_KEYS:
                 images[k].append(float(scores[k]))
 
