@@ -137,6 +137,21 @@ def test_batched_scoring_equals_pysodmetrics_per_image(cases):
     _check(ours.results(), ref.results(), "batched dataset", worst)
 
 
+def test_without_structure_measures_the_rest_equals_pysodmetrics(cases):
+    """structure=False (the robustness suites): no S-measure or weighted F, every other score as the reference's."""
+    ours, ref, worst = SODMetrics(structure=False), _Reference(), {}
+    batch = cases[::5][:9]
+    scores = ours.step_batch([pred for _, pred, _ in batch], [gt for _, _, gt in batch])
+    for (name, pred, gt), got in zip(batch, scores):
+        ref.step(pred, gt)
+        expected = {k: v for k, v in ref.last().items() if k not in ("s_measure", "w_f")}
+        assert "s_measure" not in got and "w_f" not in got
+        _check(got, expected, f"no structure {name}", worst)
+    results = ours.results()
+    assert "s_measure" not in results and "w_f" not in results
+    _check(results, {k: v for k, v in ref.results().items() if k not in ("s_measure", "w_f")}, "dataset", worst)
+
+
 def test_without_normalisation_equals_pysodmetrics_on_prescaled_maps(cases):
     """normalize=False: PySODMetrics takes float maps in [0, 1] and bool masks; we take the same (or uint8 / 255)."""
     ours, ref, worst = SODMetrics(normalize=False), _Reference(), {}

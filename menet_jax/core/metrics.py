@@ -484,21 +484,19 @@ def _pixel_stats(p, g, e):
     return hist, adp, float(np.mean(e))  # e = |p - gt| bit for bit: the reference's MAE
 
 
-def _host_scores(pred, gt, normalize: bool):
-    """The per-image host work: histograms and counts for the curves, and the scalar metrics."""
+def _host_scores(pred, gt, normalize: bool, structure: bool = True):
+    """The per-image host work: histograms and counts for the curves, and the scalar metrics (without the
+    S-measure and weighted F-measure unless `structure`)."""
     p, g = prepare(pred, gt, normalize)
     if g.size >= 2**24:
         raise ValueError("images above 16 M pixels are not supported (float32 histogram counts)")
     e = p.copy()  # |p - gt|: p on the background, 1 - p on the foreground
     np.subtract(1, p, out=e, where=g)
     hist, adp, mae_value = _pixel_stats(p, g, e)
-    return (
-        hist,
-        adp,
-        np.count_nonzero(g),
-        g.size,
-        {"mae": mae_value, "s_measure": s_measure(p, g), "w_f": weighted_f(p, g, e=e)},
-    )
+    scalars = {"mae": mae_value}
+    if structure:
+        scalars.update(s_measure=s_measure(p, g), w_f=weighted_f(p, g, e=e))
+    return hist, adp, np.count_nonzero(g), g.size, scalars
 
 
 @functools.cache
@@ -508,15 +506,16 @@ def _host_pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sod-metrics")
 
 
-def batch_scores(preds, gts, *, normalize: bool = True) -> list[dict]:
+def batch_scores(preds, gts, *, normalize: bool = True, structure: bool = True) -> list[dict]:
     """``image_scores`` of many images, with their curves computed in one batched JAX call (padded to a power of
     two, so that a dataset compiles a handful of shapes) instead of one call per image, and the host work of the
-    images spread over the cores."""
+    images spread over the cores. ``structure=False`` leaves out the S-measure and the weighted F-measure (most of
+    the host time)."""
     pairs = list(zip(preds, gts, strict=True))
     if len(pairs) > 1:
-        host = list(_host_pool().map(lambda pair: _host_scores(*pair, normalize), pairs))
+        host = list(_host_pool().map(lambda pair: _host_scores(*pair, normalize, structure), pairs))
     else:
-        host = [_host_scores(*pair, normalize) for pair in pairs]
+        host = [_host_scores(*pair, normalize, structure) for pair in pairs]
     if not host:
         return []
     n = len(host)
@@ -550,21 +549,24 @@ def image_scores(pred, gt, *, normalize: bool = True) -> dict:
 
 class SODMetrics:
     """Dataset accumulator: ``step(pred, gt)`` per image, ``results()`` for the dataset (means over images, as
-    PySODMetrics: maxF / meanF = max / mean of the dataset-mean F curve, maxE / meanE likewise on the E curve)."""
+    PySODMetrics: maxF / meanF = max / mean of the dataset-mean F curve, maxE / meanE likewise on the E curve).
+    ``structure=False``: no S-measure or weighted F-measure (absent from the results), for protocols that report
+    neither and score many maps (the robustness suites)."""
 
-    _SCALARS = ("mae", "adp_f", "adp_e", "s_measure", "w_f")
+    _STRUCTURE = ("s_measure", "w_f")
     _CURVES = ("precision", "recall", "f_curve", "e_curve")
 
-    def __init__(self, normalize: bool = True):
-        self.normalize = normalize
-        self._values = {k: [] for k in self._SCALARS + self._CURVES}
+    def __init__(self, normalize: bool = True, structure: bool = True):
+        self.normalize, self.structure = normalize, structure
+        scalars = ("mae", "adp_f", "adp_e") + (self._STRUCTURE if structure else ())
+        self._values = {k: [] for k in scalars + self._CURVES}
 
     def step(self, pred, gt) -> dict:
         return self.step_batch([pred], [gt])[0]
 
     def step_batch(self, preds, gts) -> list[dict]:
         """Several images at once (faster: one curve computation for all); returns their per-image scores."""
-        batch = batch_scores(preds, gts, normalize=self.normalize)
+        batch = batch_scores(preds, gts, normalize=self.normalize, structure=self.structure)
         for scores in batch:
             for k, v in self._values.items():
                 v.append(scores[k])
@@ -578,18 +580,19 @@ class SODMetrics:
             raise ValueError("no image was scored")
         mean = {k: np.mean(np.array(v, dtype=np.float64), axis=0) for k, v in self._values.items()}
         f_curve, e_curve = mean["f_curve"], mean["e_curve"]
-        return {
+        scores = {
             "n_images": len(self),
             "mae": float(mean["mae"]),
             "adp_f": float(mean["adp_f"]),
             "mean_f": float(f_curve.mean()),
             "max_f": float(f_curve.max()),
-            "s_measure": float(mean["s_measure"]),
+            "s_measure": float(mean["s_measure"]) if self.structure else None,
             "adp_e": float(mean["adp_e"]),
             "mean_e": float(e_curve.mean()),
             "max_e": float(e_curve.max()),
-            "w_f": float(mean["w_f"]),
+            "w_f": float(mean["w_f"]) if self.structure else None,
             "precision": mean["precision"],
             "recall": mean["recall"],
             "f_curve": f_curve,
         }
+        return {k: v for k, v in scores.items() if v is not None}
