@@ -419,7 +419,45 @@ def check_pairing(runs, reference) -> None:
             try:
                 bootstrap.check_paired(r["images"], reference["images"], r["label"], reference["label"])
             except bootstrap.PairingError as error:
-                raise CompareError(str(error)) from None
+                raise CompareError(f"{error} (--common-images compares the images both scored)") from None
+
+
+def common_images(runs, reference) -> list[str]:
+    """The images every run scored, in the reference's order (one-line error when a run has no per-image scores
+    or they share none)."""
+    for r in runs:
+        if not _paired(r):
+            raise CompareError(f"--common-images: {r['label']} has no per-image scores (a run of an older version)")
+    others = [set(r["images"]) for r in runs]
+    names = [n for n in reference["images"] if all(n in o for o in others)]
+    if not names:
+        raise CompareError("--common-images: the runs share no image")
+    return names
+
+
+def restrict(run, names) -> dict:
+    """`run` on the images `names` (its own, in that order): per-image scores picked, the adp_f and MAE means
+    recomputed from them; the dataset curve statistics (max F-beta, the PR curve), which need every image's
+    curve, and the stored intervals are dropped."""
+    index = {n: i for i, n in enumerate(run["images"])}
+    pick = [index[n] for n in names]
+
+    def level(r):
+        per_image = {
+            mode: {m: {k: np.asarray(v, np.float64)[:, pick] for k, v in by_key.items()} for m, by_key in maps.items()}
+            for mode, maps in r["per_image"].items()
+        }
+        means = {
+            mode: {m: {k: float(v.mean()) for k, v in by_key.items()} for m, by_key in maps.items()}
+            for mode, maps in per_image.items()
+        }
+        kept = {k: r[k] for k in ("seeds", "levels_used") if k in r}
+        return kept | means | {"per_image": per_image}
+
+    results = {
+        key: level(r) if "per_image" in r else {s: level(x) for s, x in r.items()} for key, r in run["results"].items()
+    }
+    return run | {"results": results, "images": list(names)}
 
 
 def plot_pr(runs, mode, output: Path) -> bool:
@@ -468,6 +506,12 @@ def main(argv=None) -> int:
         metavar="LABEL",
         help="the run the differences are relative to (default: the first), and imagenet-c's CE (none without it)",
     )
+    parser.add_argument(
+        "--common-images",
+        action="store_true",
+        help="compare on the images every run scored (e.g. a slow model run on a subset): scores and intervals of "
+        "that subset; max F-beta and PR curves left out",
+    )
     args = parser.parse_args(argv)
     api.check_folder(args.output)  # before the runs are read
     mode = "raw" if args.raw else "normalised"
@@ -483,6 +527,13 @@ def main(argv=None) -> int:
         if args.reference not in labels:
             raise CompareError(f"--reference {args.reference}: give the label of one of the runs")
         reference = runs[labels.index(args.reference)]
+    subset = ""
+    if args.common_images:
+        names = common_images(runs, reference or runs[0])
+        sizes = ", ".join(f"{r['label']} {len(r['images'])}" for r in runs)
+        subset = f"On the {len(names)} images every run scored (of {sizes}).\n\n"
+        runs = [restrict(r, names) for r in runs]
+        reference = None if reference is None else runs[labels.index(args.reference)]
     check_pairing(runs, reference or runs[0])
     try:
         args.output.mkdir(parents=True, exist_ok=True)
@@ -500,7 +551,7 @@ def main(argv=None) -> int:
     base = (reference or runs[0])["label"]
     text = (
         f"{kinds[0]}, {mode} maps, adaptive F-beta (beta^2 = 0.3), kept = % of the run's clean F-beta; differences "
-        f"in points of kept, run - {base}; [95 % interval]: {bootstrap.METHOD}.\n\n{table}\n\n"
+        f"in points of kept, run - {base}; [95 % interval]: {bootstrap.METHOD}.\n\n{subset}{table}\n\n"
     )
     text += "".join(line + "\n" for line in claims)
     unpaired = [r["label"] for r in runs if not _paired(r)]

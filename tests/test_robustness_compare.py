@@ -189,6 +189,37 @@ def test_imagenet_c_differences_per_corruption(tmp_path):
     assert "| fog | weather | 85.0 % [" in table and "| -30.0 [-30.0, -30.0] |" in table
 
 
+def test_common_images_compares_a_run_made_on_a_subset(tmp_path, capsys):
+    """A slow model scored on the first 15 of the 40 images: --common-images compares both on those 15, with the
+    same numbers as the full run would give restricted to them."""
+    rng = np.random.default_rng(2)
+    clean = rng.uniform(0.6, 0.9, len(NAMES))
+    full = _corruption_results(clean, lambda c, s: clean * (1 - 0.1 * s) + rng.normal(0, 0.02, len(NAMES)), NAMES)
+    first = lambda level: {
+        mode: {"map": {k: [v[:15] for v in by_key] for k, by_key in level["per_image"][mode]["map"].items()}}
+        for mode in ("raw", "normalised")
+    }
+    entry = lambda level: _per_image_entry(*(np.array(first(level)["normalised"]["map"][k]) for k in ("adp_f", "mae")))
+    subset = {  # the same scores on the first 15 images, as a run with --limit 15 writes them
+        key: entry(r) if "per_image" in r else {s: entry(x) for s, x in r.items()} for key, r in full.items()
+    }
+    a = _write(tmp_path / "a.json", "imagenet-c", full, NAMES)
+    b = _write(tmp_path / "b.json", "imagenet-c", subset, NAMES[:15])
+    assert compare.main([f"A={a}", f"B={b}", "--output", str(tmp_path / "no")]) == 2
+    assert "--common-images" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert compare.main([f"A={a}", f"B={b}", "--common-images", "--output", str(out)]) == 0
+    text = (out / "compare.md").read_text()
+    assert "On the 15 images every run scored (of A 40, B 15)." in text
+    summary = json.loads((out / "compare.json").read_text())
+    # The same images, the same scores: no difference, zero width; A's kept share is that of its first 15 images.
+    assert summary["differences"]["B"]["fog"]["kept"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    fog = [np.array(full["fog"][s]["per_image"]["normalised"]["map"]["adp_f"])[:, :15].mean() for s in ("1", "2")]
+    kept = 100 * np.mean(fog) / np.round(clean[:15], 6).mean()
+    assert summary["runs"]["A"]["corruptions"]["fog"]["kept"]["estimate"] == pytest.approx(kept, abs=1e-4)
+    assert summary["runs"]["A"]["corruptions"]["fog"] == summary["runs"]["B"]["corruptions"]["fog"]
+
+
 @pytest.mark.parametrize("problem", ["mixed", "two maps", "no map", "not ours", "bad spec", "reference"])
 def test_bad_runs_are_one_line_errors(tmp_path, capsys, problem):
     a = _write(tmp_path / "a.json", "awgn", {"0.0": _entry({"metric": (0.8, 0.1), "ce": (0.6, 0.2)})})
