@@ -33,7 +33,16 @@ from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left 
 
 from menet_jax import api
 from robustness import bootstrap, corruptions
-from robustness.evaluate import UNITS, corruption_errors, error_bars, kept_share, label_level_axes, per_image_scores
+from robustness.evaluate import (
+    UNITS,
+    corruption_arrays,
+    corruption_errors,
+    corruption_kept_interval,
+    error_bars,
+    kept_share,
+    label_level_axes,
+    per_image_scores,
+)
 
 
 class CompareError(api.MenetError, ValueError):
@@ -258,15 +267,6 @@ def _common_corruptions(runs, mode):
     return [c for c in corruptions.CORRUPTIONS if all(c in k for k in kept)], kept
 
 
-def _corruption_arrays(run, names, mode):
-    """(clean scores, the severities' scores of `names` in order, weights making the mean over them the mean over
-    the corruptions of the mean over each one's severities)."""
-    res = run["results"]
-    levels = [_scores(run, res[c][s], mode) for c in names for s in res[c]]
-    weights = [1.0 / len(res[c]) for c in names for _ in res[c]]
-    return _scores(run, res["clean"], mode), levels, weights
-
-
 def _groups(names) -> dict:
     """Each corruption alone, and "mean": all of them."""
     return {c: [c] for c in names} | ({"mean": names} if names else {})
@@ -276,15 +276,13 @@ def corruption_intervals(run, names, mode) -> dict:
     """ "clean" -> the clean F-beta, and each corruption of `names` and their "mean" -> the F-beta kept on average
     over the severities (%), as Intervals."""
     clean = run["results"]["clean"]
-    if not _paired(run):
-        kept = corruption_kept(run, mode)
-        out = {"clean": bootstrap.Interval(clean[mode][run["map"]]["adp_f"])}
-        return out | {k: bootstrap.Interval(float(np.mean([kept[c] for c in g]))) for k, g in _groups(names).items()}
-    out = {"clean": bootstrap.mean_interval(_scores(run, clean, mode))}
-    for key, group in _groups(names).items():
-        c0, levels, weights = _corruption_arrays(run, group, mode)
-        out[key] = bootstrap.mean_kept_interval(c0, levels, weights).scaled(100.0)
-    return out
+    out = {
+        "clean": bootstrap.mean_interval(_scores(run, clean, mode))
+        if _paired(run)
+        else bootstrap.Interval(clean[mode][run["map"]]["adp_f"])
+    }
+    kept = {k: corruption_kept_interval(run["results"], g, mode, run["map"]) for k, g in _groups(names).items()}
+    return out | kept
 
 
 def corruption_differences(run, ref, names, mode) -> dict:
@@ -294,8 +292,8 @@ def corruption_differences(run, ref, names, mode) -> dict:
         return {k: bootstrap.Interval(a[k].estimate - b[k].estimate) for k in _groups(names)}
     out = {}
     for key, group in _groups(names).items():
-        ca, la, wa = _corruption_arrays(run, group, mode)
-        cb, lb, wb = _corruption_arrays(ref, group, mode)
+        ca, la, wa = corruption_arrays(run["results"], group, mode, run["map"])
+        cb, lb, wb = corruption_arrays(ref["results"], group, mode, ref["map"])
         out[key] = bootstrap.mean_kept_difference_interval(ca, la, cb, lb, wa, wb).scaled(100.0)
     return out
 

@@ -433,24 +433,44 @@ def corruption_errors(results, reference, mode, name, reference_map=None):
     return errors
 
 
+def corruption_arrays(results, names, mode, name):
+    """(the clean per-image scores, those of every severity of the corruptions `names` in order, weights making
+    their weighted mean the mean over the corruptions of the mean over each one's severities)."""
+    levels = [per_image_scores(results[c][s], mode, name) for c in names for s in results[c]]
+    weights = [1.0 / len(results[c]) for c in names for _ in results[c]]
+    return per_image_scores(results["clean"], mode, name), levels, weights
+
+
+def corruption_kept_interval(results, names, mode, name) -> bootstrap.Interval:
+    """The share (%) of the clean adaptive F-beta kept, averaged over the corruptions `names` of the mean over
+    each one's severities, with its paired bootstrap interval (none for results without per-image scores)."""
+    clean, levels, weights = corruption_arrays(results, names, mode, name)
+    if clean is None or any(level is None for level in levels):
+        base = results["clean"][mode][name]["adp_f"]
+        kept = [np.mean([100.0 * results[c][s][mode][name]["adp_f"] / base for s in results[c]]) for c in names]
+        return bootstrap.Interval(float(np.mean(kept)) if base else float("nan"))
+    return bootstrap.mean_kept_interval(clean, levels, weights).scaled(100.0)
+
+
 def format_corruption_table(dataset, results, mode, name, errors=None, reference_label=None) -> str:
-    """One row per corruption: adaptive F-beta and MAE per severity and their mean over severities, and CE."""
+    """One row per corruption: adaptive F-beta and MAE per severity and their mean over severities, the share of
+    the clean F-beta kept on average over the severities [95 % interval], and CE."""
     corruptions_done = [c for c in results if c != "clean"]
     severities = list(results[corruptions_done[0]]) if corruptions_done else []
     with_ce = errors is not None
     head = (
         f"| {dataset} ({mode} maps, {name}) | family | "
         + " | ".join(f"F s{s}" for s in severities)
-        + " | F mean | "
+        + " | F mean | kept [95 %] | "
         + " | ".join(f"MAE s{s}" for s in severities)
         + " | MAE mean |"
         + (" CE |" if with_ce else "")
     )
-    lines = [head, "|---|---|" + "---|" * (2 * len(severities) + 2) + ("---|" if with_ce else "")]
+    lines = [head, "|---|---|" + "---|" * (2 * len(severities) + 3) + ("---|" if with_ce else "")]
     clean = results["clean"][mode][name]
     blank = " | ".join("" for _ in severities)
     lines.append(
-        f"| clean | | {blank} | {clean['adp_f']:.4f} | {blank} | {clean['mae']:.4f} |" + (" |" if with_ce else "")
+        f"| clean | | {blank} | {clean['adp_f']:.4f} | | {blank} | {clean['mae']:.4f} |" + (" |" if with_ce else "")
     )
     f_means, mae_means = [], []
     for c in corruptions_done:
@@ -464,7 +484,7 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
         lines.append(
             f"| {c} | {corruptions.FAMILY_OF[c]} | "
             + " | ".join(f"{v:.4f}" for v in f)
-            + f" | {f_means[-1]:.4f} | "
+            + f" | {f_means[-1]:.4f} | {corruption_kept_interval(results, [c], mode, name).text('.1f', ' %')} | "
             + " | ".join(f"{v:.4f}" for v in mae)
             + f" | {mae_means[-1]:.4f} |"
             + ce
@@ -473,7 +493,10 @@ def format_corruption_table(dataset, results, mode, name, errors=None, reference
         mce = ""
         if with_ce:
             mce = " - |" if errors.get("mCE") is None else f" mCE {errors['mCE']:.3f} |"
-        lines.append(f"| mean | | {blank} | {np.mean(f_means):.4f} | {blank} | {np.mean(mae_means):.4f} |" + mce)
+        kept = corruption_kept_interval(results, corruptions_done, mode, name).text(".1f", " %")
+        lines.append(
+            f"| mean | | {blank} | {np.mean(f_means):.4f} | {kept} | {blank} | {np.mean(mae_means):.4f} |" + mce
+        )
     seeds = max((len(results[c][s]["seeds"]) for c in corruptions_done for s in results[c]), default=1)
     note = (
         f"F-beta: adaptive (beta^2 = 0.3); random corruptions: mean over {seeds} seed(s); bootstrap intervals in "

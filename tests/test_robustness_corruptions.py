@@ -289,6 +289,12 @@ def test_cli_imagenet_c_table_reference_and_errors(ecssd2, tmp_path, monkeypatch
         for s in ("1", "4"):
             assert 0 <= r[c][s]["raw"]["map"]["adp_f"] <= 1 and 0 <= r[c][s]["normalised"]["map"]["mae"] <= 1
     assert report["frost"].startswith("procedural") and report["reference"] is None
+    # The kept share, mean over severities, from the per-image scores by hand (pixelate: deterministic, one seed).
+    f = lambda level: np.mean(level["per_image"]["normalised"]["map"]["adp_f"])
+    kept = 100 * np.mean([f(r["pixelate"]["1"]), f(r["pixelate"]["4"])]) / f(r["clean"])
+    normalised = table.split("(raw maps")[0]
+    row = next(line for line in normalised.splitlines() if line.startswith("| pixelate |"))
+    assert f" | {kept:.1f} % [" in row and "kept [95 %]" in normalised
     assert (tmp_path / "a" / "curves.png").stat().st_size > 1000
     # The same model as its own reference: every CE is exactly 1 (same seeds, same images).
     assert main(common + ["--output", str(tmp_path / "b"), "--reference", str(tmp_path / "a" / "robustness.json")]) == 0
