@@ -30,7 +30,7 @@ from menet_jax.core.saliency import metric_distance, resize_map, saliency_maps, 
 from menet_jax.errors import ConfigError, DataError, ExportError, MenetError, OutputError, WeightsError, WorkdirError
 from menet_jax.inference.predictor import Predictor, load_network
 from menet_jax.io.images import MAPS, load_photo, resize_input, resize_to
-from menet_jax.io.outputs import check_folder, check_output_file, save_figure, write_text
+from menet_jax.io.outputs import check_folder, check_output_file, json_text, save_figure, write_text
 from menet_jax.runtime.xla import compiler_options, enable_compilation_cache
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "check_output_file",
     "save_figure",
     "write_text",
+    "json_text",
     "compiler_options",
     "enable_compilation_cache",
 ]

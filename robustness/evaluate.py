@@ -1127,7 +1127,7 @@ def main(argv=None) -> int:
         }
     summary |= {"intervals": INTERVALS, "images": images, "timing": timings}
     api.write_text(out / "table.md", tables + "\n")
-    api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
+    api.write_text(out / "robustness.json", api.json_text(summary))
     written = [out / "robustness.json", out / "table.md"]
     if any(level != "random" for level in levels):  # Fig. 9 needs fixed levels; "random" alone is Table II
         plot_curves(all_results, kind, out)
@@ -1183,7 +1183,7 @@ def _write_corruptions(
         "images": images,
         "timing": timings,
     }
-    api.write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
+    api.write_text(out / "robustness.json", api.json_text(summary))
     plot_corruptions(all_results, out)
     print(text)
     print(timing_line(timings))

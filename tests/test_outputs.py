@@ -1,6 +1,7 @@
 """`predict` refuses bad output paths before any work, never overwrites its inputs, and a failed write is one line."""
 
 import errno
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from helpers import one_line_error
 from PIL import Image
 
+from menet_jax.io.outputs import json_text
 from menet_jax.predict import main
 
 
@@ -105,3 +107,16 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path, mo
     with pytest.raises(OutputError, match=r"map\.png: cannot write \(No space left on device\)$"):
         save_image(Image.new("L", (2, 2), 9), target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["map.png"]
+
+
+def test_json_text_puts_lists_of_numbers_on_one_line():
+    value = {
+        "per_image": [[0.5, -1e-07, 3, None], [1.25]],
+        "names": ["a, b", "c"],
+        "nested": {"empty": [], "mixed": [1, "x"], "flag": True},
+    }
+    text = json_text(value)
+    assert json.loads(text) == value and text.endswith("}\n")
+    assert '"per_image": [\n    [0.5, -1e-07, 3, null],\n    [1.25]\n  ]' in text
+    # Lists holding anything but numbers keep one element per line (a comma inside a string is not split on).
+    assert '"names": [\n    "a, b",\n    "c"\n  ]' in text and '"mixed": [\n      1,\n      "x"\n    ]' in text

@@ -17,13 +17,11 @@ for kind in awgn jpeg; do
       "${peer128[@]}" "U^2-Netp at 320 px=$R/${kind}_${at}_u2netp/robustness.json"
   done
 done
-# ImageNet-C: CE relative to the U^2-Netp peer at its own 320 px
-cmp imagenet_c "MEnet metric map=$R/imagenet_c_menet/robustness.json:metric" \
-  "MEnet CE map=$R/imagenet_c_menet/robustness.json:ce" "U^2-Netp=$R/imagenet_c_u2netp/robustness.json" --reference U^2-Netp
+# ImageNet-C within the ablation (the shipped weights against the peer: robustness/battery.sh)
 peer128=(); [ -f $A/imagenet_c_u2netp128/robustness.json ] && peer128=("U^2-Netp shown 128 px=$A/imagenet_c_u2netp128/robustness.json")
 cmp ablation_imagenet_c "full loss, metric map=$A/imagenet_c_official/robustness.json:metric" \
   "full loss, CE map=$A/imagenet_c_official/robustness.json:ce" "CE-only, CE map=$A/imagenet_c_ce/robustness.json:ce" \
-  "${peer128[@]}" "U^2-Netp at 320 px=$R/imagenet_c_u2netp/robustness.json" --reference "full loss, CE map"
+  "${peer128[@]}" --reference "full loss, CE map"
 # PGD on the CE map: the shipped weights and the ablation pair
 for n in linf l2; do
   cmp pgd_$n "MEnet (shipped, 160 px)=$R/pgd_${n}_menet/robustness.json" \
