@@ -222,7 +222,20 @@ def _summarise(per_seed, per_image, level_seeds, used) -> dict:
 
 
 def _evaluate_levels(
-    source, predict, levels, distort_batch, is_random, *, seeds, prepare, batch_size, progress, desc, label, timing=None
+    source,
+    predict,
+    levels,
+    distort_batch,
+    is_random,
+    *,
+    seeds,
+    prepare,
+    batch_size,
+    progress,
+    desc,
+    label,
+    timing=None,
+    cache=None,
 ):
     """The protocol's loop for any distortion: `distort_batch(images, level, seed, indices, names)` ->
     (images, strengths), `is_random(level)` says whether the level needs every seed.
@@ -230,7 +243,8 @@ def _evaluate_levels(
     Pipelined on threads: while `predict` runs on one batch, the next is read and distorted and the previous one
     scored (numpy, OpenCV and XLA release the GIL); one worker each, so the meters see the batches in order.
     `timing` (a dict) accumulates each stage's busy seconds (TIMING_KEYS; they overlap, so their sum exceeds the
-    wall time)."""
+    wall time). Each example is read and prepared once and kept in `cache` (a dict, index -> (example, prepared
+    image); pass the same one to several calls on one source), so the levels do not decode the images again."""
 
     timing = {} if timing is None else timing
     for key in TIMING_KEYS:
@@ -242,9 +256,16 @@ def _evaluate_levels(
         timing[key] += time.perf_counter() - start  # one thread per key: no race
         return out
 
+    cache = {} if cache is None else cache
+
     def read(indices):
-        examples = [source[i] for i in indices]
-        return examples, [prepare(e["image"]) for e in examples]
+        for i in indices:
+            if i not in cache:
+                e = source[i]  # kept without its original image: the prepared one is what the levels use
+                image = np.asarray(prepare(e["image"]))
+                image.setflags(write=False)  # shared by every level: a distortion must not write into it
+                cache[i] = ({"name": e["name"], "mask": e["mask"]}, image)
+        return [cache[i][0] for i in indices], [cache[i][1] for i in indices]
 
     def load(level, seed, indices):
         examples, clean = timed("read_s", read, indices)
@@ -369,6 +390,7 @@ def evaluate_corruptions(
     severity (common random numbers); deterministic corruptions run once, random ones once per seed."""
     prepare = _preparation(noise_at, input_size)
     common = dict(seeds=seeds, prepare=prepare, batch_size=batch_size, progress=progress, desc=desc, timing=timing)
+    common["cache"] = {}  # every corruption reads the same prepared images
     results = {
         "clean": _evaluate_levels(
             source,
