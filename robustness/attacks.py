@@ -70,6 +70,21 @@ class AttackResult(NamedTuple):
         return {"loss": np.asarray(self.loss, np.float64).tolist()}
 
 
+class APGDResult(NamedTuple):
+    """APGD's result with its convergence record (`apgd(..., record=...)`): `images` and `loss` as AttackResult's;
+    `iterations` (P,) counts of iterations in all (the restarts one after another), and `trace` (P, N, S, S, 3) /
+    `trace_loss` (P, N) each image's best point (largest loss) after that many iterations."""
+
+    images: jax.Array
+    loss: jax.Array
+    iterations: np.ndarray
+    trace: jax.Array
+    trace_loss: jax.Array
+
+    def to_json(self) -> dict:
+        return {"loss": np.asarray(self.loss, np.float64).tolist(), "iterations": self.iterations.tolist()}
+
+
 def map_loss(maps, y, loss: str = "bce"):
     """Per-image loss of maps (N, H, W) in [0, 1] against y (N, H, W) in {0, 1}: (N,)."""
     y = y.astype(jnp.float32)
@@ -203,8 +218,10 @@ def _direction(g, norm):
     return jnp.sign(g) if norm == "linf" else g / jnp.maximum(_per_image_norm(g), 1e-12)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("norm", "steps", "loss"))
-def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("norm", "steps", "loss", "record"))
+def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss, record=()):
+    """One APGD run from `delta0`: (best point, its loss, trace, trace_loss), the trace (len(record), ...) each
+    image's best point and loss after each iteration count in `record` (0: the start, `steps`: the end)."""
     lo, hi = PIXEL_RANGE
     n = x.shape[0]
     expand = (-1,) + (1,) * (x.ndim - 1)
@@ -244,7 +261,27 @@ def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
         "rises": jnp.zeros((n,), jnp.float32),  # loss rises since the last checkpoint
         "best_at_checkpoint": loss0,
         "halved_at_checkpoint": jnp.zeros((n,), bool),
+        "trace": jnp.zeros((len(record), *x.shape), jnp.float32),
+        "trace_loss": jnp.zeros((len(record), n), jnp.float32),
     }
+    slot_of = np.full(steps + 1, -1, np.int32)  # iteration -> its place in the record, or -1
+    for i, k in enumerate(record):
+        slot_of[k] = i
+
+    def recorded(trace, trace_loss, k, best, best_loss):
+        """The trace with the best points after iteration k put in their slot, where k is recorded."""
+        if not record:
+            return trace, trace_loss
+        slot = jnp.asarray(slot_of)[k]
+        return jax.lax.cond(
+            slot >= 0,
+            lambda t, tl: (t.at[slot].set(best), tl.at[slot].set(best_loss)),
+            lambda t, tl: (t, tl),
+            trace,
+            trace_loss,
+        )
+
+    state["trace"], state["trace_loss"] = recorded(state["trace"], state["trace_loss"], 0, start, loss0)
 
     def body(k, s):
         losses, g = value_and_grad(s["z"])
@@ -264,6 +301,7 @@ def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
         z = jnp.where(halve.reshape(expand), best, s["z"])
         g = jnp.where(halve.reshape(expand), best_grad, g)
         eta = jnp.where(halve, s["eta"] / 2.0, s["eta"])
+        trace, trace_loss = recorded(s["trace"], s["trace_loss"], k, best, best_loss)
         return {
             "previous": s["z"],
             "z": step(z, s["z"], g, eta, APGD_ALPHA),
@@ -275,12 +313,15 @@ def _apgd(f, params, x, y, delta0, eps, *, norm, steps, loss):
             "rises": jnp.where(at, 0.0, rises),
             "best_at_checkpoint": jnp.where(at, best_loss, s["best_at_checkpoint"]),
             "halved_at_checkpoint": jnp.where(at, halve, s["halved_at_checkpoint"]),
+            "trace": trace,
+            "trace_loss": trace_loss,
         }
 
     s = jax.lax.fori_loop(1, steps, body, state)
     last = map_loss(f(params, s["z"]), y, _criterion(loss))  # the final iterate, not yet evaluated
     better = last > s["best_loss"]
-    return jnp.where(better.reshape(expand), s["z"], s["best"]), jnp.maximum(last, s["best_loss"])
+    best, best_loss = jnp.where(better.reshape(expand), s["z"], s["best"]), jnp.maximum(last, s["best_loss"])
+    return best, best_loss, *recorded(s["trace"], s["trace_loss"], steps, best, best_loss)
 
 
 def apgd(
@@ -295,36 +336,73 @@ def apgd(
     restarts: int = 3,
     loss: str = "bce",
     starts=None,
+    record=None,
 ):
     """APGD (see the module docstring) on `f(params, x) -> maps in [0, 1]`: x (N, S, S, 3) on 0..255, y (N, S, S)
     in {0, 1}, eps in pixel levels. `starts`: one initial perturbation per restart (each (N, S, S, 3), e.g.
     `random_start`; default: `restarts` random starts from a generator seeded 0). Returns AttackResult(adversarial x
-    float32, its loss (N,)): per image, the point of largest loss over every restart and iteration."""
+    float32, its loss (N,)): per image, the point of largest loss over every restart and iteration. `record`
+    (iteration counts within a restart, 0..steps): an APGDResult instead, with each image's best point so far
+    after those iterations of every restart (the convergence record; `apgd_record` gives a default)."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r} (one of {', '.join(NORMS)})")
     if loss not in LOSSES:
         raise ValueError(f"unknown attack loss {loss!r} (one of {', '.join(LOSSES)})")
     if eps < 0 or steps < 1 or restarts < 1:
         raise ValueError(f"eps must be >= 0, steps and restarts >= 1, got {eps}, {steps}, {restarts}")
+    points = () if record is None else tuple(sorted({int(k) for k in record}))
+    if any(not 0 <= k <= steps for k in points):
+        raise ValueError(f"record: iteration counts must be in 0..{steps}, got {list(record)}")
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     if eps == 0:
-        return AttackResult(x, map_loss(f(params, x), y, _criterion(loss)))
+        clean = AttackResult(x, map_loss(f(params, x), y, _criterion(loss)))
+        if record is None:
+            return clean
+        return APGDResult(*clean, np.zeros(1, np.int64), clean.images[None], clean.loss[None])
     if starts is None:
         rng = np.random.default_rng(0)
         starts = [random_start(x.shape, eps, norm, rng) for _ in range(restarts)]
-    best, best_loss = None, None
-    for start in starts:
-        adv, adv_loss = _apgd(
-            f, params, x, y, jnp.asarray(start, jnp.float32), jnp.float32(eps), norm=norm, steps=int(steps), loss=loss
-        )
+    expand = (-1,) + (1,) * (x.ndim - 1)
+
+    def keep_better(best, best_loss, candidate, candidate_loss):
         if best is None:
-            best, best_loss = adv, adv_loss
-        else:
-            better = adv_loss > best_loss
-            best = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), adv, best)
-            best_loss = jnp.maximum(adv_loss, best_loss)
-    return AttackResult(best, best_loss)
+            return candidate, candidate_loss
+        better = candidate_loss > best_loss
+        return jnp.where(better.reshape(expand), candidate, best), jnp.maximum(candidate_loss, best_loss)
+
+    best, best_loss, iterations, trace, trace_loss = None, None, [], [], []
+    for r, start in enumerate(starts):
+        adv, adv_loss, run_trace, run_loss = _apgd(
+            f,
+            params,
+            x,
+            y,
+            jnp.asarray(start, jnp.float32),
+            jnp.float32(eps),
+            norm=norm,
+            steps=int(steps),
+            loss=loss,
+            record=points,
+        )
+        for i, k in enumerate(points):  # the best so far: this restart's up to k, or an earlier restart's
+            point, point_loss = keep_better(best, best_loss, run_trace[i], run_loss[i])
+            iterations.append(r * steps + k)
+            trace.append(point)
+            trace_loss.append(point_loss)
+        best, best_loss = keep_better(best, best_loss, adv, adv_loss)
+    if record is None:
+        return AttackResult(best, best_loss)
+    return APGDResult(best, best_loss, np.asarray(iterations), jnp.stack(trace), jnp.stack(trace_loss))
+
+
+def apgd_record(steps: int) -> tuple:
+    """Default convergence-record points of one restart: 0, 1, 2, 5, 10, 20, 50, 100, ... up to `steps`, and
+    `steps`."""
+    points = {0, steps}
+    for decade in (1, 10, 100, 1000, 10000):
+        points |= {m * decade for m in (1, 2, 5) if m * decade <= steps}
+    return tuple(sorted(points))
 
 
 # ------------------------------------------------------------------------------------------ Square Attack

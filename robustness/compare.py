@@ -16,7 +16,8 @@ PR curves: pr.png, each run's dataset PR curve at every level they share (the pa
 
 Intervals are paired percentile bootstrap intervals over the images (and the noise seeds; robustness.bootstrap)
 from the per-image scores robustness.evaluate records, so the runs compared must have scored the same images in
-the same order (else a one-line error). A difference is claimed, one sentence per level or corruption, only
+the same order (else a one-line error), or with --common-images are compared on the images all of them scored (a
+slow model run on a subset). A difference is claimed, one sentence per level or corruption, only
 where its interval excludes 0; otherwise it is "not distinguishable". Runs written before per-image scores were
 recorded still compare, with "n/a" for the intervals and no claims.
 Comparing by the kept share puts models of different clean quality on one scale: the robustness question.

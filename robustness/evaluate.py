@@ -35,9 +35,10 @@ Table II protocol, one random strength per image (ranges in robustness.distortio
 map per image (float (H, W) in [0, 1], any size) or one {map name: map} dict per image.
 
 Writes DIR/robustness.json (means, intervals, every seed's and every image's scores; the image names once per
-dataset in "images": {dataset: [names]}, beside "datasets"), DIR/table.md (Table II layout: F-beta [95 %
-interval], the share of the first level's F-beta kept [interval], MAE [interval]), and the Fig. 9 curves
-DIR/curves.png (F-beta and MAE against the level, normalised and raw, error bars).
+dataset in "images": {dataset: [names]}, beside "datasets"; "timing": the wall time and each stage's busy
+seconds), DIR/table.md (Table II layout: F-beta [95 % interval], the share of the first level's F-beta kept
+[interval], MAE [interval]), and the Fig. 9 curves DIR/curves.png (F-beta and MAE against the level, normalised
+and raw, error bars).
 
 ImageNet-C (--distortion imagenet-c, robustness.corruptions): the 15 corruptions (--corruptions a,b or families
 noise, blur, weather, digital) at severities --levels (default 1..5) with the published parameters, each image at
@@ -58,7 +59,9 @@ is a float, not re-quantised), clipped to 0..255. Budgets --levels in /255 units
 APGD (--distortion apgd-linf | apgd-l2, `attacks.apgd`): the same loss, maps, budgets and attack space, with
 APGD's own step-size schedule and momentum, --pgd-steps iterations (default 100) from --restarts uniform random
 starts (default 3), keeping per image the point of largest loss; each seed draws other starts. Stronger than
-10-step PGD, whose kept shares are upper bounds.
+10-step PGD, whose kept shares are upper bounds. Its convergence record, the mean F-beta of each image's best
+point after 0, 1, 2, 5, 10, 20, 50, 100 ... iterations of every restart, is in robustness.json
+("fbeta_per_iteration") and convergence.png: a curve still falling at the end says the attack has not saturated.
 
 Robustness commands run in float32 (the checkpoint's compute dtype is not changed here).
 """
@@ -600,9 +603,11 @@ def evaluate_attack(
     budget (pixel levels, 0..255 scale), in the model's input space. `predictor`: an `api.Predictor` (MEnet), or
     for "square" any black-box predictor (uint8 images -> maps, see --predictor) with `input_size`, attacked on
     whole pixel levels of the uint8 image it takes (its map is "map"). Level results as `evaluate_distorted`'s,
-    plus "attack_loss" {map: mean loss over the images at the returned point} and, for "square",
-    "loss_per_query" {map: the mean over images (and seeds) of the best loss after each query: the convergence
-    record}; `step_size` a multiple of eps per step (default 2.5 / steps)."""
+    plus "attack_loss" {map: mean loss over the images at the returned point} and the convergence record: for
+    "square", "loss_per_query" {map: the mean over images (and seeds) of the best loss after each query}; for
+    "apgd", "fbeta_per_iteration" {"iterations": counts over the restarts one after another (`attacks.apgd_record`
+    within each), map: the mean adaptive F-beta (normalised map) of each image's best point so far}; `step_size` a
+    multiple of eps per step (default 2.5 / steps)."""
     if isinstance(predictor, api.Predictor):
         size, variables = predictor.config.image_size, predictor.variables
         # The attacked map: "ce" the salient probability (smooth), "metric" the min-max normalised Eq. 5 map (the
@@ -631,7 +636,7 @@ def evaluate_attack(
         random_start = random_start or method in ("apgd", "square")
         level_seeds = list(seeds) if random_start and eps > 0 else list(seeds)[:1]
         per_seed, per_image, losses, curves = {}, {}, {m: [] for m in maps}, {m: [] for m in maps}
-        wins = {m: {} for m in maps}
+        wins, f_curves, iterations = {m: {} for m in maps}, {m: [] for m in maps}, None
         for seed in level_seeds:
             meters = {}
             bar = tqdm(
@@ -656,6 +661,7 @@ def evaluate_attack(
                         for _ in range(restarts if method == "apgd" else 1)
                     ]
                 for m in maps:
+                    traced = {}  # APGD: loss -> each image's F-beta at the record's points (points, images)
 
                     def attack(loss_name, m=m):
                         settings = dict(eps=float(eps), norm=norm, loss=loss_name)
@@ -675,9 +681,24 @@ def evaluate_attack(
                             curves[m].append(curve[:, : len(examples)])
                             return adv
                         if method == "apgd":
-                            return attacks.apgd(functions[m], variables, x, y, starts=starts, steps=steps, **settings)[
-                                0
-                            ]
+                            result = attacks.apgd(
+                                functions[m],
+                                variables,
+                                x,
+                                y,
+                                starts=starts,
+                                steps=steps,
+                                record=attacks.apgd_record(steps),
+                                **settings,
+                            )
+                            traced[loss_name] = (
+                                result.iterations,
+                                [
+                                    [_adaptive_f(example, raw[j]) for j, example in enumerate(examples)]
+                                    for raw in (scored(m, point)[0] for point in np.asarray(result.trace))
+                                ],
+                            )
+                            return result.images
                         scaled = None if step_size is None else step_size * eps
                         first = starts[0] if starts else None
                         return attacks.pgd(
@@ -702,6 +723,9 @@ def evaluate_attack(
                         adv = np.array(candidates[0])
                         for j, k in enumerate(worst):
                             adv[j] = candidates[k][j]
+                    if traced:  # the ensemble's record: per image and point, the worst over the losses
+                        iterations = next(iter(traced.values()))[0]
+                        f_curves[m].append(np.min([np.asarray(f) for _, f in traced.values()], axis=0))
                     raw, attacked = scored(m, adv)
                     reported = "bce" if loss == "ensemble" else loss
                     loss_values = np.asarray(attacks.map_loss(jnp.asarray(attacked), jnp.asarray(y), reported))
@@ -716,6 +740,10 @@ def evaluate_attack(
             r["ensemble_worst"] = wins  # per map, how many images each loss gave the worst score
         if method == "square" and eps > 0:
             r["loss_per_query"] = {m: np.round(np.concatenate(v, 1).mean(1), 6).tolist() for m, v in curves.items()}
+        if iterations is not None:
+            r["fbeta_per_iteration"] = {"iterations": iterations.tolist()} | {
+                m: np.round(np.concatenate(v, 1).mean(1), 6).tolist() for m, v in f_curves.items()
+            }
         results[str(float(eps))] = r
     return results
 
@@ -823,16 +851,24 @@ def label_level_axes(axes, kind, ylabels) -> None:
 
 
 def plot_convergence(all_results, output: Path, loss: str) -> None:
-    """The convergence record of a score-based attack: the mean best loss against the queries, one line per budget
-    and map (a curve still rising at the end says more queries would lower the scores further)."""
+    """The convergence record of an attack, one line per budget and map: Square Attack's mean best loss against the
+    queries, APGD's mean F-beta of the best points so far against the iterations (a curve still moving at the end
+    says a longer attack would lower the scores further; APGD's restarts follow one another on the axis)."""
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
     for name, results in all_results.items():
         for level, r in results.items():
             for m, curve in r.get("loss_per_query", {}).items():
                 ax.plot(np.arange(1, len(curve) + 1), curve, label=f"{name}/{m}, budget {float(level):g}")
+            record = dict(r.get("fbeta_per_iteration", {}))
+            steps = np.asarray(record.pop("iterations", []))
+            for m, curve in record.items():
+                ax.plot(steps + 1, curve, "-o", ms=3, label=f"{name}/{m}, budget {float(level):g}")
     ax.set_xscale("log")
-    ax.set(xlabel="queries", ylabel=f"mean best {loss} loss over the images")
+    if any("fbeta_per_iteration" in r for results in all_results.values() for r in results.values()):
+        ax.set(xlabel="iterations + 1 (restarts one after another)", ylabel="mean adaptive F-beta of the best points")
+    else:
+        ax.set(xlabel="queries", ylabel=f"mean best {loss} loss over the images")
     ax.legend(fontsize=7)
     fig.tight_layout()
     api.save_figure(fig, output)
@@ -1154,7 +1190,7 @@ def main(argv=None) -> int:
     if any(level != "random" for level in levels):  # Fig. 9 needs fixed levels; "random" alone is Table II
         plot_curves(all_results, kind, out)
         written.append(out / "curves.png")
-    if kind.startswith("square"):
+    if kind.startswith(("square", "apgd")):
         plot_convergence(all_results, out / "convergence.png", args.pgd_loss or "bce")
         written.append(out / "convergence.png")
     print(tables)

@@ -203,6 +203,30 @@ def test_apgd_keeps_per_image_the_worst_restart():
         attacks.apgd(toy_map, TOY, x, y, eps=1.0, restarts=0)
 
 
+def test_apgd_record_is_each_images_best_point_so_far():
+    """The convergence record: at iteration 0 the start, at the end of each restart that restart's result kept
+    against the earlier ones, never decreasing, the last point the returned one; the same run without a record
+    returns the same images; each recorded point's loss is its image's loss."""
+    x, y = _batch(5, (3, 8, 8))
+    starts = [attacks.random_start(x.shape, 6.0, "linf", np.random.default_rng(s)) for s in (1, 2)]
+    assert attacks.apgd_record(12) == (0, 1, 2, 5, 10, 12) and attacks.apgd_record(100)[-3:] == (20, 50, 100)
+    result = attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, starts=starts, record=attacks.apgd_record(12))
+    plain = attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, starts=starts)
+    np.testing.assert_array_equal(np.asarray(result.images), np.asarray(plain.images))
+    assert result.iterations.tolist() == [0, 1, 2, 5, 10, 12, 12, 13, 14, 17, 22, 24]
+    trace, trace_loss = np.asarray(result.trace), np.asarray(result.trace_loss)
+    start = np.clip(x + starts[0], 0, 255)
+    np.testing.assert_allclose(trace[0], start)  # iteration 0 of the first restart: its start
+    single = [attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, starts=[s]) for s in starts]
+    np.testing.assert_array_equal(trace[5], np.asarray(single[0].images))  # the first restart's result
+    np.testing.assert_array_equal(trace[-1], np.asarray(result.images))
+    assert np.all(np.diff(trace_loss, axis=0) >= 0)  # the best so far never gets worse
+    np.testing.assert_allclose(trace_loss, [attacks.map_loss(toy_map(TOY, jnp.asarray(t)), y) for t in trace], 1e-5)
+    assert np.abs(trace - x).max() <= 6.0 + 1e-3
+    with pytest.raises(ValueError, match="0..12"):
+        attacks.apgd(toy_map, TOY, x, y, eps=6.0, steps=12, record=(13,))
+
+
 def test_apgd_is_at_least_as_strong_as_pgd_on_real_images(shared_data, tiny_menet):
     """Tiny MEnet (fresh weights) on four ECSSD images, the CE map under L-inf 4/255: APGD (30 steps, 2 restarts)
     reaches at least the loss of 10-step PGD on every image."""
@@ -251,6 +275,12 @@ def test_cli_apgd_linf_on_a_tiny_checkpoint(shared_data, tiny_checkpoint, tmp_pa
     a, b = apgd["datasets"]["ECSSD"], pgd["datasets"]["ECSSD"]
     assert a["0.0"]["raw"]["ce"] == b["0.0"]["raw"]["ce"]  # budget 0: both the clean images
     assert a["8.0"]["attack_loss"]["ce"] >= b["8.0"]["attack_loss"]["ce"] - 1e-6
+    # The convergence record: F-beta of the best points after 0 .. 12 iterations of each of the 2 restarts; its last
+    # point is the attacked score; a zero budget has none; convergence.png is drawn.
+    record = a["8.0"]["fbeta_per_iteration"]
+    assert record["iterations"] == [0, 1, 2, 5, 10, 12, 12, 13, 14, 17, 22, 24] and len(record["ce"]) == 12
+    assert record["ce"][-1] == pytest.approx(a["8.0"]["normalised"]["ce"]["adp_f"], abs=1e-6)
+    assert "fbeta_per_iteration" not in a["0.0"] and (tmp_path / "apgd" / "convergence.png").stat().st_size > 1000
     capsys.readouterr()
     assert main([*common, "--distortion", "apgd-linf", "--random-start", "--output", str(tmp_path / "x")]) == 2
     assert "--random-start is for --distortion pgd-linf / pgd-l2, not apgd-linf" in capsys.readouterr().err

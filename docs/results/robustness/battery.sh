@@ -34,6 +34,9 @@ compare imagenet_c_input160 --common-images --reference "U^2-Netp at 160 px" \
   "U^2-Netp at 160 px=$R/imagenet_c_input160_u2netp/robustness.json" \
   "MEnet metric map=$R/imagenet_c_input160_menet/robustness.json:metric" \
   "MEnet CE map=$R/imagenet_c_input160_menet/robustness.json:ce"
+compare imagenet_c_input160_maps --reference "MEnet metric map" \
+  "MEnet metric map=$R/imagenet_c_input160_menet/robustness.json:metric" \
+  "MEnet CE map=$R/imagenet_c_input160_menet/robustness.json:ce"
 for kind in awgn jpeg; do
   compare ${kind}_input160 "U^2-Netp at 160 px=$R/${kind}_input160_u2netp/robustness.json" \
     "MEnet metric map=$R/${kind}_input160_menet/robustness.json:metric" \
